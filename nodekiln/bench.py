@@ -1,0 +1,66 @@
+"""`invoke bench`: the project's measured figures, each with its goal.
+
+A benchmark is a function returning a `Figure`; register it in BENCHMARKS as "module:function"
+so that `--only NAME` imports only what it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nodekiln.errors import NodekilnError
+from nodekiln.files import write_atomic
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    value: float
+    unit: str
+    goal: str  # e.g. "<= 1" — the README states where it comes from
+
+    @property
+    def met(self) -> bool | None:
+        op, _, bound = self.goal.partition(" ")
+        try:
+            limit = float(bound)
+        except ValueError:
+            return None
+        return {"<=": self.value <= limit, ">=": self.value >= limit, "==": self.value == limit}.get(op)
+
+
+BENCHMARKS: dict[str, str] = {
+    "validate_1000_nodes_s": "nodekiln.bench_site:validate_1000_nodes_s",
+}
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Best wall time of `repeat` runs: the figure least disturbed by the rest of the machine."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run(only: list[str] | None = None) -> list[Figure]:
+    names = only or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise NodekilnError(f"unknown benchmark {', '.join(unknown)}: expected one of {', '.join(BENCHMARKS)}")
+    figures = []
+    for name in names:
+        module, _, func = BENCHMARKS[name].partition(":")
+        result = getattr(importlib.import_module(module), func)()
+        figures.extend(result if isinstance(result, list) else [result])
+    return figures
+
+
+def write_json(figures: list[Figure], path: Path) -> None:
+    write_atomic(path, json.dumps([asdict(f) for f in figures], indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""Node images: the recipe, the builders (diskimage-builder, Packer), manifests, ISOs."""

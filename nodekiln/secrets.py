@@ -1,0 +1,216 @@
+"""The site's secrets: cluster PKI, service-account keys, bootstrap token, VRRP password.
+
+Created once per site under `<site dir>/.nodekiln/` with mode 0600 and never regenerated
+silently. A non-secret fingerprint file beside the store records that secrets exist, so a lost
+store is an error instead of a quiet new CA that no running node trusts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets as rand
+import string
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from nodekiln.errors import SecretsError
+from nodekiln.files import write_atomic
+
+CA_YEARS = 10
+STORE_DIR = ".nodekiln"
+GITIGNORE = "# nodekiln secrets: never commit them\n*\n!.gitignore\n!*.fingerprint\n"
+
+
+class KeyPair(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    cert: str  # PEM; for the service-account pair, the public key
+    key: str  # PEM, PKCS#8
+
+
+class Secrets(BaseModel):
+    """Everything secret about one site. Never print or log an instance."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    version: int = 1
+    ca: KeyPair
+    etcdCA: KeyPair
+    frontProxyCA: KeyPair
+    serviceAccount: KeyPair
+    bootstrapToken: str
+    vrrpPassword: str
+
+    def __repr__(self) -> str:  # a stray print or log line must not leak keys
+        return "Secrets(<redacted>)"
+
+    __str__ = __repr__
+
+    @property
+    def token_id(self) -> str:
+        return self.bootstrapToken.split(".")[0]
+
+    @property
+    def ca_cert_hash(self) -> str:
+        """kubeadm's --discovery-token-ca-cert-hash: sha256 of the CA's SubjectPublicKeyInfo."""
+        return ca_cert_hash(self.ca.cert)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.ca.cert.encode()).hexdigest()
+
+
+def ca_cert_hash(cert_pem: str) -> str:
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem_key(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+
+def make_ca(common_name: str, now: dt.datetime | None = None) -> KeyPair:
+    """A self-signed CA as kubeadm makes them (RSA 2048, 10 years)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    key = _key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365 * CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, True, False, False, True, False, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return KeyPair(cert=cert.public_bytes(serialization.Encoding.PEM).decode(), key=_pem_key(key))
+
+
+def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int) -> KeyPair:
+    """A client certificate signed by `ca` (for the admin kubeconfig)."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.encode())
+    ca_key = serialization.load_pem_private_key(ca.key.encode(), password=None)
+    key = _key()
+    now = dt.datetime.now(dt.timezone.utc)
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    ])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return KeyPair(cert=cert.public_bytes(serialization.Encoding.PEM).decode(), key=_pem_key(key))
+
+
+def bootstrap_token() -> str:
+    """A kubeadm bootstrap token: [a-z0-9]{6}.[a-z0-9]{16}."""
+    alphabet = string.ascii_lowercase + string.digits
+    pick = lambda n: "".join(rand.choice(alphabet) for _ in range(n))  # noqa: E731
+    return f"{pick(6)}.{pick(16)}"
+
+
+def vrrp_password() -> str:
+    # keepalived's PASS authentication uses only the first 8 characters.
+    return "".join(rand.choice(string.ascii_letters + string.digits) for _ in range(8))
+
+
+def generate() -> Secrets:
+    sa = _key()
+    return Secrets(
+        ca=make_ca("kubernetes"),
+        etcdCA=make_ca("etcd-ca"),
+        frontProxyCA=make_ca("front-proxy-ca"),
+        serviceAccount=KeyPair(
+            cert=sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+            key=_pem_key(sa),
+        ),
+        bootstrapToken=bootstrap_token(),
+        vrrpPassword=vrrp_password(),
+    )
+
+
+class SecretStore:
+    """Where one site's secrets live: `<site dir>/.nodekiln/<site>.secrets.yaml` (0600)."""
+
+    def __init__(self, site_dir: Path, site_name: str):
+        self.dir = site_dir / STORE_DIR
+        self.path = self.dir / f"{site_name}.secrets.yaml"
+        self.fingerprint_path = self.dir / f"{site_name}.fingerprint"
+        self.site_name = site_name
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> Secrets:
+        if not self.path.exists():
+            if self.fingerprint_path.exists():
+                raise SecretsError(
+                    f"{self.path}: the secrets of site {self.site_name} are missing, but "
+                    f"{self.fingerprint_path} says they were created: restore the file from your backup. "
+                    f"Only for a site whose nodes are all gone: `invoke secrets --regenerate`."
+                )
+            raise SecretsError(f"{self.path}: no secrets yet for site {self.site_name}: run `invoke secrets`")
+        mode = self.path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise SecretsError(f"{self.path}: mode {mode:04o} lets others read the site's keys: expected 0600 (chmod 600 it)")
+        try:
+            data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
+            found = Secrets.model_validate(data)
+            for pair in (found.ca, found.etcdCA, found.frontProxyCA):
+                x509.load_pem_x509_certificate(pair.cert.encode())
+                serialization.load_pem_private_key(pair.key.encode(), password=None)
+        except (yaml.YAMLError, ValidationError, ValueError, TypeError, UnicodeDecodeError):
+            # no exception text: it could quote key material
+            raise SecretsError(f"{self.path}: the secrets file is corrupt (not the YAML nodekiln wrote): restore it from your backup") from None
+        if self.fingerprint_path.exists():
+            expected = self.fingerprint_path.read_text().split()[0]
+            if expected != found.fingerprint():
+                raise SecretsError(
+                    f"{self.path}: holds a different cluster CA than {self.fingerprint_path} records: "
+                    f"restore the matching secrets file"
+                )
+        return found
+
+    def create(self, *, regenerate: bool = False) -> Secrets:
+        """Make the secrets once. An existing or lost store is only replaced with `regenerate`."""
+        if not regenerate and (self.path.exists() or self.fingerprint_path.exists()):
+            raise SecretsError(f"{self.path}: secrets exist already for site {self.site_name}; nodekiln never replaces them silently (--regenerate does, for a site whose nodes are all gone)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        write_atomic(self.dir / ".gitignore", GITIGNORE)
+        fresh = generate()
+        write_atomic(self.path, yaml.safe_dump(fresh.model_dump(), sort_keys=True), mode=0o600)
+        write_atomic(self.fingerprint_path, f"{fresh.fingerprint()}  sha256 of the cluster CA certificate of site {self.site_name}\n")
+        return fresh
+
+    def ensure(self) -> tuple[Secrets, bool]:
+        """The site's secrets, created on first use. Returns (secrets, created)."""
+        if self.path.exists() or self.fingerprint_path.exists():
+            return self.load(), False
+        return self.create(), True

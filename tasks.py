@@ -1,0 +1,109 @@
+"""nodekiln's Invoke tasks: options in, a call into nodekiln, results out.
+
+Every task takes --site PATH (default: $NODEKILN_SITE, else sites/example/site.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from invoke import task
+
+from nodekiln.cli import console, figures_table, handled
+
+SITE_HELP = {"site": "site file (default: $NODEKILN_SITE, else sites/example/site.yaml)"}
+
+
+def _site(path: str | None):
+    from nodekiln.site import load_site
+
+    return load_site(path)
+
+
+def _secrets(site):
+    from nodekiln.secrets import SecretStore
+
+    secrets, created = SecretStore(site.directory, site.name).ensure()
+    if created:
+        console.print(f"created the secrets of site {site.name} in {SecretStore(site.directory, site.name).path} (mode 0600)")
+    return secrets
+
+
+@task(help=SITE_HELP)
+@handled
+def validate(c, site=None):
+    """Check the site file; every problem is listed with its file, line and field."""
+    loaded = _site(site)
+    console.print(f"{loaded.file}: site {loaded.name} is valid: {len(loaded.control_planes)} control planes, {len(loaded.workers)} workers, endpoint {loaded.endpoint}")
+
+
+@task(help={**SITE_HELP, "regenerate": "replace existing (or lost) secrets: only for a site whose nodes are all gone"})
+@handled
+def secrets(c, site=None, regenerate=False):
+    """Create the site's CAs, keys, bootstrap token and VRRP password, once (mode 0600)."""
+    from nodekiln.secrets import SecretStore
+
+    loaded = _site(site)
+    store = SecretStore(loaded.directory, loaded.name)
+    if regenerate:
+        store.create(regenerate=True)
+        console.print(f"regenerated the secrets of site {loaded.name} in {store.path}")
+    elif store.exists():
+        store.load()
+        console.print(f"secrets of site {loaded.name} are in place: {store.path}")
+    else:
+        store.create()
+        console.print(f"created the secrets of site {loaded.name} in {store.path} (mode 0600)")
+
+
+@task(help={**SITE_HELP, "out": "where to write it (default: <site dir>/.nodekiln/<site>-admin.conf)", "days": "validity of the client certificate"})
+@handled
+def kubeconfig(c, site=None, out=None, days=365):
+    """Write an admin kubeconfig for the site's endpoint, signed by the site CA (mode 0600)."""
+    from nodekiln.files import write_atomic
+    from nodekiln.kubeconfig import admin_kubeconfig
+
+    loaded = _site(site)
+    target = Path(out) if out else loaded.directory / ".nodekiln" / f"{loaded.name}-admin.conf"
+    write_atomic(target, admin_kubeconfig(loaded, _secrets(loaded), days=int(days)), mode=0o600)
+    console.print(str(target))
+
+
+@task(help={**SITE_HELP, "out": "write the schema to this file instead of standard output"})
+@handled
+def schema(c, site=None, out=None):
+    """Print the site file's JSON Schema (for editors' YAML completion)."""
+    from nodekiln.files import write_atomic
+    from nodekiln.site import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out:
+        write_atomic(Path(out), text)
+        console.print(out)
+    else:
+        sys.stdout.write(text)
+
+
+@task(help={**SITE_HELP, "fast": "leave out the slow tests (image builds and boots, services)", "k": "only tests matching this pytest expression"})
+def test(c, site=None, fast=False, k=None):
+    """Run the test suite (pytest); --fast runs the quick ones alone."""
+    args = ["python", "-m", "pytest"]
+    if fast:
+        args += ["-m", "not slow"]
+    if k:
+        args += ["-k", k]
+    c.run(" ".join(f"'{a}'" for a in args), pty=False)
+
+
+@task(help={**SITE_HELP, "only": "run only this figure (repeatable)", "json": "also write the figures to this JSON file"}, iterable=["only"])
+@handled
+def bench(c, site=None, only=None, json=None):
+    """Measure the project's figures and print them with their goals."""
+    from nodekiln import bench as benchmarks
+
+    figures = benchmarks.run(only or None)
+    console.print(figures_table(figures))
+    if json:
+        benchmarks.write_json(figures, Path(json))
