@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import secrets as rand
 import string
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -45,6 +46,8 @@ class Secrets(BaseModel):
     serviceAccount: KeyPair
     bootstrapToken: str
     vrrpPassword: str
+    # Secrets of later stages (addons' S3 keys, admin passwords), added by name on first use.
+    extra: dict[str, str] = {}
 
     def __repr__(self) -> str:  # a stray print or log line must not leak keys
         return "Secrets(<redacted>)"
@@ -135,6 +138,11 @@ def bootstrap_token() -> str:
     return f"{pick(6)}.{pick(16)}"
 
 
+def password(length: int = 32) -> str:
+    """A random password of letters and digits (safe in YAML, URLs and shell)."""
+    return "".join(rand.choice(string.ascii_letters + string.digits) for _ in range(length))
+
+
 def vrrp_password() -> str:
     # keepalived's PASS authentication uses only the first 8 characters.
     return "".join(rand.choice(string.ascii_letters + string.digits) for _ in range(8))
@@ -208,6 +216,19 @@ class SecretStore:
         write_atomic(self.path, yaml.safe_dump(fresh.model_dump(), sort_keys=True), mode=0o600)
         write_atomic(self.fingerprint_path, f"{fresh.fingerprint()}  sha256 of the cluster CA certificate of site {self.site_name}\n")
         return fresh
+
+    def named(self, name: str, factory: Callable[[], str]) -> str:
+        """The extra secret `name`, made with `factory` and stored on first use.
+
+        Adding a secret is not regenerating one: the existing ones are kept byte for byte.
+        """
+        current, _ = self.ensure()
+        if name in current.extra:
+            return current.extra[name]
+        value = factory()
+        updated = current.model_copy(update={"extra": {**current.extra, name: value}})
+        write_atomic(self.path, yaml.safe_dump(updated.model_dump(), sort_keys=True), mode=0o600)
+        return value
 
     def ensure(self) -> tuple[Secrets, bool]:
         """The site's secrets, created on first use. Returns (secrets, created)."""
