@@ -1,0 +1,48 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "sites" / "example" / "site.yaml"
+
+
+@pytest.fixture
+def example_site(tmp_path: Path) -> Path:
+    """A private copy of the example site (secrets get written beside it)."""
+    target = tmp_path / "site" / "site.yaml"
+    target.parent.mkdir()
+    shutil.copy(EXAMPLE, target)
+    return target
+
+
+@pytest.fixture
+def example_doc() -> dict[str, Any]:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+@pytest.fixture
+def site_file(tmp_path: Path, example_doc: dict[str, Any]) -> Callable[..., Path]:
+    """Write a variant of the example site: site_file(lambda doc: ...) -> path."""
+    counter = iter(range(10_000))
+
+    def make(change: Callable[[dict[str, Any]], Any] | None = None, text: str | None = None) -> Path:
+        path = tmp_path / f"variant{next(counter)}" / "site.yaml"
+        path.parent.mkdir()
+        if text is None:
+            doc = copy.deepcopy(example_doc)
+            if change is not None:
+                change(doc)
+            text = yaml.safe_dump(doc, sort_keys=False)
+        path.write_text(text)
+        return path
+
+    return make
