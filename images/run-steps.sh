@@ -22,5 +22,5 @@ for step in "$stage"/steps/[0-9][0-9]-*.sh; do
     start=$(date +%s.%N)
     bash -euo pipefail -c '. "$1/steps/lib.sh"; . "$2"' nodekiln-step "$stage" "$step"
     end=$(date +%s.%N)
-    echo "NODEKILN-STEP-END $name $(echo "$end - $start" | bc 2>/dev/null || awk "BEGIN{print $end - $start}")"
+    echo "NODEKILN-STEP-END $name $(awk "BEGIN{printf \"%.2f\", $end - $start}")"
 done

@@ -40,9 +40,7 @@ nk_enable() { systemctl enable "$@" >/dev/null 2>&1 || systemctl enable "$@"; }
 nk_disable() {
     local unit
     for unit in "$@"; do
-        if systemctl cat "$unit" >/dev/null 2>&1 || [ -e "/lib/systemd/system/$unit" ]; then
-            systemctl disable "$unit" >/dev/null 2>&1 || true
-            systemctl mask "$unit" >/dev/null 2>&1 || true
-        fi
+        systemctl disable "$unit" >/dev/null 2>&1 || true
     done
 }
+nk_mask() { systemctl mask "$@" >/dev/null 2>&1 || true; }

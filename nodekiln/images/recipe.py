@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
 
 from nodekiln.model import Strict
 
@@ -23,8 +25,14 @@ class ImageRecipe(Strict):
     distribution: Literal["debian", "ubuntu"] = "debian"
     release: str = "12"
     mirror: str = "http://deb.debian.org/debian"
+    securityMirror: str = Field(
+        default="http://deb.debian.org/debian-security",
+        description="Debian security archive (a separate repository on Debian)",
+    )
     snapshot: str | None = Field(
-        default=None, description="snapshot.debian.org timestamp (e.g. 20261120T000000Z) to pin the mirror"
+        default=None,
+        pattern=r"^[0-9]{8}T[0-9]{6}Z$",
+        description="snapshot.debian.org timestamp (e.g. 20261120T000000Z) to pin the mirror",
     )
     containerd: Containerd = Field(default_factory=Containerd)
     kubernetesSource: str = Field(
@@ -35,6 +43,40 @@ class ImageRecipe(Strict):
     preloadImages: list[str] = Field(default_factory=list)
     diskSizeGiB: int = Field(default=6, ge=2, le=2048)
     formats: list[Literal["qcow2", "raw"]] = Field(default_factory=lambda: ["qcow2"])
+
+    @property
+    def codename(self) -> str:
+        return DISTRIBUTIONS[self.distribution][self.release]
+
+    @property
+    def kubernetes_source_kind(self) -> str:
+        """upstream, local or none."""
+        return self.kubernetesSource.split(":", 1)[0]
+
+    def local_source_dir(self, base: Path) -> Path | None:
+        """The local source directory, relative paths taken from `base` (the site's folder)."""
+        if self.kubernetes_source_kind != "local":
+            return None
+        path = Path(self.kubernetesSource.split(":", 1)[1]).expanduser()
+        return path if path.is_absolute() else (base / path)
+
+    def effective_mirror(self) -> tuple[str, str]:
+        """(main, security) mirrors, pinned to the snapshot when one is set."""
+        if self.snapshot:
+            return (f"http://snapshot.debian.org/archive/debian/{self.snapshot}",
+                    f"http://snapshot.debian.org/archive/debian-security/{self.snapshot}")
+        return self.mirror, self.securityMirror
+
+    @model_validator(mode="after")
+    def _release_known(self) -> "ImageRecipe":
+        releases = DISTRIBUTIONS[self.distribution]
+        if self.release not in releases:
+            raise ValueError(
+                f"{self.distribution} release {self.release!r} is not supported; use one of {sorted(releases)}"
+            )
+        if self.containerd.source != "distribution":
+            raise ValueError("containerd.source: only 'distribution' is implemented so far")
+        return self
 
     @field_validator("kubernetesSource")
     @classmethod

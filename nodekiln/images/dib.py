@@ -1,0 +1,177 @@
+"""Run diskimage-builder to produce the node's root tree (a tar), never a disk.
+
+diskimage-builder's own disk assembly needs loop devices with partition scanning,
+device-mapper and mounts; nodekiln assembles the disk from files instead (disk.py). The
+nodekiln-node element tells DIB there is no block device, so DIB writes the tar and then
+fails at `dib-block-device getval image-path` with exit 1: `build_tree` accepts exactly that
+case (exit 1 *and* that command in the log *and* a complete tar), nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodekiln.errors import NodekilnError, ToolError
+from nodekiln.images import disk
+from nodekiln.images.manifest import IMAGES_DIR
+from nodekiln.images.recipe import ImageRecipe
+from nodekiln.run import run
+
+STEP_BEGIN = "NODEKILN-STEP-BEGIN "
+STEP_END = "NODEKILN-STEP-END "
+EXPECTED_FAILURE = "getval image-path"
+ELEMENT = "nodekiln-node"
+BASE_ELEMENTS = {"debian": "debian-minimal", "ubuntu": "ubuntu-minimal"}
+# The DIB phases worth showing as progress, recognised from its log.
+PHASE_MARKERS = {
+    "Running hooks from /tmp/in_target.d/root.d": "root.d",
+    "debootstrap": "debootstrap",
+    "Target: pre-install.d": "pre-install.d",
+    "Target: install.d": "install.d",
+    "Target: post-install.d": "post-install.d",
+    "Running hooks from": None,
+}
+
+
+class DibError(NodekilnError):
+    """diskimage-builder failed or produced no tree."""
+
+
+@dataclass
+class StepTimes:
+    """Bake-step timings parsed from the NODEKILN-STEP lines of the build output."""
+
+    steps: list[dict[str, object]] = field(default_factory=list)
+    current: str | None = None
+
+    def feed(self, line: str) -> str | None:
+        """Record a step line; return the step now running (or None if the line is not one)."""
+        text = line.split("| ", 1)[-1].lstrip("> ").strip()
+        if text.startswith(STEP_BEGIN):
+            self.current = text[len(STEP_BEGIN):].strip()
+            return self.current
+        if text.startswith(STEP_END):
+            parts = text[len(STEP_END):].split()
+            if len(parts) == 2:
+                self.steps.append({"name": parts[0], "seconds": round(float(parts[1]), 2)})
+            self.current = None
+            return None
+        return None
+
+
+def write_stage(stage: Path, recipe: ImageRecipe, kubernetes_version: str, site_dir: Path,
+                images_dir: Path = IMAGES_DIR) -> None:
+    """The stage directory the element bakes from: steps, run-steps.sh, env, local source."""
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    shutil.copytree(images_dir / "steps", stage / "steps")
+    shutil.copy2(images_dir / "run-steps.sh", stage / "run-steps.sh")
+    in_chroot = Path("/tmp/in_target.d/nodekiln-stage")
+    kind = recipe.kubernetes_source_kind
+    settings = {
+        "NODEKILN_K8S_VERSION": kubernetes_version,
+        "NODEKILN_KUBERNETES_SOURCE": kind,
+        "NODEKILN_KUBERNETES_SOURCE_DIR": str(in_chroot / "local") if kind == "local" else "",
+        "NODEKILN_SANDBOX_IMAGE": recipe.containerd.sandboxImage,
+        "NODEKILN_CONTAINERD_VERSION": recipe.containerd.version,
+        "NODEKILN_EXTRA_PACKAGES": " ".join(recipe.extraPackages),
+        "NODEKILN_ROOT_LABEL": disk.ROOT_LABEL,
+        "NODEKILN_DATA_LABEL": disk.DATA_LABEL,
+    }
+    (stage / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+    local = recipe.local_source_dir(site_dir)
+    if local is not None:
+        if not local.is_dir():
+            raise DibError(f"kubernetesSource {recipe.kubernetesSource}: {local} is not a directory")
+        shutil.copytree(local, stage / "local", symlinks=False)
+    if recipe.preloadImages:
+        images = stage / "local" / "preload"
+        images.mkdir(parents=True, exist_ok=True)
+        for item in recipe.preloadImages:
+            shutil.copy2(site_dir / item, images / Path(item).name)
+
+
+def dib_environment(recipe: ImageRecipe, stage: Path, tmp_dir: Path, images_dir: Path = IMAGES_DIR) -> dict[str, str]:
+    mirror, security = recipe.effective_mirror()
+    codename = recipe.codename
+    env = {
+        # TMP_DIR, not TMPDIR: TMPDIR leaks into the chroot and breaks ca-certificates there.
+        "TMP_DIR": str(tmp_dir),
+        "ELEMENTS_PATH": str(images_dir / "elements"),
+        "NODEKILN_STAGE": str(stage),
+        "DIB_RELEASE": codename,
+        "DIB_DISTRIBUTION_MIRROR": mirror,
+    }
+    if recipe.distribution == "debian":
+        env["DIB_DEBIAN_SECURITY_MIRROR"] = security
+        env["DIB_APT_SOURCES_CONF"] = (
+            f"default:deb {mirror} {codename} main\n"
+            f"updates:deb {mirror} {codename}-updates main\n"
+            f"security:deb {security} {codename}-security main\n"
+        )
+    return env
+
+
+def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
+               on_line: Callable[[str], None] | None = None) -> Path:
+    """Run disk-image-create and return the path of the root tree tar it wrote."""
+    tmp_dir = work / "dib-tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    out = work / "root"
+    env = dib_environment(recipe, stage, tmp_dir)
+    argv = ["disk-image-create", "-t", "tar", "-o", out, "--no-tmpfs",
+            BASE_ELEMENTS[recipe.distribution], ELEMENT]
+    # Run without inheriting TMPDIR (see dib_environment).
+    saved = os.environ.pop("TMPDIR", None)
+    try:
+        result = run(argv, env=env, log=log, on_line=on_line, check=False, capture=False, tail=40)
+    finally:
+        if saved is not None:
+            os.environ["TMPDIR"] = saved
+    tar = out.with_suffix(".tar")
+    if result.returncode == 0 or (result.returncode == 1 and _failed_only_at_image_path(log) and tar.exists()):
+        return tar
+    raise ToolError(result.argv, result.returncode, _tail(log, 40), log)
+
+
+def _failed_only_at_image_path(log: Path) -> bool:
+    """True if DIB got past writing the tar and failed where a block device was expected."""
+    text = _tail(log, 60)
+    joined = "\n".join(text)
+    return EXPECTED_FAILURE in joined and "tar -C" in log.read_text(errors="replace")
+
+
+def _tail(log: Path, n: int) -> list[str]:
+    try:
+        return log.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def extract_tree(tar: Path, tree: Path) -> None:
+    """Unpack the tar as root, keeping owners, modes, xattrs and device nodes."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    run(["tar", "-C", tree, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", tar])
+
+
+def dib_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("diskimage-builder")
+    except Exception:  # pragma: no cover - not installed as a distribution
+        return "unknown"
+
+
+def tar_members(tar: Path) -> int:  # pragma: no cover - debugging aid
+    with tarfile.open(tar) as t:
+        return len(t.getmembers())
