@@ -71,6 +71,18 @@ def kubeconfig(c, site=None, out=None, days=365):
     console.print(str(target))
 
 
+@task(help={**SITE_HELP, "out": "output folder (default: build/render/<site>)"})
+@handled
+def render(c, site=None, out=None):
+    """Write every node's cloud-init data (user-data, meta-data, network-config)."""
+    from nodekiln.render import write_site
+
+    loaded = _site(site)
+    target = Path(out) if out else Path("build/render") / loaded.name
+    written = write_site(loaded, _secrets(loaded), target)
+    console.print(f"rendered {len(written)} nodes of site {loaded.name} into {target}")
+
+
 @task(help={**SITE_HELP, "out": "write the schema to this file instead of standard output"})
 @handled
 def schema(c, site=None, out=None):
@@ -89,12 +101,16 @@ def schema(c, site=None, out=None):
 @task(help={**SITE_HELP, "fast": "leave out the slow tests (image builds and boots, services)", "k": "only tests matching this pytest expression"})
 def test(c, site=None, fast=False, k=None):
     """Run the test suite (pytest); --fast runs the quick ones alone."""
+    import os
+
+    # helm and other helper tools that .ci/install puts under build/tools/bin
+    tools = Path(__file__).resolve().parent / "build" / "tools" / "bin"
     args = ["python", "-m", "pytest"]
     if fast:
         args += ["-m", "not slow"]
     if k:
         args += ["-k", k]
-    c.run(" ".join(f"'{a}'" for a in args), pty=False)
+    c.run(" ".join(f"'{a}'" for a in args), pty=False, env={"PATH": f"{tools}:{os.environ.get('PATH', '')}"})
 
 
 @task(help={**SITE_HELP, "only": "run only this figure (repeatable)", "json": "also write the figures to this JSON file"}, iterable=["only"])

@@ -36,6 +36,7 @@ class Figure:
 
 BENCHMARKS: dict[str, str] = {
     "validate_1000_nodes_s": "nodekiln.bench_site:validate_1000_nodes_s",
+    "render_1000_nodes_s": "nodekiln.bench_render:render_1000_nodes_s",
 }
 
 

@@ -46,3 +46,38 @@ def site_file(tmp_path: Path, example_doc: dict[str, Any]) -> Callable[..., Path
         return path
 
     return make
+
+
+def _single(doc: dict[str, Any]) -> None:
+    doc["controlPlane"] = {"loadBalancer": "none"}
+    doc["nodes"] = [doc["nodes"][0], doc["nodes"][3]]
+
+
+def _five(doc: dict[str, Any]) -> None:
+    doc["nodes"][3:3] = [
+        {"name": "master04", "role": "control-plane", "address": "10.0.1.36"},
+        {"name": "master05", "role": "control-plane", "address": "10.0.1.37"},
+    ]
+
+
+def _host_services(doc: dict[str, Any]) -> None:
+    doc["controlPlane"]["loadBalancerMode"] = "host-services"
+
+
+SITE_VARIANTS: dict[str, Callable[[dict[str, Any]], None] | None] = {
+    "talk-3cp-3w": None,  # the example: the talk's addresses, 3 control planes, 3 workers
+    "single-node": _single,
+    "five-cp": _five,
+    "host-services": _host_services,
+}
+
+
+@pytest.fixture(params=sorted(SITE_VARIANTS))
+def variant_site(request, site_file):
+    """Each fixture site in turn, with its secrets: (Site, Secrets)."""
+    from nodekiln.secrets import SecretStore
+    from nodekiln.site import load_site
+
+    site = load_site(site_file(SITE_VARIANTS[request.param]))
+    secrets, _ = SecretStore(site.directory, site.name).ensure()
+    return site, secrets
