@@ -151,54 +151,6 @@ def output(argv: Sequence[str | os.PathLike[str]], **kwargs) -> str:
     return run(argv, **kwargs).output.strip()
 
 
-@dataclass
-class Process:
-    """A long-running program started by `spawn` (a test service, a VM): stop it with `stop`."""
-
-    argv: list[str]
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 25) -> list[str]:
-        try:
-            return self.log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return []
-
-    def stop(self) -> None:
-        """TERM its whole process group, wait, then KILL what is left."""
-        if self.popen.poll() is None:
-            _kill_group(self.popen)  # type: ignore[arg-type]
-
-
-def spawn(
-    argv: Sequence[str | os.PathLike[str]],
-    *,
-    log: Path,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-) -> Process:
-    """Start a program in the background in its own process group, output appended to `log`."""
-    args = [os.fspath(a) for a in argv]
-    args[0] = which(args[0]) if os.sep not in args[0] else args[0]
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as handle:
-        popen = subprocess.Popen(
-            args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Process(args, popen, log)
-
-
 def spawn(argv: Sequence[str | os.PathLike[str]], *, log: Path, env: Mapping[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen[str]:
     """Start a long-running program (a VM) in the background, all its output into `log`.
