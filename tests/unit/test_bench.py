@@ -1,0 +1,46 @@
+"""`invoke bench`: the table, --only and --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nodekiln import bench
+from nodekiln.errors import NodekilnError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_only_writes_json(tmp_path):
+    target = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "bench", "--only", "validate_1000_nodes_s", "--json", str(target)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "validate_1000_nodes_s" in result.stdout and "goal" in result.stdout
+    [figure] = json.loads(target.read_text())
+    assert set(figure) == {"name", "value", "unit", "goal"}
+    assert figure["name"] == "validate_1000_nodes_s" and figure["unit"] == "s" and figure["value"] > 0
+
+
+def test_unknown_benchmark_is_a_clear_error():
+    with pytest.raises(NodekilnError, match="unknown benchmark nope"):
+        bench.run(["nope"])
+
+
+@pytest.mark.parametrize(("value", "goal", "met"), [(0.5, "<= 1", True), (1.5, "<= 1", False), (0, "== 0", True), (3, ">= 5", False), (1, "n/a", None)])
+def test_goal_evaluation(value, goal, met):
+    assert bench.Figure("x", value, "s", goal).met is met
+
+
+def test_every_registered_benchmark_resolves():
+    import importlib
+
+    for name, target in bench.BENCHMARKS.items():
+        module, _, func = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
