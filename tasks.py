@@ -34,7 +34,7 @@ def _secrets(site):
 @task(help=SITE_HELP)
 @handled
 def validate(c, site=None):
-    """Check the site file; every problem is listed with its file, line and field."""
+    """Check the site file: every problem with its line and field."""
     loaded = _site(site)
     console.print(f"{loaded.file}: site {loaded.name} is valid: {len(loaded.control_planes)} control planes, {len(loaded.workers)} workers, endpoint {loaded.endpoint}")
 
@@ -42,7 +42,7 @@ def validate(c, site=None):
 @task(help={**SITE_HELP, "regenerate": "replace existing (or lost) secrets: only for a site whose nodes are all gone"})
 @handled
 def secrets(c, site=None, regenerate=False):
-    """Create the site's CAs, keys, bootstrap token and VRRP password, once (mode 0600)."""
+    """Create the site's CAs, keys, token, VRRP password (once)."""
     from nodekiln.secrets import SecretStore
 
     loaded = _site(site)
@@ -61,7 +61,7 @@ def secrets(c, site=None, regenerate=False):
 @task(help={**SITE_HELP, "out": "where to write it (default: <site dir>/.nodekiln/<site>-admin.conf)", "days": "validity of the client certificate"})
 @handled
 def kubeconfig(c, site=None, out=None, days=365):
-    """Write an admin kubeconfig for the site's endpoint, signed by the site CA (mode 0600)."""
+    """Write an admin kubeconfig signed by the site CA."""
     from nodekiln.files import write_atomic
     from nodekiln.kubeconfig import admin_kubeconfig
 
@@ -74,7 +74,7 @@ def kubeconfig(c, site=None, out=None, days=365):
 @task(help={**SITE_HELP, "out": "output folder (default: build/render/<site>)"})
 @handled
 def render(c, site=None, out=None):
-    """Write every node's cloud-init data (user-data, meta-data, network-config)."""
+    """Write every node's cloud-init data (NoCloud files)."""
     from nodekiln.render import write_site
 
     loaded = _site(site)
@@ -86,7 +86,7 @@ def render(c, site=None, out=None):
 @task(help={**SITE_HELP, "out": "write the schema to this file instead of standard output"})
 @handled
 def schema(c, site=None, out=None):
-    """Print the site file's JSON Schema (for editors' YAML completion)."""
+    """Print the site file's JSON Schema (for editors)."""
     from nodekiln.files import write_atomic
     from nodekiln.site import json_schema
 
@@ -100,7 +100,7 @@ def schema(c, site=None, out=None):
 
 @task(help={**SITE_HELP, "fast": "leave out the slow tests (image builds and boots, services)", "k": "only tests matching this pytest expression"})
 def test(c, site=None, fast=False, k=None):
-    """Run the test suite (pytest); --fast runs the quick ones alone."""
+    """Run the test suite; --fast runs the quick tests alone."""
     import os
 
     # helm and other helper tools that .ci/install puts under build/tools/bin
@@ -116,7 +116,7 @@ def test(c, site=None, fast=False, k=None):
 @task(help={**SITE_HELP, "only": "run only this figure (repeatable)", "json": "also write the figures to this JSON file"}, iterable=["only"])
 @handled
 def bench(c, site=None, only=None, json=None):
-    """Measure the project's figures and print them with their goals."""
+    """Measure the project's figures against their goals."""
     from nodekiln import bench as benchmarks
 
     figures = benchmarks.run(only or None)
