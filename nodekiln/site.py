@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_validator
 
 from nodekiln import yamlsrc
+from nodekiln.addons.spec import AddonsSpec, check_addons
 from nodekiln.errors import Problem, SiteError
 from nodekiln.images.recipe import ImageRecipe
 from nodekiln.model import Strict
@@ -151,6 +152,7 @@ class Site(Strict):
     firewall: Firewall = Field(default_factory=Firewall)
     nodes: list[Node] = Field(min_length=1)
     image: ImageRecipe = Field(default_factory=ImageRecipe, description="the node image recipe, inline or the name of a recipe file beside the site file")
+    addons: AddonsSpec = Field(default_factory=AddonsSpec, description="Helm releases installed by `invoke addons`: CNI, storage, backups, ingress, NaaVRE, the site's own")
 
     _file: Path = PrivateAttr(default=Path("site.yaml"))
 
@@ -322,6 +324,7 @@ def check_site(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
         for b in range(a + 1, len(keys)):
             if nets[keys[a]].overlaps(nets[keys[b]]):
                 found.append((keys[b], f"{nets[keys[b]]} overlaps {yamlsrc.dotted(keys[a])} {nets[keys[a]]}"))
+    found.extend(check_addons(site))
     return found
 
 

@@ -1,0 +1,449 @@
+"""The addons plan: the site's Helm releases in install order, each with its rendered values.
+
+`build_plan(site)` is pure apart from the secrets store (a secret is made once, on first use):
+no network, no cluster, the same site and secrets give byte-identical files. `write_plan`
+writes `plan.json` and one values file per release (0600 when it holds a secret).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import yaml
+
+from nodekiln import templates, yamlsrc
+from nodekiln.addons.catalog import AddonDef, builtins
+from nodekiln.addons.graph import order
+from nodekiln.addons.spec import BUILTIN_KEYS, AddonsSpec, dependency_graph, release_name
+from nodekiln.errors import NodekilnError
+from nodekiln.files import write_tree_atomic
+
+if TYPE_CHECKING:
+    from nodekiln.site import Site
+
+PLAN_FILE = "plan.json"
+
+
+class AddonsError(NodekilnError):
+    """The addons plan cannot be made or applied."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One `helm upgrade --install`."""
+
+    name: str
+    namespace: str
+    chart: str  # chart name in `repo`, or a local chart directory
+    repo: str | None  # https:// or oci:// repository; None for a local chart
+    version: str | None
+    values: str  # values file name inside the plan folder
+    depends_on: tuple[str, ...] = ()
+    wait_for: str = "the chart's resources are ready (helm --wait)"
+    timeout: str = "10m"
+    readiness: tuple[tuple[str, ...], ...] = ()
+    images: tuple[str, ...] = ()
+    secret: bool = False  # the values file holds secrets (written 0600)
+    chart_path: Path | None = None  # local chart directory (extra releases, NaaVRE's checkout)
+    values_chart: Path | None = None  # renders the sub-charts' values from `values` first (NaaVRE)
+    source: dict[str, str] | None = None  # {"git": url, "ref": commit} for charts from a Git checkout
+    builtin: bool = True
+
+    @property
+    def chart_ref(self) -> str:
+        """What `helm upgrade --install NAME <chart_ref>` gets."""
+        if self.chart_path is not None:
+            return str(self.chart_path)
+        if self.repo and self.repo.startswith("oci://"):
+            return f"{self.repo.rstrip('/')}/{self.chart}"
+        return self.chart
+
+    @property
+    def label(self) -> str:
+        version = f"@{self.version}" if self.version else ""
+        return f"{self.chart}{version}"
+
+    def summary(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "chart": self.chart,
+            "repo": self.repo,
+            "version": self.version,
+            "values": self.values,
+            "dependsOn": list(self.depends_on),
+            "waitFor": self.wait_for,
+            "timeout": self.timeout,
+        }
+        if self.source:
+            entry["source"] = self.source
+        if self.values_chart is not None:
+            entry["valuesChart"] = self.values_chart.name
+        if self.chart_path is not None:
+            entry["chartPath"] = str(self.chart_path)
+        return entry
+
+
+@dataclass
+class Plan:
+    site: str
+    releases: list[Release]
+    files: dict[str, tuple[bytes, int]]  # values files by name: (content, mode)
+    missing_secrets: list[tuple[str, str]] = field(default_factory=list)  # (secret, env var that provides it)
+    out: Path | None = None
+
+    def release(self, name: str) -> Release:
+        for release in self.releases:
+            if release.name == name:
+                return release
+        raise KeyError(name)
+
+    def values_path(self, release: Release) -> Path:
+        if self.out is None:
+            raise AddonsError("the plan was not written yet")
+        return self.out / release.values
+
+    def to_json(self) -> str:
+        doc = {
+            "site": self.site,
+            "releases": [
+                {**r.summary(), "valuesSha256": hashlib.sha256(self.files[r.values][0]).hexdigest()} for r in self.releases
+            ],
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    def images(self) -> list[str]:
+        return sorted({image for r in self.releases for image in r.images})
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+class Secrets:
+    """Named secrets for the templates: made once in the site's store (0600), never printed.
+
+    `secret(name)` makes a random one on first use; `user_secret(name)` is one only the site's
+    operators know (a registry password): taken once from $NODEKILN_SECRET_<NAME> and stored.
+    """
+
+    def __init__(self, site: Site):
+        from nodekiln.secrets import SecretStore
+
+        self.store = SecretStore(site.directory, site.name)
+        self._cache: dict[str, str] | None = None
+        self.used = False
+        self.missing: list[tuple[str, str]] = []
+
+    @property
+    def cache(self) -> dict[str, str]:
+        """The store's named secrets, read once (a store is made on first use)."""
+        if self._cache is None:
+            self._cache = dict(self.store.ensure()[0].extra)
+        return self._cache
+
+    def secret(self, name: str, kind: str = "password") -> str:
+        from nodekiln.secrets import password
+
+        self.used = True
+        if name not in self.cache:
+            factory: Callable[[], str] = (lambda: "u" + password(15).lower()) if kind == "user" else password
+            self.cache[name] = self.store.named(name, factory)
+        return self.cache[name]
+
+    def user_secret(self, name: str) -> str:
+        self.used = True
+        if name in self.cache:
+            return self.cache[name]
+        env = env_name(name)
+
+        class Missing(Exception):
+            pass
+
+        def from_env() -> str:
+            value = os.environ.get(env)
+            if not value:
+                raise Missing
+            return value
+
+        try:
+            if not os.environ.get(env):
+                raise Missing
+            self.cache[name] = self.store.named(name, from_env)
+        except Missing:
+            self.missing.append((name, env))
+            return f"UNSET-{name}"
+        return self.cache[name]
+
+
+def env_name(secret: str) -> str:
+    return "NODEKILN_SECRET_" + re.sub(r"[^A-Z0-9]", "_", secret.upper())
+
+
+# --- template helpers ----------------------------------------------------------------------
+
+
+def _q(value: Any) -> str:
+    """Any value as YAML flow text (JSON is YAML): strings quoted, lists and maps inline."""
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value, default=str)
+
+
+def split_image(image: str) -> tuple[str, str, str]:
+    """'quay.io/tigera/operator:v1.38.6' -> ('quay.io', 'tigera/operator', 'v1.38.6')."""
+    name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first, rest, tag
+    return "docker.io", name if "/" in name else f"library/{name}", tag
+
+
+def _registry(image: str) -> str:
+    return split_image(image)[0]
+
+
+def _repository(image: str, registry: bool = True) -> str:
+    reg, repo, _ = split_image(image)
+    return f"{reg}/{repo}" if registry else repo
+
+
+def _tag(image: str) -> str:
+    return split_image(image)[2]
+
+
+def _environment() -> jinja2.Environment:
+    env = templates.environment("addons")
+    env.filters.update(q=_q, registry=_registry, repository=_repository, tag=_tag)
+    return env
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+def _namespace(spec: AddonsSpec, definition: AddonDef) -> str:
+    own = spec.builtin(definition.setting).namespace
+    if own:
+        return own
+    if definition.sameNamespaceAs:
+        other = builtins()[definition.sameNamespaceAs]
+        if spec.builtin(other.setting).enabled:
+            return _namespace(spec, other)
+    return definition.namespace
+
+
+def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
+    """Every release the site's addons section turns on, in install order, values rendered."""
+    spec = site.addons
+    if not spec.enabled:
+        return Plan(site.name, [], {})
+    secrets = secrets or Secrets(site)
+    defs = builtins()
+    graph = dependency_graph(spec)
+    ordered = order(graph)
+    namespaces: dict[str, str] = {}
+    for key in BUILTIN_KEYS:
+        if spec.builtin(key).enabled:
+            namespaces[release_name(key)] = _namespace(spec, defs[release_name(key)])
+    for extra in spec.releases:
+        namespaces[extra.name] = extra.namespace
+
+    releases: dict[str, Release] = {}
+    files: dict[str, tuple[bytes, int]] = {}
+    env = _environment()
+    for key in BUILTIN_KEYS:
+        addon = spec.builtin(key)
+        if not addon.enabled:
+            continue
+        definition = defs[release_name(key)]
+        release, text, secret = _render_builtin(site, definition, addon, namespaces, secrets, env)
+        releases[release.name] = release
+        files[release.values] = (text.encode(), 0o600 if secret else 0o644)
+    for extra in spec.releases:
+        release, text = _render_extra(site, extra, graph, spec)
+        releases[release.name] = release
+        files[release.values] = (text.encode(), 0o644)
+    return Plan(site.name, [releases[name] for name in ordered], files, list(secrets.missing))
+
+
+def _context(site: Site, definition: AddonDef, addon: Any, namespaces: dict[str, str], secrets: Secrets) -> dict[str, Any]:
+    spec = site.addons
+    ctx: dict[str, Any] = {
+        "site": site,
+        "addon": addon,
+        "addons": spec,
+        "namespace": namespaces[definition.name],
+        "namespaces": namespaces,
+        "images": definition.images,
+        "endpoint": {"address": str(site.endpoint_address), "port": site.endpoint_port},
+        "secret": secrets.secret,
+        "user_secret": secrets.user_secret,
+    }
+    if definition.name == "calico":
+        ctx["pool"] = str(addon.ipPool or site.kubernetes.podSubnet)
+    if definition.name == "minio":
+        velero_on_minio = spec.velero.enabled and spec.velero.s3 == "minio"
+        buckets = list(addon.buckets)
+        if velero_on_minio and spec.velero.bucket not in {b.name for b in buckets}:
+            from nodekiln.addons.spec import Bucket
+
+            buckets.insert(0, Bucket(name=spec.velero.bucket))
+        ctx.update(buckets=buckets, velero_on_minio=velero_on_minio)
+    if definition.name == "velero":
+        if addon.s3 == "minio":
+            ctx["s3"] = {
+                "url": f"http://minio.{namespaces.get('minio', 'minio')}.svc.{site.kubernetes.clusterDomain}:9000",
+                "region": "minio",
+                "bucket": addon.bucket,
+                "access_key": secrets.secret("velero-s3-access-key", "user"),
+                "secret_key": secrets.secret("velero-s3-secret-key"),
+            }
+        else:
+            ext = addon.external
+            ctx["s3"] = {
+                "url": ext.url,
+                "region": ext.region,
+                "bucket": ext.bucket,
+                "access_key": secrets.user_secret("velero-s3-access-key"),
+                "secret_key": secrets.user_secret("velero-s3-secret-key"),
+            }
+    if definition.name == "naavre":
+        labs: dict[str, dict[str, Any]] = {}
+        for slug, lab in addon.virtualLabs.items():
+            labs[slug] = {**lab.model_dump(), "enabled": True, "cellGithubToken": secrets.user_secret(f"naavre-vlab-{slug}-cell-github-token")}
+        if "openlab" not in labs:
+            # The values chart defines an `openlab` lab and requires every one of its values.
+            labs["openlab"] = {
+                "enabled": False, "title": "NaaVRE Open Lab (off)", "description": "", "binderRef": None,
+                "baseImageTagsUrl": "unused", "moduleMappingUrl": "unused", "cellGithubUrl": "unused",
+                "cellGithubToken": "unused", "registryUrl": "unused",
+            }
+        ctx["labs"] = labs
+    return ctx
+
+
+def _render_builtin(site: Site, definition: AddonDef, addon: Any, namespaces: dict[str, str], secrets: Secrets, env: jinja2.Environment) -> tuple[Release, str, bool]:
+    secrets.used = False
+    try:
+        text = env.get_template(definition.template).render(**_context(site, definition, addon, namespaces, secrets))
+    except jinja2.TemplateError as exc:
+        raise AddonsError(f"addons/{definition.template}: {exc}") from None
+    secret = secrets.used
+    text = _apply_override(site, text, addon.values, ("addons", definition.setting, "values"), definition.template)
+    chart_path = values_chart = None
+    if definition.source is not None:
+        checkout = (site.directory / site.addons.naavre.chartsPath).resolve() if definition.name == "naavre" else site.directory
+        chart_path = checkout / definition.chart
+        values_chart = checkout / definition.valuesChart if definition.valuesChart else None
+    name = definition.name
+    values_file = f"{name}.root-values.yaml" if values_chart is not None else f"{name}.values.yaml"
+    release = Release(
+        name=name,
+        namespace=namespaces[name],
+        chart=definition.chart,
+        repo=definition.repo or (definition.source.git if definition.source else None),
+        version=addon.version or definition.version,
+        values=values_file,
+        depends_on=tuple(d for d in definition.dependsOn if d in namespaces),
+        wait_for=definition.waitFor,
+        timeout=definition.timeout or site.addons.timeout,
+        readiness=tuple(tuple(cmd) for cmd in definition.readiness),
+        images=tuple(definition.images.values()),
+        secret=secret,
+        chart_path=chart_path,
+        values_chart=values_chart,
+        source=definition.source.model_dump() if definition.source else None,
+    )
+    return release, text, secret
+
+
+def _render_extra(site: Site, extra: Any, graph: dict[str, list[str]], spec: AddonsSpec) -> tuple[Release, str]:
+    if extra.values:
+        text = (site.directory / extra.values).read_text(encoding="utf-8")
+        _load_mapping(text, f"{site.directory / extra.values}")
+    else:
+        text = "{}\n"
+    local = None if extra.repo else (site.directory / extra.chart).resolve()
+    release = Release(
+        name=extra.name,
+        namespace=extra.namespace,
+        chart=extra.chart,
+        repo=extra.repo,
+        version=extra.version or (_chart_version(local) if local else None),
+        values=f"{extra.name}.values.yaml",
+        depends_on=tuple(extra.dependsOn),
+        wait_for=extra.waitFor,
+        timeout=extra.timeout,
+        chart_path=local,
+        builtin=False,
+    )
+    return release, text
+
+
+def _chart_version(chart_dir: Path) -> str | None:
+    try:
+        meta = yaml.safe_load((chart_dir / "Chart.yaml").read_text(encoding="utf-8"))
+        return str(meta.get("version")) if isinstance(meta, dict) and meta.get("version") else None
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _load_mapping(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.load(text, Loader=yamlsrc.Loader)
+    except yaml.YAMLError as exc:
+        raise AddonsError(f"{where}: does not parse as YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AddonsError(f"{where}: expected a mapping of values, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(site: Site, text: str, override: str | None, path: tuple, template: str) -> str:
+    rendered = _load_mapping(text, f"addons/{template} (rendered)")
+    if not override:
+        return text
+    file = site.directory / override
+    extra = _load_mapping(file.read_text(encoding="utf-8"), str(file))
+    head = "".join(line for line in text.splitlines(keepends=True)[:2] if line.startswith("#"))
+    merged = deep_merge(rendered, extra)
+    return f"{head}# merged with {override} ({'.'.join(map(str, path))})\n" + yaml.safe_dump(merged, sort_keys=False, default_flow_style=False)
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """Helm's merge of values files: maps merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for key, value in over.items():
+            merged[key] = deep_merge(base[key], value) if key in base else value
+        return merged
+    return over
+
+
+def default_out(site: Site) -> Path:
+    return Path("build/addons") / site.name
+
+
+def write_plan(plan: Plan, out: Path) -> Path:
+    """Write plan.json and the values files under `out` in one step; returns plan.json."""
+    files = dict(plan.files)
+    files[PLAN_FILE] = (plan.to_json().encode(), 0o644)
+    write_tree_atomic(out, files)
+    plan.out = out
+    return out / PLAN_FILE
+
+
+def load_values(paths: list[Path]) -> dict[str, Any]:
+    """The values Helm sees for these files, merged in order (for comparing with the cluster)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = deep_merge(merged, _load_mapping(path.read_text(encoding="utf-8"), str(path)))
+    return json.loads(json.dumps(merged, default=str))
