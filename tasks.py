@@ -83,6 +83,52 @@ def render(c, site=None, out=None):
     console.print(f"rendered {len(written)} nodes of site {loaded.name} into {target}")
 
 
+@task(
+    help={
+        **SITE_HELP,
+        "dry_run": "print the ordered plan and write the values files and plan.json; touch no cluster",
+        "out": "folder of plan.json and the values files (default: build/addons/<site>)",
+        "images": "print every container image the addons run (to bake into air-gapped images)",
+        "kubeconfig": "cluster to install into (default: <site dir>/.nodekiln/<site>-admin.conf)",
+    }
+)
+@handled
+def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None):
+    """Install the site's addons (CNI, storage, backups, ingress, NaaVRE) with Helm, in order."""
+    from rich.table import Table
+
+    from nodekiln import addons as stage
+
+    loaded = _site(site)
+    target = Path(out) if out else None
+    if images:
+        found, notes = stage.images(loaded, target)
+        for image in found:
+            sys.stdout.write(image + "\n")
+        for note in notes:
+            console.print(f"note: {note}", style="yellow")
+        return
+    if dry_run:
+        plan, plan_file = stage.plan(loaded, target)
+        table = Table(title=f"addons of site {loaded.name} (install order)")
+        for column in ("#", "release", "namespace", "chart@version"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("waits for")
+        for i, release in enumerate(plan.releases, 1):
+            table.add_row(str(i), release.name, release.namespace, release.label, release.wait_for)
+        console.print(table)
+        for name, env in plan.missing_secrets:
+            console.print(f"note: secret {name} is not in the store yet: set {env} for the real run", style="yellow")
+        console.print(f"wrote {plan_file} and {len(plan.releases)} values files (no cluster touched)")
+        return
+    outcomes = stage.install(loaded, target, Path(kubeconfig) if kubeconfig else None)
+    changed = [o for o in outcomes if o.action != "unchanged"]
+    if not changed:
+        console.print(f"nothing changed: all {len(outcomes)} releases are as planned")
+    else:
+        console.print(", ".join(f"{o.name} {o.action}" for o in changed) + f"; {len(outcomes) - len(changed)} unchanged")
+
+
 @task(help={**SITE_HELP, "out": "write the schema to this file instead of standard output"})
 @handled
 def schema(c, site=None, out=None):

@@ -37,6 +37,7 @@ class Figure:
 BENCHMARKS: dict[str, str] = {
     "validate_1000_nodes_s": "nodekiln.bench_site:validate_1000_nodes_s",
     "render_1000_nodes_s": "nodekiln.bench_render:render_1000_nodes_s",
+    "addons_plan_s": "nodekiln.bench_addons:addons_plan_s",
 }
 
 

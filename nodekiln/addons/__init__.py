@@ -6,3 +6,60 @@
   helm.py     the helm (and kubectl) calls, through nodekiln.run
   apply.py    install/upgrade one release at a time, idempotent, resumable
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nodekiln.addons.spec import AddonsSpec, check_addons
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from nodekiln.addons.apply import Outcome
+    from nodekiln.addons.plan import Plan
+    from nodekiln.site import Site
+
+__all__ = ["AddonsSpec", "check_addons", "plan", "images", "install", "default_kubeconfig"]
+
+
+def plan(site: Site, out: Path | None = None) -> tuple[Plan, Path]:
+    """Render the plan and write it (plan.json + values files); no cluster is touched."""
+    from nodekiln.addons.plan import build_plan, default_out, write_plan
+
+    built = build_plan(site)
+    return built, write_plan(built, out or default_out(site))
+
+
+def images(site: Site, out: Path | None = None) -> tuple[list[str], list[str]]:
+    """Every container image of the plan (for baking into air-gapped images) and notes."""
+    from nodekiln.addons.apply import images as plan_images
+    from nodekiln.addons.helm import Helm
+    from nodekiln.errors import MissingToolError
+
+    built, _ = plan(site, out)
+    try:
+        helm = Helm.discover()
+    except MissingToolError:
+        helm = None
+    return plan_images(built, helm)
+
+
+def default_kubeconfig(site: Site) -> Path:
+    return site.directory / ".nodekiln" / f"{site.name}-admin.conf"
+
+
+def install(site: Site, out: Path | None = None, kubeconfig: Path | None = None, console: Console | None = None) -> list[Outcome]:
+    """Render the plan, then install or upgrade its releases in order (idempotent, resumable)."""
+    from nodekiln.addons.apply import apply
+    from nodekiln.addons.helm import Helm
+    from nodekiln.addons.plan import AddonsError
+
+    config = kubeconfig or default_kubeconfig(site)
+    if not config.is_file():
+        raise AddonsError(f"{config}: no kubeconfig: run `invoke kubeconfig` (or pass --kubeconfig)")
+    helm = Helm.discover(config)
+    built, plan_file = plan(site, out)
+    helm.log = plan_file.parent.with_name(f"{plan_file.parent.name}.helm.log")
+    return apply(built, helm, console)
