@@ -1,0 +1,56 @@
+"""The nftables ruleset of each node: default deny inbound, per role.
+
+One file per role (`/etc/nftables.conf`), the same on every node of that role: addresses go in
+named sets (control planes, the node network, the pod network), so the file does not grow with
+the number of workers (1,000 nodes render the same few lines).
+
+The rules live in their own table, `inet nodekiln`, replaced atomically by `nft -f` (the file
+deletes and recreates it). Unlike `flush ruleset`, loading it again on a running node leaves
+kube-proxy's and Calico's tables alone: they manage their own and would lose Service and pod
+routing until their next resync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nodekiln import templates
+from nodekiln.nodefiles import NodeFile
+from nodekiln.site import Node, Site
+
+PATH = "/etc/nftables.conf"
+NODE_PORTS = (30000, 32767)
+
+
+@dataclass(frozen=True)
+class CniPorts:
+    """What the CNI needs between nodes (Calico: BGP, VXLAN, Typha, IP-in-IP)."""
+
+    tcp: tuple[int, ...] = (179, 5473)  # BGP, Typha
+    udp: tuple[int, ...] = (4789,)  # VXLAN
+    protocols: tuple[int, ...] = (4,)  # IP-in-IP (by number: /etc/protocols calls 94 "ipip")
+
+
+CALICO = CniPorts()
+
+
+def firewall_files(site: Site, node: Node) -> list[NodeFile]:
+    return [NodeFile(PATH, ruleset(site, node.role), 0o755)]
+
+
+def ruleset(site: Site, role: str) -> str:
+    return templates.render(
+        "bootstrap",
+        "nftables.conf.j2",
+        site=site,
+        role=role,
+        control_planes=[cp.address for cp in site.control_planes],
+        api_ports=sorted({site.apiserver_port, site.endpoint_port}),
+        kubelet_port=10250,
+        cni=CALICO,
+        node_ports=NODE_PORTS if role == "worker" and site.firewall.nodePorts else None,
+        extra_tcp=sorted(set(site.firewall.extraTCPPorts)),
+        vrrp=site.load_balanced and role == "control-plane",
+        etcd=(2379, 2380),
+        components=(10250, 10259),
+    )
