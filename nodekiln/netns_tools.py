@@ -1,0 +1,147 @@
+"""Small programs the netns test bed runs inside its namespaces (standard library only: they
+start in ~50 ms, which matters when measuring a fail-over).
+
+    python -m nodekiln.netns_tools standin NAME CERT KEY [PORT]   kube-apiserver stand-in
+    python -m nodekiln.netns_tools listen PORT...                 accept and close on TCP ports
+    python -m nodekiln.netns_tools get URL COUNT                  COUNT GETs, one body a line
+    python -m nodekiln.netns_tools probe URL                      after 'go' on stdin: first success
+    python -m nodekiln.netns_tools connect HOST TIMEOUT PORT...   'PORT open|closed|filtered'
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.request
+
+
+def standin(name: str, cert: str, key: str, port: int = 6443) -> None:
+    """Answers every GET (/healthz included) with 200 and `ok NAME`, over HTTPS, like a healthy
+    kube-apiserver answers /healthz; the body says which node served the request."""
+    body = f"ok {name}\n".encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+def listen(ports: list[int]) -> None:
+    socks = []
+    for port in ports:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(16)
+        socks.append(s)
+
+    def serve(s: socket.socket) -> None:
+        while True:
+            conn, _ = s.accept()
+            conn.close()
+
+    for s in socks:
+        threading.Thread(target=serve, args=(s,), daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+def _context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _get(url: str, timeout: float) -> str:
+    with urllib.request.urlopen(url, timeout=timeout, context=_context()) as response:
+        return response.read().decode().strip()
+
+
+def get(url: str, count: int) -> None:
+    for _ in range(count):
+        try:
+            print(_get(url, 2.0), flush=True)
+        except OSError as exc:
+            print(f"error {exc}", flush=True)
+
+
+def probe(url: str, every: float = 0.02, timeout: float = 1.0) -> None:
+    """Wait for 'go', then start a GET every `every` s; print the CLOCK_MONOTONIC time at which
+    the first one succeeded, and its body. Overlapping attempts: a request stuck on a dead
+    address does not delay the next one."""
+    sys.stdin.readline()
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def attempt() -> None:
+        try:
+            text = _get(url, timeout)
+        except OSError:
+            return
+        stamp = time.monotonic()
+        with lock:
+            if not done.is_set():
+                done.set()
+                print(f"{stamp:.6f} {text}", flush=True)
+
+    while not done.wait(every):
+        threading.Thread(target=attempt, daemon=True).start()
+
+
+def connect(host: str, timeout: float, ports: list[int]) -> None:
+    results: dict[int, str] = {}
+
+    def one(port: int) -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                results[port] = "open"
+        except ConnectionRefusedError:
+            results[port] = "closed"
+        except OSError:
+            results[port] = "filtered"
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in ports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for port in ports:
+        print(port, results[port])
+
+
+def main(argv: list[str]) -> None:
+    command, args = argv[0], argv[1:]
+    if command == "standin":
+        standin(args[0], args[1], args[2], int(args[3]) if len(args) > 3 else 6443)
+    elif command == "listen":
+        listen([int(p) for p in args])
+    elif command == "get":
+        get(args[0], int(args[1]))
+    elif command == "probe":
+        probe(args[0])
+    elif command == "connect":
+        connect(args[0], float(args[1]), [int(p) for p in args[2:]])
+    else:
+        raise SystemExit(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
