@@ -1,0 +1,245 @@
+"""The addons plan: order, values, files, and every bad input as a site-file error (no helm)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nodekiln.addons import plan as make_plan
+from nodekiln.addons.graph import CycleError, order
+from nodekiln.addons.plan import build_plan, split_image
+from nodekiln.errors import SiteError
+from nodekiln.site import load_site
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "sites" / "example" / "site.yaml"
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """The example site's secrets, made once (RSA keys are slow) and copied into each test."""
+    from nodekiln.secrets import SecretStore
+
+    folder = tmp_path_factory.mktemp("store")
+    SecretStore(folder, "vlic-lab").create()
+    return folder / ".nodekiln"
+
+
+@pytest.fixture
+def site_file(tmp_path: Path, store_template: Path) -> Path:
+    target = tmp_path / "site" / "site.yaml"
+    target.parent.mkdir()
+    shutil.copy(EXAMPLE, target)
+    shutil.copytree(store_template, target.parent / ".nodekiln")
+    return target
+
+
+def edit(site_file: Path, change) -> Path:
+    doc = yaml.safe_load(site_file.read_text())
+    change(doc)
+    site_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return site_file
+
+
+def problems(site_file: Path) -> list[str]:
+    with pytest.raises(SiteError) as info:
+        load_site(site_file)
+    return [f"{p.path}: {p.message}" for p in info.value.problems]
+
+
+def test_example_plan_has_every_builtin_in_dependency_order(site_file):
+    plan = build_plan(load_site(site_file))
+    names = [r.name for r in plan.releases]
+    assert names == ["calico", "nfs", "minio", "velero", "ingress", "keycloak-operator", "naavre"]
+    position = {name: i for i, name in enumerate(names)}
+    for release in plan.releases:
+        assert all(position[d] < position[release.name] for d in release.depends_on), release.name
+
+
+def test_dry_run_writes_plan_json_and_values_files(site_file, tmp_path):
+    site = load_site(site_file)
+    plan, plan_file = make_plan(site, tmp_path / "out")
+    doc = json.loads(plan_file.read_text())
+    assert [r["name"] for r in doc["releases"]] == [r.name for r in plan.releases]
+    for entry in doc["releases"]:
+        assert {"name", "namespace", "chart", "repo", "version", "values"} <= entry.keys()
+        values = plan_file.parent / entry["values"]
+        assert values.is_file()
+        assert yaml.safe_load(values.read_text()) is not None
+    naavre = next(r for r in doc["releases"] if r["name"] == "naavre")
+    assert naavre["values"] == "naavre.root-values.yaml" and naavre["valuesChart"] == "values"
+    assert naavre["source"]["git"] == "https://github.com/NaaVRE/NaaVRE-helm"
+
+
+def test_values_with_secrets_are_0600_and_secrets_stay_out_of_the_plan(site_file, tmp_path):
+    site = load_site(site_file)
+    plan, plan_file = make_plan(site, tmp_path / "out")
+    modes = {r.name: (plan_file.parent / r.values).stat().st_mode & 0o777 for r in plan.releases}
+    assert modes["minio"] == modes["velero"] == modes["naavre"] == 0o600
+    assert modes["calico"] == modes["nfs"] == modes["ingress"] == 0o644
+    store = yaml.safe_load((site_file.parent / ".nodekiln" / "vlic-lab.secrets.yaml").read_text())
+    assert (site_file.parent / ".nodekiln" / "vlic-lab.secrets.yaml").stat().st_mode & 0o777 == 0o600
+    text = plan_file.read_text()
+    for value in store["extra"].values():
+        assert value not in text
+    assert store["extra"]["minio-root-password"] in (plan_file.parent / "minio.values.yaml").read_text()
+
+
+def test_rendering_is_deterministic(site_file, tmp_path):
+    site = load_site(site_file)
+    _, first = make_plan(site, tmp_path / "a")
+    _, second = make_plan(load_site(site_file), tmp_path / "b")
+    for file in first.parent.iterdir():
+        assert file.read_bytes() == (second.parent / file.name).read_bytes(), file.name
+
+
+def test_calico_pool_is_the_pod_subnet_and_endpoint_the_vip(site_file):
+    site = load_site(site_file)
+    plan = build_plan(site)
+    values = yaml.safe_load(plan.files["calico.values.yaml"][0])
+    assert values["installation"]["calicoNetwork"]["ipPools"][0]["cidr"] == str(site.kubernetes.podSubnet)
+    assert values["kubernetesServiceEndpoint"] == {"host": "10.0.1.128", "port": "7443"}
+
+
+def test_velero_uses_minio_with_its_own_user(site_file):
+    plan = build_plan(load_site(site_file))
+    velero = yaml.safe_load(plan.files["velero.values.yaml"][0])
+    minio = yaml.safe_load(plan.files["minio.values.yaml"][0])
+    location = velero["configuration"]["backupStorageLocation"][0]
+    assert location["config"]["s3Url"] == "http://minio.minio.svc.cluster.local:9000"
+    assert location["bucket"] in [b["name"] for b in minio["buckets"]]
+    key = minio["users"][0]["accessKey"]
+    assert f"aws_access_key_id={key}" in velero["credentials"]["secretContents"]["cloud"]
+    assert velero["deployNodeAgent"] is True and velero["configuration"]["uploaderType"] == "kopia"
+    assert velero["schedules"]["daily"]["schedule"] == "0 2 * * *"
+
+
+def test_ingress_serves_class_nginx(site_file):
+    plan = build_plan(load_site(site_file))
+    values = yaml.safe_load(plan.files["ingress.values.yaml"][0])
+    assert values["providers"]["kubernetesIngressNGINX"]["ingressClass"] == "nginx"
+    (ingress_class,) = values["extraObjects"]
+    assert ingress_class["metadata"]["name"] == "nginx" and ingress_class["spec"]["controller"] == "k8s.io/ingress-nginx"
+
+
+def test_keycloak_operator_runs_in_naavres_namespace(site_file):
+    plan = build_plan(load_site(site_file))
+    assert plan.release("keycloak-operator").namespace == plan.release("naavre").namespace == "naavre"
+
+
+def test_images_are_pinned_and_set_in_values(site_file):
+    plan = build_plan(load_site(site_file))
+    assert all(":" in image.rsplit("/", 1)[-1] for image in plan.images())
+    assert "docker.io/velero/velero-plugin-for-aws:v1.13.0" in plan.images()
+    assert split_image("quay.io/tigera/operator:v1.38.6") == ("quay.io", "tigera/operator", "v1.38.6")
+    assert split_image("traefik:v3.7.8") == ("docker.io", "library/traefik", "v3.7.8")
+
+
+def test_user_secret_missing_is_reported_not_invented(site_file, monkeypatch):
+    monkeypatch.delenv("NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN", raising=False)
+    plan = build_plan(load_site(site_file))
+    assert plan.missing_secrets == [("naavre-vlab-openlab-cell-github-token", "NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN")]
+    monkeypatch.setenv("NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN", "ghp_example")
+    plan = build_plan(load_site(site_file))
+    assert plan.missing_secrets == []
+    assert "ghp_example" in plan.files["naavre.root-values.yaml"][0].decode()
+
+
+def test_builtin_off_and_extra_release_ordered_after_its_dependency(site_file):
+    (site_file.parent / "charts" / "hello").mkdir(parents=True)
+    (site_file.parent / "charts" / "hello" / "Chart.yaml").write_text("apiVersion: v2\nname: hello\nversion: 1.2.3\n")
+
+    def change(doc):
+        doc["addons"]["velero"]["enabled"] = False
+        doc["addons"]["releases"] = [
+            {"name": "monitoring", "namespace": "monitoring", "chart": "kube-prometheus-stack", "repo": "https://prometheus-community.github.io/helm-charts", "version": "77.0.0", "dependsOn": ["hello"]},
+            {"name": "hello", "namespace": "hello", "chart": "charts/hello", "dependsOn": ["ingress"]},
+        ]
+
+    plan = build_plan(load_site(edit(site_file, change)))
+    names = [r.name for r in plan.releases]
+    assert "velero" not in names
+    assert names.index("ingress") < names.index("hello") < names.index("monitoring")
+    assert plan.release("hello").version == "1.2.3" and plan.release("hello").chart_path is not None
+
+
+def test_values_override_is_merged(site_file):
+    (site_file.parent / "traefik-extra.yaml").write_text("deployment:\n  replicas: 5\nlogs:\n  general: {level: DEBUG}\n")
+    plan = build_plan(load_site(edit(site_file, lambda d: d["addons"]["ingress"].update(values="traefik-extra.yaml"))))
+    values = yaml.safe_load(plan.files["ingress.values.yaml"][0])
+    assert values["deployment"] == {"kind": "Deployment", "replicas": 5}
+    assert values["logs"]["general"]["level"] == "DEBUG"
+    assert values["providers"]["kubernetesIngressNGINX"]["enabled"] is True
+
+
+# --- bad input: each a site-file error naming the field ------------------------------------
+
+
+def test_nfs_on_without_server(site_file):
+    found = problems(edit(site_file, lambda d: d["addons"]["nfs"].pop("server")))
+    assert any(p.startswith("addons.nfs.server: required when NFS is on") for p in found), found
+
+
+def test_cni_pool_differs_from_pod_subnet(site_file):
+    found = problems(edit(site_file, lambda d: d["addons"]["calico"].update(ipPool="10.244.0.0/16")))
+    assert any(p.startswith("addons.calico.ipPool: 10.244.0.0/16 differs from kubernetes.podSubnet 192.168.0.0/16") for p in found), found
+
+
+def test_unknown_addon_name(site_file):
+    found = problems(edit(site_file, lambda d: d["addons"].update(certmanager={"enabled": True})))
+    assert any(p.startswith("addons.certmanager: unknown field") for p in found), found
+
+
+def test_unknown_dependency_of_extra_release(site_file):
+    def change(doc):
+        doc["addons"]["releases"] = [{"name": "x", "namespace": "x", "chart": "x", "repo": "https://example.org/charts", "version": "1.0.0", "dependsOn": ["cert-manager"]}]
+
+    found = problems(edit(site_file, change))
+    assert any(p.startswith("addons.releases[0].dependsOn[0]: unknown addon or release 'cert-manager'") for p in found), found
+
+
+def test_dependency_cycle(site_file):
+    def change(doc):
+        doc["addons"]["releases"] = [
+            {"name": "a", "namespace": "x", "chart": "a", "repo": "https://example.org/charts", "version": "1", "dependsOn": ["b"]},
+            {"name": "b", "namespace": "x", "chart": "b", "repo": "https://example.org/charts", "version": "1", "dependsOn": ["a"]},
+        ]
+
+    found = problems(edit(site_file, change))
+    assert any(p.startswith("addons.releases[0].dependsOn: dependencies form a circle: a -> b -> a") for p in found), found
+
+
+def test_values_override_that_does_not_parse(site_file):
+    (site_file.parent / "broken.yaml").write_text("replicas: [1, 2\n")
+    found = problems(edit(site_file, lambda d: d["addons"]["minio"].update(values="broken.yaml")))
+    assert any(p.startswith("addons.minio.values: values file") and "does not parse" in p for p in found), found
+
+
+def test_errors_carry_the_line(site_file):
+    edit(site_file, lambda d: d["addons"]["nfs"].pop("server"))
+    with pytest.raises(SiteError) as info:
+        load_site(site_file)
+    (problem,) = [p for p in info.value.problems if p.path == "addons.nfs.server"]
+    lines = site_file.read_text().splitlines()
+    assert "nfs:" in lines[problem.line - 1]
+
+
+def test_velero_on_minio_needs_minio(site_file):
+    found = problems(edit(site_file, lambda d: d["addons"]["minio"].update(enabled=False)))
+    assert any(p.startswith("addons.velero.s3: minio, but addons.minio is off") for p in found), found
+
+
+def test_nodeport_ingress_needs_open_node_ports(site_file):
+    found = problems(edit(site_file, lambda d: d["addons"]["ingress"].update(serviceType="NodePort")))
+    assert any(p.startswith("addons.ingress.serviceType: NodePort, but firewall.nodePorts is false") for p in found), found
+
+
+def test_order_is_stable_and_finds_cycles():
+    assert order({"a": [], "b": ["c"], "c": [], "d": ["a", "off"]}) == ["a", "c", "b", "d"]
+    with pytest.raises(CycleError) as info:
+        order({"a": ["c"], "b": [], "c": ["d"], "d": ["a"]})
+    assert info.value.cycle == ["a", "c", "d", "a"]
