@@ -20,6 +20,7 @@ from nodekiln.addons.spec import AddonsSpec, check_addons
 from nodekiln.errors import Problem, SiteError
 from nodekiln.images.recipe import ImageRecipe
 from nodekiln.model import Strict
+from nodekiln.openstack.spec import OpenStackSpec
 
 API_VERSION = "nodekiln/v1alpha1"
 # kubeadm's v1beta4 configuration API (what nodekiln renders) exists from 1.31 on; 1.35 is
@@ -153,6 +154,7 @@ class Site(Strict):
     nodes: list[Node] = Field(min_length=1)
     image: ImageRecipe = Field(default_factory=ImageRecipe, description="the node image recipe, inline or the name of a recipe file beside the site file")
     addons: AddonsSpec = Field(default_factory=AddonsSpec, description="Helm releases installed by `invoke addons`: CNI, storage, backups, ingress, NaaVRE, the site's own")
+    openstack: OpenStackSpec | None = Field(default=None, description="where `invoke site-deploy` runs the site on OpenStack (cloud, flavors, network)")
 
     _file: Path = PrivateAttr(default=Path("site.yaml"))
 
