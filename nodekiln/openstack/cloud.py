@@ -1,0 +1,106 @@
+"""Connecting to the site's cloud (clouds.yaml / OS_CLOUD), counting calls, one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from nodekiln.errors import NodekilnError
+
+if TYPE_CHECKING:
+    from openstack.connection import Connection
+
+    from nodekiln.openstack.spec import OpenStackSpec
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class OpenStackError(NodekilnError):
+    """The cloud refused something or lacks it; the message names the resource."""
+
+
+class CallCounter:
+    """HTTP calls a connection made, by method; token requests are counted apart as `auth`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_method: Counter[str] = Counter()
+        self.log: list[tuple[str, str]] = []
+
+    def add(self, method: str, url: str) -> None:
+        with self._lock:
+            self.by_method[method] += 1
+            self.log.append((method, url))
+
+    @property
+    def writes(self) -> int:
+        return sum(n for m, n in self.by_method.items() if m in WRITE_METHODS)
+
+    @property
+    def total(self) -> int:
+        return sum(n for m, n in self.by_method.items() if m != "auth")
+
+    def write_calls(self) -> list[tuple[str, str]]:
+        return [(m, u) for m, u in self.log if m in WRITE_METHODS]
+
+    def __repr__(self) -> str:
+        return f"CallCounter({dict(self.by_method)})"
+
+
+def count_calls(conn: Connection) -> CallCounter:
+    """Count every request `conn` makes from now on (wraps its keystoneauth session)."""
+    existing = getattr(conn, "_nodekiln_counter", None)
+    if existing is not None:
+        return existing
+    counter = CallCounter()
+    session = conn.session
+    original = session.request
+
+    def request(url: str, method: str, *args: Any, **kwargs: Any):
+        # Token requests (authenticated=False) are how the client logs in, not site changes.
+        counter.add("auth" if kwargs.get("authenticated") is False else method.upper(), url)
+        return original(url, method, *args, **kwargs)
+
+    session.request = request  # type: ignore[method-assign]
+    conn._nodekiln_counter = counter  # type: ignore[attr-defined]
+    return counter
+
+
+def connect(spec: OpenStackSpec) -> Connection:
+    """A connection to the site's cloud: `openstack.cloud` in clouds.yaml, else $OS_CLOUD / OS_* variables."""
+    import openstack
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk
+
+    name = spec.cloud or "(OS_CLOUD / OS_* variables)"
+    try:
+        conn = openstack.connect(cloud=spec.cloud, region_name=spec.region)
+        conn.authorize()
+    except (sdk.SDKException, ksa.ClientException) as exc:
+        raise OpenStackError(f"cannot use cloud {name}: {one_line(exc)}") from None
+    return conn
+
+
+def one_line(exc: BaseException) -> str:
+    """The useful part of an openstacksdk / keystoneauth error, on one line."""
+    details = getattr(exc, "details", None)
+    text = details if isinstance(details, str) and details else str(exc)
+    text = " ".join(text.split())
+    for noise in ("BadRequestException: ", "ConflictException: ", "NotFoundException: ", "ForbiddenException: ", "HttpException: "):
+        text = text.replace(noise, "")
+    return text[:400]
+
+
+@contextlib.contextmanager
+def about(what: str) -> Iterator[None]:
+    """Turn a cloud error inside the block into OpenStackError('<what>: <reason>')."""
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk
+
+    try:
+        yield
+    except (sdk.SDKException, ksa.ClientException) as exc:
+        raise OpenStackError(f"{what}: {one_line(exc)}") from None

@@ -1,0 +1,160 @@
+"""What a site needs on OpenStack, as data: resource names, the ownership tag, security-group rules.
+
+Security groups mirror the nodes' own nftables firewall (nodekiln/firewall.py): the cloud
+drops what the node would drop anyway, and lets through what the node lets through — with
+one addition nftables cannot express, the VIP in the control planes' allowed address pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, summarize_address_range
+
+from nodekiln.firewall import CALICO, NODE_PORTS
+from nodekiln.site import Node, Site
+
+ROLES = ("control-plane", "worker")
+KUBELET = 10250
+ETCD = (2379, 2380)
+COMPONENTS = (10250, 10259)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every OpenStack name nodekiln gives a site's resources."""
+
+    site: Site
+
+    @property
+    def tag(self) -> str:
+        return f"nodekiln:site={self.site.name}"
+
+    @property
+    def network(self) -> str:
+        spec = self.site.openstack
+        return (spec.network.name if spec and spec.network.name else None) or f"{self.site.name}-net"
+
+    @property
+    def subnet(self) -> str:
+        spec = self.site.openstack
+        return (spec.network.subnet if spec and spec.network.subnet else None) or f"{self.site.name}-subnet"
+
+    @property
+    def router(self) -> str:
+        spec = self.site.openstack
+        return (spec.router.name if spec and spec.router.name else None) or f"{self.site.name}-router"
+
+    def security_group(self, role: str) -> str:
+        return f"{self.site.name}-{role}"
+
+    def port(self, node: str) -> str:
+        return f"{self.site.name}-{node}"
+
+    @property
+    def vip_port(self) -> str:
+        return f"{self.site.name}-vip"
+
+    @property
+    def server_group(self) -> str:
+        return f"{self.site.name}-control-plane"
+
+    def metadata(self, node: Node, user_data_hash: str) -> dict[str, str]:
+        return {"nodekiln-site": self.site.name, "nodekiln-node": node.name, "nodekiln-role": node.role, "nodekiln-user-data": user_data_hash}
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """One security-group rule; `remote_group` is a role (its group's id is filled in on create)."""
+
+    direction: str
+    ethertype: str
+    protocol: str | None
+    port_min: int | None
+    port_max: int | None
+    remote_ip_prefix: str | None = None
+    remote_group: str | None = None
+
+    def describe(self) -> str:
+        ports = "" if self.port_min is None else (f":{self.port_min}" if self.port_min == self.port_max else f":{self.port_min}-{self.port_max}")
+        source = self.remote_ip_prefix or (f"group {self.remote_group}" if self.remote_group else "any")
+        return f"{self.direction} {self.protocol or 'any'}{ports} {'from' if self.direction == 'ingress' else 'to'} {source}"
+
+
+def _tcp(lo: int, hi: int | None = None, **remote: str) -> Rule:
+    return Rule("ingress", "IPv4", "tcp", lo, hi if hi is not None else lo, **remote)
+
+
+def _udp(lo: int, hi: int | None = None, **remote: str) -> Rule:
+    return Rule("ingress", "IPv4", "udp", lo, hi if hi is not None else lo, **remote)
+
+
+def rules(site: Site, role: str) -> set[Rule]:
+    """The ingress rules of a role (and the default egress ones), as the node firewall has them."""
+    nodes = str(site.network.cidr)
+    pods = str(site.kubernetes.podSubnet)
+    out: set[Rule] = {
+        Rule("egress", "IPv4", None, None, None),
+        Rule("egress", "IPv6", None, None, None),
+        Rule("ingress", "IPv4", "icmp", None, None, remote_ip_prefix="0.0.0.0/0"),
+        Rule("ingress", "IPv6", "ipv6-icmp", None, None, remote_ip_prefix="::/0"),
+        _tcp(KUBELET, remote_ip_prefix=pods),
+    }
+    out |= {_tcp(22, remote_ip_prefix=str(net)) for net in site.firewall.sshFrom}
+    out |= {_tcp(port, remote_ip_prefix=nodes) for port in CALICO.tcp}
+    out |= {_udp(port, remote_ip_prefix=nodes) for port in CALICO.udp}
+    out |= {Rule("ingress", "IPv4", str(proto), None, None, remote_ip_prefix=nodes) for proto in CALICO.protocols}
+    out |= {_tcp(port, remote_ip_prefix="0.0.0.0/0") for port in set(site.firewall.extraTCPPorts)}
+    if role == "control-plane":
+        for port in sorted({site.apiserver_port, site.endpoint_port}):
+            out |= {_tcp(port, remote_ip_prefix=nodes), _tcp(port, remote_ip_prefix=pods)}
+        out |= {_tcp(*ETCD, remote_group="control-plane"), _tcp(*COMPONENTS, remote_group="control-plane")}
+        if site.load_balanced:
+            out.add(Rule("ingress", "IPv4", "112", None, None, remote_group="control-plane"))  # VRRP
+    else:
+        out.add(_tcp(KUBELET, remote_group="control-plane"))
+        if site.firewall.nodePorts:
+            out |= {_tcp(*NODE_PORTS, remote_ip_prefix="0.0.0.0/0"), _udp(*NODE_PORTS, remote_ip_prefix="0.0.0.0/0")}
+    return out
+
+
+def observed_rule(rule: dict | object, group_roles: dict[str, str]) -> Rule:
+    """A rule as Neutron returns it, in the same terms (remote group id -> role)."""
+    get = rule.get if isinstance(rule, dict) else (lambda k, d=None: getattr(rule, k, d))
+    remote_group = get("remote_group_id")
+    protocol = get("protocol")
+    return Rule(
+        get("direction"),
+        get("ethertype"),
+        str(protocol) if protocol is not None else None,
+        get("port_range_min"),
+        get("port_range_max"),
+        get("remote_ip_prefix"),
+        group_roles.get(remote_group, remote_group) if remote_group else None,
+    )
+
+
+def allocation_pool(site: Site) -> dict[str, str] | None:
+    """The longest run of addresses the site does not use: Neutron hands out only those (DHCP ports...)."""
+    cidr: IPv4Network = site.network.cidr
+    used = {site.network.gateway, *(n.address for n in site.nodes)}
+    if site.controlPlane.endpoint.vip is not None:
+        used.add(site.controlPlane.endpoint.vip)
+    best: tuple[int, IPv4Address, IPv4Address] | None = None
+    start: IPv4Address | None = None
+    hosts = list(cidr.hosts()) if cidr.num_addresses <= 65536 else None
+    if hosts is None:
+        return None
+    for addr in [*hosts, None]:
+        if addr is not None and addr not in used:
+            start = start or addr
+            continue
+        if start is not None:
+            end = IPv4Address(int(addr) - 1) if addr is not None else hosts[-1]
+            size = int(end) - int(start) + 1
+            if best is None or size > best[0]:
+                best = (size, start, end)
+            start = None
+    if best is None:
+        return None
+    assert list(summarize_address_range(best[1], best[2]))
+    return {"start": str(best[1]), "end": str(best[2])}

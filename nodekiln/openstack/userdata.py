@@ -1,0 +1,28 @@
+"""The user-data each server boots with: the node's rendered cloud-init data (nodekiln.render)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nodekiln.secrets import Secrets
+    from nodekiln.site import Site
+
+Renderer = Callable[["Site", "Secrets"], dict[str, bytes]]
+NOVA_USER_DATA_LIMIT = 65_535  # bytes before base64
+
+
+def render_user_data(site: Site, secrets: Secrets, renderer: Renderer | None = None) -> dict[str, bytes]:
+    """{node name: user-data bytes}; `renderer` replaces nodekiln.render in tests that need no real data."""
+    if renderer is not None:
+        return renderer(site, secrets)
+    from nodekiln.render import render_site
+
+    return {name: rendered.user_data for name, rendered in render_site(site, secrets).items()}
+
+
+def digest(user_data: bytes) -> str:
+    """What the server's metadata records of its user-data (Nova does not give user-data back to users)."""
+    return hashlib.sha256(user_data).hexdigest()[:16]
