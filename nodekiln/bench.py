@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, str] = {
     "validate_1000_nodes_s": "nodekiln.bench_site:validate_1000_nodes_s",
     "render_1000_nodes_s": "nodekiln.bench_render:render_1000_nodes_s",
     "addons_plan_s": "nodekiln.bench_addons:addons_plan_s",
+    "vip_failover_s": "nodekiln.bench_ha:vip_failover_s",
 }
 
 

@@ -54,6 +54,8 @@ class TestbedError(NodekilnError):
 class Testbed:
     """Use as a context manager: `with Testbed(site, secrets, workdir) as tb: ...`."""
 
+    __test__ = False  # not a pytest class
+
     def __init__(self, site: Site, secrets: Secrets, workdir: Path):
         for tool in ("ip", "nft", "keepalived", "haproxy", "curl"):
             which(tool)  # a MissingToolError names the package to install
@@ -192,25 +194,58 @@ class Testbed:
         argv[0] = which(HOST_BINARIES[Path(argv[0]).name])
         return argv
 
-    def start(self, node: Node, program: str) -> subprocess.Popen[bytes]:
-        ns, root = self.ns(node), self.dir(node)
+    def start(self, node: Node, program: str, *, root: Path | None = None, argv: list[str] | None = None, key: str | None = None) -> subprocess.Popen[bytes]:
+        """Run `program` in `node`'s namespace with `root`'s folders (default: the node's)."""
+        ns, root = self.ns(node), root or self.dir(node)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if program == "standin":
+        if argv is not None:
+            pass
+        elif program == "standin":
             argv = [sys.executable, "-m", "nodekiln.netns_tools", "standin", node.name, str(self.cert), str(self.key)]
         elif program == "listen":
-            argv = [sys.executable, "-m", "nodekiln.netns_tools", "listen", *[str(p) for p in self.listen_ports]]
+            argv = [sys.executable, "-m", "nodekiln.netns_tools", "listen", *[str(p) for p in self.listen_ports[node.name]]]
         else:
             argv = self.command(node, program)
         # a mount namespace per process (ip netns exec makes one): the rendered folders appear
         # at the paths the configs name, and /run is private (pid files, sockets)
         mounts = f"mount --bind {root}/etc/keepalived /etc/keepalived && mount --bind {root}/etc/haproxy /etc/haproxy && mount --bind {root}/run /run && exec \"$@\""
+        (root / "logs").mkdir(parents=True, exist_ok=True)
         log = open(root / "logs" / f"{program}.log", "ab")
         proc = subprocess.Popen(["ip", "netns", "exec", ns, "sh", "-c", mounts, "sh", *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.close()
-        self.procs[(node.name, program)] = proc
+        self.procs[(node.name, key or program)] = proc
         if program in ("standin", "listen"):
             self._wait_log(node, program, "ready")
         return proc
+
+    def start_rogue(self, node: Node, conf: str, key: str = "rogue") -> None:
+        """Another keepalived in `node`'s namespace with `conf`, apart from the node's own."""
+        root = self.dir(node) / key
+        for sub in ("etc/keepalived", "etc/haproxy", "run"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        path = root / "etc/keepalived/keepalived.conf"
+        path.write_text(conf)
+        path.chmod(0o600)
+        self.start(node, "keepalived", root=root, argv=self.command(self.control_planes[0], "keepalived"), key=key)
+
+    def rogue_conf(self, address: str, *, priority: int = 254, password: str | None = None, vrid: int | None = None) -> str:
+        """The init node's rendered keepalived.conf, as another VRRP speaker at `address` would
+        run it: highest priority, preempting, no check script, and the VIP on its loopback so that only
+        VRRP decides (an L2 neighbour can always squat an address: that is the cloud's port
+        security's job, not VRRP's)."""
+        conf = (self.dir(self.control_planes[0]) / "etc/keepalived/keepalived.conf").read_text()
+        peers = "".join(f"    {cp.address}\n" for cp in self.control_planes if str(cp.address) != address)
+        conf = re.sub(r"unicast_peer \{\n.*?\n  \}", "unicast_peer {\n" + peers + "  }", conf, flags=re.S)
+        conf = re.sub(r"unicast_src_ip \S+", f"unicast_src_ip {address}", conf)
+        conf = re.sub(r"priority \d+", f"priority {priority}", conf)
+        conf = re.sub(r"  track_script \{.*?\}\n", "", conf, flags=re.S)
+        conf = conf.replace("  nopreempt\n", "")  # it claims the VIP whenever it can
+        conf = conf.replace(f"{self.vip}/32 dev {self.iface}", f"{self.vip}/32 dev lo")
+        if password is not None:
+            conf = re.sub(r"auth_pass \S+", f"auth_pass {password}", conf)
+        if vrid is not None:
+            conf = re.sub(r"virtual_router_id \d+", f"virtual_router_id {vrid}", conf)
+        return conf
 
     def stop(self, node_name: str, program: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop((node_name, program), None)
@@ -235,7 +270,7 @@ class Testbed:
                 raise TestbedError(f"{program} on {node.name} did not say {text!r} within {timeout} s")
             time.sleep(0.05)
 
-    listen_ports: tuple[int, ...] = ()
+    listen_ports: dict[str, tuple[int, ...]] = {}
 
     # --- observing and disturbing --------------------------------------------------------
     def exec(self, node: Node, *argv: str, timeout: float = 60) -> str:
@@ -263,6 +298,31 @@ class Testbed:
             if time.monotonic() > deadline:
                 raise TestbedError(f"VIP holders after {timeout} s: {held or 'none'}")
             time.sleep(0.05)
+
+    def counter(self, node: Node, name: str) -> int:
+        """Packets counted by the named counter of the node's nftables ruleset."""
+        out = self.exec(node, "nft", "list", "counter", "inet", "nodekiln", name)
+        match = re.search(r"packets (\d+)", out)
+        if not match:
+            raise TestbedError(f"no counter {name} on {node.name}: {out}")
+        return int(match.group(1))
+
+    def states(self, node: Node, key: str = "keepalived") -> list[str]:
+        """keepalived's state changes on `node`, in order (from its log)."""
+        root = self.dir(node) if key == "keepalived" else self.dir(node) / key
+        path = root / "logs" / "keepalived.log"
+        return re.findall(r"Entering (\w+) STATE", path.read_text(errors="replace")) if path.exists() else []
+
+    def heal(self) -> str:
+        """Every control plane up and running again; returns the VIP holder."""
+        for node in self.control_planes:
+            self.mend(node)
+            for program in ("standin", "haproxy", "keepalived"):
+                if not self.running(node, program):
+                    if program == "keepalived":  # a dead keepalived leaves its VIP behind
+                        subprocess.run(["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface], capture_output=True, check=False)
+                    self.start(node, program)
+        return self.wait_holder()
 
     def url(self, path: str = "/healthz") -> str:
         return f"https://{self.vip}:{self.port}{path}"
