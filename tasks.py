@@ -129,6 +129,56 @@ def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None)
         console.print(", ".join(f"{o.name} {o.action}" for o in changed) + f"; {len(outcomes) - len(changed)} unchanged")
 
 
+@task(help={**SITE_HELP, "image": "the image file (default: the newest build/images/<site>-<hash>.qcow2, its .manifest.json beside it)"})
+@handled
+def upload_image(c, site=None, image=None):
+    """Upload the site's node image to Glance (skipped when that content hash is already there)."""
+    from nodekiln.openstack.images import newest_artifact, upload_image as upload
+
+    loaded = _site(site)
+    if image:
+        path = Path(image)
+        manifest = path.with_name(path.name.rsplit(".", 1)[0] + ".manifest.json")
+    else:
+        path, manifest = newest_artifact(loaded)
+    result = upload(loaded, path, manifest)
+    for orphan in result.cleaned:
+        console.print(f"deleted image {orphan}, left behind by an interrupted upload")
+    if result.reused:
+        console.print(f"image {result.name} ({result.image_id}) is already in Glance: nothing uploaded")
+    else:
+        console.print(f"uploaded {result.name} ({result.image_id}): {result.bytes / 2**20:.0f} MiB in {result.seconds:.1f} s, sha512 verified")
+
+
+@task(help={**SITE_HELP, "dry_run": "print the plan (create / keep / delete per resource) and change nothing",
+            "prune": "also delete servers and ports of nodes no longer in the site"})
+@handled
+def site_deploy(c, site=None, dry_run=False, prune=False):
+    """Create or converge the site's OpenStack resources and boot its nodes; a rerun changes only what differs."""
+    from nodekiln.openstack.deploy import site_deploy as deploy
+
+    loaded = _site(site)
+    result = deploy(loaded, _secrets(loaded), dry_run=dry_run, prune=prune, echo=console.print)
+    console.print(result.plan.table())
+    verb = "would change" if dry_run else "changed"
+    console.print(f"site {loaded.name}: {verb}: {result.plan.summary()} ({result.calls.writes} write calls, {result.calls.total} in all, {result.seconds:.1f} s)")
+    if not dry_run:
+        console.print(f"API endpoint: {result.healthz}")
+
+
+@task(help=SITE_HELP)
+@handled
+def site_destroy(c, site=None):
+    """Delete every OpenStack resource nodekiln created for the site (its servers, ports, groups, network)."""
+    from nodekiln.openstack.deploy import site_destroy as destroy
+
+    loaded = _site(site)
+    result = destroy(loaded, echo=console.print)
+    for line in result.deleted:
+        console.print(f"deleted {line}")
+    console.print(f"site {loaded.name}: {len(result.deleted)} resources deleted")
+
+
 @task(help={**SITE_HELP, "out": "write the schema to this file instead of standard output"})
 @handled
 def schema(c, site=None, out=None):

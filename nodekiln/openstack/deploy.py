@@ -321,10 +321,10 @@ def _make_plan(site: Site, names: Names, st: _State, hashes: dict[str, str], pru
             have = {}
             for rule in st.groups[role].security_group_rules or []:
                 have.setdefault(observed_rule(rule, roles_by_id), rule["id"])
-            missing = sorted(want - set(have))
-            extra = sorted(set(have) - want)
+            missing = sorted(want - set(have), key=repr)
+            extra = sorted(set(have) - want, key=repr)
         else:
-            missing, extra = sorted(want - {Rule("egress", "IPv4", None, None, None), Rule("egress", "IPv6", None, None, None)}), []
+            missing, extra = sorted(want - {Rule("egress", "IPv4", None, None, None), Rule("egress", "IPv6", None, None, None)}, key=repr), []
         work["rules_create"][role] = missing
         work["rules_delete"][role] = [have[r] for r in extra] if extra else []
         if missing:
@@ -396,6 +396,30 @@ def _make_plan(site: Site, names: Names, st: _State, hashes: dict[str, str], pru
     return plan, work
 
 
+def _tagged(conn: Connection, create: Callable[..., Any], tag: str, **attrs: Any) -> Any:
+    """Create a Neutron resource carrying the site's tag: in the POST where Neutron takes it, else POST then PUT tags."""
+    from openstack import exceptions
+
+    if getattr(conn, "_nodekiln_tags_in_post", True):
+        try:
+            return create(tags=[tag], **attrs)
+        except exceptions.BadRequestException as exc:
+            if "tags" not in str(exc):
+                raise
+            conn._nodekiln_tags_in_post = False  # type: ignore[attr-defined]
+    created = create(**attrs)
+    conn.network.set_tags(created, [tag])
+    created.tags = [tag]
+    return created
+
+
+def _tag_all(conn: Connection, resources: list[Any], tag: str, parallelism: int) -> None:
+    """PUT the tag on resources created in bulk (Neutron's bulk POST takes no tags)."""
+    with ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="nodekiln-tag") as pool:
+        for future in [pool.submit(conn.network.set_tags, r, [tag]) for r in resources if tag not in (r.tags or [])]:
+            future.result()
+
+
 # -- converging --------------------------------------------------------------------------------
 
 def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan, work: dict[str, Any], user_data: dict[str, bytes],
@@ -406,19 +430,20 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
     failures: list[str] = []
     if st.network is None and not spec.network.existing:
         with about(f"network {names.network}: creating"):
-            st.network = conn.network.create_network(name=names.network, tags=[tag], **({"mtu": site.network.mtu} if site.network.mtu else {}))
+            st.network = _tagged(conn, conn.network.create_network, tag, name=names.network, **({"mtu": site.network.mtu} if site.network.mtu else {}))
     if st.subnet is None and not spec.network.existing:
         pool = allocation_pool(site)
         with about(f"subnet {names.subnet}: creating"):
-            st.subnet = conn.network.create_subnet(
+            st.subnet = _tagged(
+                conn, conn.network.create_subnet, tag,
                 name=names.subnet, network_id=st.network.id, ip_version=4, cidr=str(site.network.cidr), gateway_ip=str(site.network.gateway),
-                dns_nameservers=[str(d) for d in site.network.dns], is_dhcp_enabled=True, tags=[tag],
+                dns_nameservers=[str(d) for d in site.network.dns], is_dhcp_enabled=True,
                 **({"allocation_pools": [pool]} if pool else {}),
             )
     if spec.router.create:
         if st.router is None:
             with about(f"router {names.router}: creating"):
-                st.router = conn.network.create_router(name=names.router, external_gateway_info={"network_id": st.external.id}, tags=[tag])
+                st.router = _tagged(conn, conn.network.create_router, tag, name=names.router, external_gateway_info={"network_id": st.external.id})
         if not st.router_interface:
             with about(f"router {names.router}: attaching subnet {names.subnet}"):
                 conn.network.add_interface_to_router(st.router, subnet_id=st.subnet.id)
@@ -427,15 +452,15 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
     for role in ROLES:
         if role not in st.groups:
             with about(f"security group {names.security_group(role)}: creating"):
-                st.groups[role] = conn.network.create_security_group(
-                    name=names.security_group(role), description=f"nodekiln: {role}s of site {site.name}", tags=[tag]
+                st.groups[role] = _tagged(
+                    conn, conn.network.create_security_group, tag, name=names.security_group(role), description=f"nodekiln: {role}s of site {site.name}"
                 )
     for role in ROLES:
         for rule_id in work["rules_delete"][role]:
             with about(f"security group {names.security_group(role)}: deleting a rule"):
                 conn.network.delete_security_group_rule(rule_id, ignore_missing=True)
-    bodies = []
     for role in ROLES:
+        bodies = []
         for rule in work["rules_create"][role]:
             body = {"security_group_id": st.groups[role].id, "direction": rule.direction, "ethertype": rule.ethertype}
             for key, value in (("protocol", rule.protocol), ("port_range_min", rule.port_min), ("port_range_max", rule.port_max),
@@ -445,9 +470,9 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
             if rule.remote_group:
                 body["remote_group_id"] = st.groups[rule.remote_group].id
             bodies.append(body)
-    if bodies:
-        with about(f"security groups of {site.name}: creating {len(bodies)} rules"):
-            conn.network.create_security_group_rules(bodies)
+        if bodies:  # one bulk POST per group: Neutron takes no more
+            with about(f"security group {names.security_group(role)}: creating {len(bodies)} rules"):
+                conn.network.create_security_group_rules(bodies)
 
     def port_body(want: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -458,11 +483,13 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
     if work["ports_create"]:
         bodies = [
             {"name": w["name"], "network_id": st.network.id, "fixed_ips": [{"subnet_id": st.subnet.id, "ip_address": w["fixed_ip"]}],
-             "tags": [tag], **port_body(w)}
+             **port_body(w)}
             for w in work["ports_create"]
         ]
         with about(f"ports of {site.name}: creating {len(bodies)} ({', '.join(b['name'] for b in bodies[:5])}{' …' if len(bodies) > 5 else ''})"):
-            for port in conn.network.create_ports(bodies):
+            created = list(conn.network.create_ports(bodies))
+            _tag_all(conn, created, tag, spec.parallelism)
+            for port in created:
                 st.ports[port.name] = port
     for want in work["ports_update"]:
         with about(f"port {want['name']}: updating"):
@@ -527,9 +554,8 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
             failures.append("floating IP: the site has no VIP port (controlPlane.endpoint.vip)")
         elif st.fip is None:
             with about(f"floating IP for VIP {site.controlPlane.endpoint.vip}: creating"):
-                st.fip = conn.network.create_ip(floating_network_id=st.external.id, port_id=vip_port.id,
-                                                fixed_ip_address=str(site.controlPlane.endpoint.vip), tags=[tag],
-                                                description=f"nodekiln: API endpoint of site {site.name}")
+                st.fip = _tagged(conn, conn.network.create_ip, tag, floating_network_id=st.external.id, port_id=vip_port.id,
+                                 fixed_ip_address=str(site.controlPlane.endpoint.vip), description=f"nodekiln: API endpoint of site {site.name}")
         elif st.fip.port_id != vip_port.id:
             with about(f"floating IP {st.fip.floating_ip_address}: associating"):
                 st.fip = conn.network.update_ip(st.fip, port_id=vip_port.id, fixed_ip_address=str(site.controlPlane.endpoint.vip))

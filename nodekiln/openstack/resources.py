@@ -62,7 +62,7 @@ class Names:
         return {"nodekiln-site": self.site.name, "nodekiln-node": node.name, "nodekiln-role": node.role, "nodekiln-user-data": user_data_hash}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Rule:
     """One security-group rule; `remote_group` is a role (its group's id is filled in on create)."""
 
