@@ -76,11 +76,15 @@ def run(
     timeout: float | None = None,
     tail: int = 25,
     capture: bool = True,
+    interrupt: Sequence[tuple[int, float]] | None = None,
 ) -> Result:
     """Run a program to completion, streaming its merged stdout/stderr line by line.
 
     `output` holds everything the program printed when `capture` is true (keep it false for
     chatty builds: the log file and `on_line` see every line anyway).
+    `interrupt`: the (signal, grace seconds) sequence sent to the program's process group when
+    nodekiln is interrupted (default TERM then KILL); e.g. SIGINT first for Packer, whose own
+    cancel stops its VM and deletes its output.
     """
     args = [os.fspath(a) for a in argv]
     args[0] = which(args[0]) if os.sep not in args[0] else args[0]
@@ -121,7 +125,7 @@ def run(
                 raise TimeoutError(f"{args[0]} did not finish within {timeout:.0f} s")
         returncode = proc.wait()
     except BaseException:
-        _kill_group(proc)
+        _kill_group(proc, interrupt or STOP_SEQUENCE)
         raise
     finally:
         if log_handle is not None:
@@ -132,18 +136,27 @@ def run(
     return result
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    """Stop the program and everything it started: TERM, a grace period, then KILL."""
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+STOP_SEQUENCE: tuple[tuple[int, float], ...] = ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0))
+
+
+def _kill_group(proc: subprocess.Popen[str], sequence: Sequence[tuple[int, float]] = STOP_SEQUENCE) -> None:
+    """Stop the program and everything it started: each signal in turn, with its grace period
+    (by default TERM, 10 s, then KILL). Once the leader is gone, whatever is left of its group
+    (a VM it started) is killed too."""
+    for sig, grace in sequence:
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:
             proc.wait(timeout=grace)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def output(argv: Sequence[str | os.PathLike[str]], **kwargs) -> str:

@@ -66,14 +66,19 @@ class StepTimes:
 
 
 def write_stage(stage: Path, recipe: ImageRecipe, kubernetes_version: str, site_dir: Path,
-                images_dir: Path = IMAGES_DIR) -> None:
-    """The stage directory the element bakes from: steps, run-steps.sh, env, local source."""
+                images_dir: Path = IMAGES_DIR,
+                in_target: Path = Path("/tmp/in_target.d/nodekiln-stage")) -> None:
+    """The stage directory the element bakes from: steps, run-steps.sh, env, local source.
+
+    `in_target` is where the stage is seen inside the image being built (Packer uploads it
+    elsewhere than diskimage-builder's hooks directory).
+    """
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     shutil.copytree(images_dir / "steps", stage / "steps")
     shutil.copy2(images_dir / "run-steps.sh", stage / "run-steps.sh")
-    in_chroot = Path("/tmp/in_target.d/nodekiln-stage")
+    in_chroot = in_target
     kind = recipe.kubernetes_source_kind
     settings = {
         "NODEKILN_K8S_VERSION": kubernetes_version,
@@ -120,14 +125,18 @@ def dib_environment(recipe: ImageRecipe, stage: Path, tmp_dir: Path, images_dir:
 
 
 def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
-               on_line: Callable[[str], None] | None = None) -> Path:
-    """Run disk-image-create and return the path of the root tree tar it wrote."""
+               on_line: Callable[[str], None] | None = None,
+               elements: tuple[str, ...] = (ELEMENT,)) -> Path:
+    """Run disk-image-create and return the path of the root tree tar it wrote.
+
+    `elements` go after the distribution's base element (nodekiln-base: Packer's base image).
+    """
     tmp_dir = work / "dib-tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     out = work / "root"
     env = dib_environment(recipe, stage, tmp_dir)
     argv = ["disk-image-create", "-t", "tar", "-o", out, "--no-tmpfs",
-            BASE_ELEMENTS[recipe.distribution], ELEMENT]
+            BASE_ELEMENTS[recipe.distribution], *elements]
     # Run without inheriting TMPDIR (see dib_environment).
     saved = os.environ.pop("TMPDIR", None)
     try:

@@ -271,8 +271,12 @@ def copy_sparse(src: Path, dst_fd: int, offset: int) -> None:
             pos = end
 
 
-def assemble(tree: Path, raw: Path, disk_bytes: int, seed: str, work: Path, log: Path | None = None) -> Layout:
+def assemble(tree: Path, raw: Path, disk_bytes: int, seed: str, work: Path, log: Path | None = None,
+             root_extra_bytes: int = 0) -> Layout:
     """Make the bootable raw disk `raw` from `tree` (which must have /var empty or absent).
+
+    `root_extra_bytes` leaves room on the root file system (Packer's base image: the bake steps
+    install into it).
 
     `tree/var` is moved aside to become the data file system; everything is built under
     `work` (same file system as `tree`, so the move is a rename).
@@ -295,7 +299,7 @@ def assemble(tree: Path, raw: Path, disk_bytes: int, seed: str, work: Path, log:
         (tree / name).mkdir(parents=True, exist_ok=True)
     os.chmod(tree / "tmp", 0o1777)
 
-    layout = plan_layout(root_size_for(tree), disk_bytes, seed)
+    layout = plan_layout(root_size_for(tree) + root_extra_bytes, disk_bytes, seed)
     core, efi = make_grub_images(work, log)
     esp_part, root_part, data_part, bios_part = (layout.part(n) for n in ("esp", "root", "data", "bios"))
     core_bytes = core.read_bytes()

@@ -19,6 +19,32 @@ class Containerd(Strict):
     sandboxImage: str = "registry.k8s.io/pause:3.10"
 
 
+class PackerOpenStack(Strict):
+    """Where `--builder packer-openstack` bakes: inside the cloud, from the base image it offers."""
+
+    cloud: str | None = Field(default=None, description="clouds.yaml entry; default: the OS_* variables")
+    sourceImage: str = Field(description="the cloud's base image (name) with cloud-init and OpenSSH, e.g. its Debian 12")
+    flavor: str = Field(description="flavor of the build server")
+    networks: list[str] = Field(default_factory=list, description="network IDs the build server is attached to")
+    floatingIpNetwork: str | None = Field(default=None, description="external network for the build server's floating IP")
+    securityGroups: list[str] = Field(default_factory=list)
+    sshUser: str = Field(default="debian", description="the base image's login user (it needs sudo)")
+
+
+class PackerRecipe(Strict):
+    """How the Packer backends (`--builder packer-qemu|packer-openstack`) build this recipe."""
+
+    baseImage: str | None = Field(
+        default=None,
+        description="packer-qemu: local qcow2/raw base image with cloud-init and OpenSSH (e.g. a Debian 12 "
+                    "genericcloud file), relative to the site; default: nodekiln builds one with diskimage-builder",
+    )
+    sshUser: str = Field(default="root", description="packer-qemu: the user the build key is given to (not root: needs sudo)")
+    memoryMiB: int = Field(default=2048, ge=512)
+    cpus: int | None = Field(default=None, ge=1, description="default: every host core")
+    openstack: PackerOpenStack | None = None
+
+
 class ImageRecipe(Strict):
     """What goes into the node image. Defaults give the example site's image."""
 
@@ -43,6 +69,10 @@ class ImageRecipe(Strict):
     preloadImages: list[str] = Field(default_factory=list)
     diskSizeGiB: int = Field(default=6, ge=2, le=2048)
     formats: list[Literal["qcow2", "raw"]] = Field(default_factory=lambda: ["qcow2"])
+    # Not part of model_dump (nor of the diskimage-builder input hash): the Packer backend adds
+    # these settings to its own input hash.
+    packer: PackerRecipe = Field(default_factory=PackerRecipe, exclude=True,
+                                 description="settings of the Packer backends")
 
     @property
     def codename(self) -> str:

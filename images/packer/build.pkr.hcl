@@ -1,0 +1,51 @@
+# One build for both builders (`packer build -only=qemu.node` or `-only=openstack.node`): upload
+# the stage directory, run the very same run-steps.sh the diskimage-builder element runs, then
+# export the baked root tree for nodekiln's disk assembly (the immutable layout: read-only root,
+# /var on the data partition, GRUB for BIOS and UEFI).
+locals {
+  sudo    = var.ssh_username == "root" ? "" : "sudo "
+  execute = "chmod +x {{ .Path }}; {{ .Vars }} ${var.ssh_username == "root" ? "" : "sudo -E "}bash {{ .Path }}"
+}
+
+build {
+  sources = ["source.qemu.node", "source.openstack.node"]
+
+  provisioner "file" {
+    source      = var.stage_dir
+    destination = "/tmp"
+  }
+
+  provisioner "shell" {
+    execute_command = local.execute
+    inline          = ["bash /tmp/nodekiln-stage/run-steps.sh /tmp/nodekiln-stage"]
+  }
+
+  # The tree as one archive: pseudo file systems, the stage, temporary SSH host keys (made so
+  # that Packer can still reconnect after 90-finish removed the real ones) and logs left out.
+  provisioner "shell" {
+    execute_command = local.execute
+    inline = [
+      "set -eu",
+      "ssh-keygen -A >/dev/null",
+      "cd / && tar --numeric-owner --xattrs --xattrs-include='*' --acls -cpf - --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* --exclude=./run/* --exclude=./tmp/* --exclude=./var/tmp/* --exclude=./lost+found --exclude=./var/lost+found --exclude=./var/log/journal/* --exclude=./etc/ssh/ssh_host_* --exclude=./var/cache/apt/archives/*.deb . | zstd -q -T0 -3 -o /tmp/nodekiln-tree.tar.zst",
+      "ls -l /tmp/nodekiln-tree.tar.zst",
+    ]
+  }
+
+  provisioner "file" {
+    direction   = "download"
+    source      = "/tmp/nodekiln-tree.tar.zst"
+    destination = var.tree_file
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_file
+    strip_path = false
+    custom_data = {
+      tree               = var.tree_file
+      input_hash         = var.input_hash
+      kubernetes_version = var.kubernetes_version
+      containerd_version = var.containerd_version
+    }
+  }
+}
