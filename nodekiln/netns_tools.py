@@ -70,8 +70,8 @@ def _context() -> ssl.SSLContext:
     return context
 
 
-def _get(url: str, timeout: float) -> str:
-    with urllib.request.urlopen(url, timeout=timeout, context=_context()) as response:
+def _get(url: str, timeout: float, context: ssl.SSLContext | None = None) -> str:
+    with urllib.request.urlopen(url, timeout=timeout, context=context or _context()) as response:
         return response.read().decode().strip()
 
 
@@ -87,13 +87,15 @@ def probe(url: str, every: float = 0.02, timeout: float = 1.0) -> None:
     """Wait for 'go', then start a GET every `every` s; print the CLOCK_MONOTONIC time at which
     the first one succeeded, and its body. Overlapping attempts: a request stuck on a dead
     address does not delay the next one."""
+    context = _context()
+    print("ready", flush=True)
     sys.stdin.readline()
     done = threading.Event()
     lock = threading.Lock()
 
     def attempt() -> None:
         try:
-            text = _get(url, timeout)
+            text = _get(url, timeout, context)
         except OSError:
             return
         stamp = time.monotonic()

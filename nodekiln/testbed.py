@@ -55,6 +55,7 @@ class Testbed:
     """Use as a context manager: `with Testbed(site, secrets, workdir) as tb: ...`."""
 
     __test__ = False  # not a pytest class
+    _count = 0
 
     def __init__(self, site: Site, secrets: Secrets, workdir: Path):
         for tool in ("ip", "nft", "keepalived", "haproxy", "curl"):
@@ -68,11 +69,13 @@ class Testbed:
         self.control_planes = list(site.control_planes)
         self.worker = site.workers[0]
         self.nodes: list[Node] = [*self.control_planes, self.worker]
-        self.tag = f"{PREFIX}{os.getpid()}"
+        Testbed._count += 1
+        self.tag = f"{PREFIX}{os.getpid()}x{Testbed._count}"
         self.bridge = f"{self.tag}-br"
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self.namespaces: list[str] = []
         self.monitors: list[subprocess.Popen[bytes]] = []
+        self.unplugged: set[str] = set()  # nodes whose link is cut: their stale VIP is unseen
 
     # --- names and paths -----------------------------------------------------------------
     def ns(self, node: Node | str) -> str:
@@ -99,8 +102,12 @@ class Testbed:
             for node in self.control_planes:
                 self.start(node, "standin")
                 self.start(node, "haproxy")
+            # as at bootstrap: the init node holds the VIP before the others join (there, their
+            # check scripts fail until their API servers run)
             for node in self.control_planes:
                 self.start(node, "keepalived")
+                if node == self.site.init_node:
+                    self.wait_holder(timeout=20)
         except BaseException:
             self.close()
             raise
@@ -122,7 +129,7 @@ class Testbed:
     def _reap_stale(self) -> None:
         listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
         for line in listing.splitlines():
-            match = re.match(rf"({PREFIX}(\d+)-\S+)", line)
+            match = re.match(rf"({PREFIX}(\d+)x\d+-\S+)", line)
             if match and not Path(f"/proc/{match.group(2)}").exists():
                 subprocess.run(["ip", "netns", "del", match.group(1)], check=False, capture_output=True)
 
@@ -283,6 +290,8 @@ class Testbed:
     def holders(self) -> list[str]:
         found = []
         for node in self.control_planes:
+            if node.name in self.unplugged:
+                continue
             out = subprocess.run(["ip", "-n", self.ns(node), "-4", "-o", "addr", "show", "dev", self.iface], capture_output=True, text=True).stdout
             if f" {self.vip}/" in out:
                 found.append(node.name)
@@ -316,11 +325,11 @@ class Testbed:
     def heal(self) -> str:
         """Every control plane up and running again; returns the VIP holder."""
         for node in self.control_planes:
+            if not self.running(node, "keepalived"):  # a dead keepalived leaves its VIP behind
+                subprocess.run(["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface], capture_output=True, check=False)
             self.mend(node)
             for program in ("standin", "haproxy", "keepalived"):
                 if not self.running(node, program):
-                    if program == "keepalived":  # a dead keepalived leaves its VIP behind
-                        subprocess.run(["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface], capture_output=True, check=False)
                     self.start(node, program)
         return self.wait_holder()
 
@@ -329,9 +338,11 @@ class Testbed:
 
     def cut(self, node: Node) -> None:
         self._ip("-n", self.bridge, "link", "set", self.veth(node), "down")
+        self.unplugged.add(node.name)
 
     def mend(self, node: Node) -> None:
         self._ip("-n", self.bridge, "link", "set", self.veth(node), "up")
+        self.unplugged.discard(node.name)
 
     def kill_holder(self, name: str) -> float:
         """The holder dies: its link is cut and its keepalived SIGKILLed. Returns the time."""
@@ -380,25 +391,28 @@ class Testbed:
 
     def failover(self) -> tuple[float, str, str]:
         """Kill the holder; seconds from the kill to the first answer through the VIP seen by
-        the worker, the old holder and the node that answered."""
+        the worker, the old holder and the new one."""
         old = self.wait_holder()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         prober = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(self.worker), sys.executable, "-m", "nodekiln.netns_tools", "probe", self.url()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
-        time.sleep(0.3)  # the prober is up and waiting
+        assert prober.stdin is not None and prober.stdout is not None
+        if prober.stdout.readline().strip() != b"ready":  # started and waiting (slow on a busy host)
+            _kill(prober)
+            raise TestbedError("the prober did not start")
         t0 = self.kill_holder(old)
-        assert prober.stdin is not None
         prober.stdin.write(b"go\n")
         prober.stdin.flush()
         try:
-            out, _ = prober.communicate(timeout=30)
+            out, _ = prober.communicate(timeout=30)  # the line after 'ready'
+
         except subprocess.TimeoutExpired:
             _kill(prober)
             raise TestbedError(f"no answer through the VIP within 30 s after {old} died") from None
-        stamp, _, body = out.decode().strip().partition(" ")
-        return float(stamp) - t0, old, body.removeprefix("ok ")
+        stamp = out.decode().split()[0]
+        return float(stamp) - t0, old, self.wait_holder(not_on=old)
 
 
 def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
