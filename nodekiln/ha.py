@@ -44,10 +44,12 @@ PRIORITY_STEP = 10
 # weight: a node whose API server or HAProxy is broken must not hold the VIP at any priority);
 # it then sends a priority-0 advert and a backup takes over at once. Two successes to recover.
 CHECK_INTERVAL = 1
-CHECK_TIMEOUT = 4  # the script makes at most three 1 s requests
+CHECK_TIMEOUT = 7  # the script makes at most three 2 s requests
 CHECK_FALL = 2
 CHECK_RISE = 2
-CHECK_MAX_TIME = 1  # curl --max-time per request
+# curl --max-time per request: room for HAProxy to give up on a dead server (timeout connect)
+# and retry another, so a peer's death never fails this node's check
+CHECK_MAX_TIME = 2
 
 # --- HAProxy --------------------------------------------------------------------------------
 # Health checks of every API server's /healthz: a dead one is out after 1 s + 2 x 0.5 s;
@@ -57,9 +59,10 @@ HAPROXY_FASTINTER = "500ms"
 HAPROXY_DOWNINTER = "2s"
 HAPROXY_FALL = 2
 HAPROXY_RISE = 2
-# API servers answer on the same LAN: a connect slower than 1 s means a dead host; retry on
-# another server (redispatch) instead of waiting for the health check.
-HAPROXY_TIMEOUT_CONNECT = "1s"
+# API servers are on the same LAN, where the kernel answers a SYN within milliseconds: no
+# answer in 300 ms means a dead host. HAProxy then retries another server (redispatch) instead
+# of holding the client until the health check notices.
+HAPROXY_TIMEOUT_CONNECT = "300ms"
 # Watches and `kubectl exec/logs -f` are long-lived, mostly idle connections.
 HAPROXY_TIMEOUT_TUNNEL = "1h"
 

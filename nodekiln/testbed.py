@@ -327,6 +327,7 @@ class Testbed:
         for node in self.control_planes:
             if not self.running(node, "keepalived"):  # a dead keepalived leaves its VIP behind
                 subprocess.run(["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface], capture_output=True, check=False)
+                self._clear_pid_files(node)
             self.mend(node)
             for program in ("standin", "haproxy", "keepalived"):
                 if not self.running(node, program):
@@ -357,8 +358,15 @@ class Testbed:
         """The dead node comes back as after a reboot: no VIP on it, link up, keepalived anew."""
         node = self.node(name)
         subprocess.run(["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface], capture_output=True, check=False)
+        self._clear_pid_files(node)
         self.mend(node)
         self.start(node, "keepalived")
+
+    def _clear_pid_files(self, node: Node) -> None:
+        """/run is empty after a reboot; here a SIGKILLed keepalived leaves pid files naming
+        zombies (nobody reaps orphans in this container), and keepalived would refuse to start."""
+        for pid_file in (self.dir(node) / "run").glob("*.pid"):
+            pid_file.unlink()
 
     @contextmanager
     def watch_moves(self) -> Iterator[list[Path]]:
