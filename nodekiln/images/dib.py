@@ -135,7 +135,9 @@ def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
     tmp_dir.mkdir(parents=True, exist_ok=True)
     out = work / "root"
     env = dib_environment(recipe, stage, tmp_dir)
-    argv = ["disk-image-create", "-t", "tar", "-o", out, "--no-tmpfs",
+    # -x: the trace is what shows `tar -C` and `getval image-path`, which the accepted exit 1
+    # is recognised by (_failed_only_at_image_path); without it every build "fails".
+    argv = ["disk-image-create", "-x", "-t", "tar", "-o", out, "--no-tmpfs",
             BASE_ELEMENTS[recipe.distribution], *elements]
     # Run without inheriting TMPDIR (see dib_environment).
     saved = os.environ.pop("TMPDIR", None)
