@@ -29,7 +29,7 @@ def write_seed_iso(target: Path, files: Mapping[str, bytes | str]) -> Path:
     if "meta-data" not in files:
         raise ValueError("a NoCloud seed needs meta-data (at least an instance-id)")
     iso = pycdlib.PyCdlib()
-    iso.new(interchange=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_ID)
     for name in sorted(files):
         data = files[name]
         raw = data.encode() if isinstance(data, str) else bytes(data)

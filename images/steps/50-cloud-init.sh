@@ -19,6 +19,13 @@ apt:
 growpart:
   mode: "off"
 resize_rootfs: false
+# Boot time under emulation: RSA host keys take seconds to generate, GRUB is not the
+# distribution's (no debconf to update), and the keys need not go to the console.
+ssh_genkeytypes: [ed25519, ecdsa]
+grub_dpkg:
+  enabled: false
+ssh:
+  emit_keys_to_console: false
 CONF
 # debian-minimal enables no network service: cloud-init writes systemd-networkd files.
 nk_enable systemd-networkd.service systemd-resolved.service

@@ -5,3 +5,8 @@ set -euo pipefail
 
 nk_packages keepalived haproxy
 nk_disable keepalived.service haproxy.service
+# systemd applies presets on a first boot (empty machine-id): keep these off there too.
+nk_write /etc/systemd/system-preset/10-nodekiln.preset 0644 <<'CONF'
+disable keepalived.service
+disable haproxy.service
+CONF

@@ -83,6 +83,10 @@ name=${dev##*/}
 [ -e "/sys/class/block/$name/partition" ] || exit 0
 disk=/dev/$(basename "$(readlink -f "/sys/class/block/$name/..")")
 part=$(cat "/sys/class/block/$name/partition")
+# Nothing to do unless the disk has at least 8 MiB after the partition (growpart is slow).
+end=$(( $(cat "/sys/class/block/$name/start") + $(cat "/sys/class/block/$name/size") ))
+disk_size=$(cat "/sys/class/block/${disk##*/}/size")
+[ $(( disk_size - end )) -gt 16384 ] || exit 0
 rc=0
 growpart "$disk" "$part" || rc=$?
 [ "$rc" -le 1 ] || exit "$rc"   # 1 = NOCHANGE

@@ -1,0 +1,312 @@
+"""Boot a node image in qemu and reach it over SSH: the harness image and ISO tests share.
+
+The image is never written: the VM runs on a qcow2 overlay. cloud-init gets a NoCloud seed
+ISO. Networking is qemu's user mode (slirp) with the site's own network (`net=` the site
+CIDR, `host=` its gateway), so the node's STATIC address from the site works unchanged and
+SSH to it is forwarded from a free local port. KVM is used when it really works (it is
+started and watched), else TCG with every host core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodekiln.errors import NodekilnError
+from nodekiln.run import run, spawn, stop
+from nodekiln.seed import write_seed_iso
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+class BootError(NodekilnError):
+    """The VM did not come up (died, or no SSH / cloud-init in time); carries the console tail."""
+
+
+@functools.cache
+def accelerator() -> str:
+    """'kvm' if a KVM guest really starts here, else 'tcg'. NODEKILN_QEMU_ACCEL overrides.
+
+    /dev/kvm existing is not enough: on hosts without VT-x/AMD-V passthrough qemu aborts
+    ("failed to set MSR 0x10a") or crawls, so a tiny guest is started and must exit cleanly.
+    """
+    forced = os.environ.get("NODEKILN_QEMU_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    if " vmx" not in cpuinfo and " svm" not in cpuinfo and "hypervisor" not in cpuinfo:
+        return "tcg"
+    try:
+        result = run(
+            ["qemu-system-x86_64", "-accel", "kvm", "-machine", "q35", "-cpu", "host", "-m", "64",
+             "-display", "none", "-nodefaults", "-no-reboot", "-monitor", "stdio", "-S"],
+            input="cont\nquit\n", check=False, timeout=20,
+        )
+    except (TimeoutError, NodekilnError):
+        return "tcg"
+    bad = ("failed to set MSR", "KVM_", "Could not access KVM", "kvm: ")
+    return "kvm" if result.returncode == 0 and not any(b in result.output for b in bad) else "tcg"
+
+
+def accel_args() -> list[str]:
+    if accelerator() == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def generate_ssh_key(directory: Path) -> tuple[Path, str]:
+    """A fresh ed25519 key pair: (private key file, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = directory / "id_ed25519"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    line = public.decode() + " nodekiln-test"
+    (directory / "id_ed25519.pub").write_text(line + "\n")
+    return private, line
+
+
+@dataclass
+class VM:
+    """A running VM and how to reach it."""
+
+    proc: subprocess.Popen[str]
+    workdir: Path
+    console: Path
+    ssh_port: int
+    user: str
+    key: Path
+    address: str
+    firmware: str
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def console_tail(self, lines: int = 30) -> list[str]:
+        try:
+            return self.console.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return []
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ssh_client(self, timeout: float = 10.0):
+        import logging
+
+        import paramiko
+
+        # While the guest boots, every refused handshake logs a traceback: keep them quiet.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+        client = paramiko.SSHClient()
+        # A fresh VM has fresh host keys every boot: nothing to pin.
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect("127.0.0.1", port=self.ssh_port, username=self.user, key_filename=str(self.key),
+                       timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                       allow_agent=False, look_for_keys=False)
+        return client
+
+    def ssh(self, command: str, timeout: float = 120.0) -> tuple[int, str]:
+        """Run a command over SSH: (exit status, merged output)."""
+        client = self.ssh_client()
+        try:
+            _, stdout, _ = client.exec_command(command, timeout=timeout, get_pty=False)
+            stdout.channel.set_combine_stderr(True)
+            out = stdout.read().decode(errors="replace")
+            return stdout.channel.recv_exit_status(), out
+        finally:
+            client.close()
+
+    def wait_ssh(self, deadline: float) -> None:
+        last = ""
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise BootError(self._why("qemu exited", last))
+            try:
+                code, out = self.ssh("true", timeout=15)
+                if code == 0:
+                    return
+                last = out
+            except Exception as exc:  # not up yet: refused, reset, banner timeout, auth
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(2)
+        raise BootError(self._why("no SSH in time", last))
+
+    def wait_cloud_init(self, deadline: float) -> str:
+        left = max(5.0, deadline - time.monotonic())
+        code, out = self.ssh("cloud-init status --wait --long", timeout=left)
+        if code not in (0, 2):  # 2: done with recoverable errors (deprecations)
+            raise BootError(self._why(f"cloud-init status exit {code}", out))
+        return out
+
+    def testinfra_host(self):
+        import testinfra
+
+        return testinfra.get_host(
+            f"paramiko://{self.user}@127.0.0.1:{self.ssh_port}",
+            ssh_identity_file=str(self.key),
+            ssh_config=str(self._ssh_config()),
+        )
+
+    def _ssh_config(self) -> Path:
+        config = self.workdir / "ssh_config"
+        config.write_text(
+            "Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+            f"  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+        )
+        return config
+
+    def _why(self, what: str, last: str) -> str:
+        tail = "\n".join(f"  | {line}" for line in self.console_tail())
+        return f"VM ({self.firmware}) {what}; last SSH answer: {last}\nconsole ({self.console}):\n{tail}"
+
+    def reboot(self, timeout: float = 300.0) -> None:
+        """Reboot the guest and wait until SSH answers again (with a new boot id)."""
+        _, before = self.ssh("cat /proc/sys/kernel/random/boot_id")
+        with contextlib.suppress(Exception):
+            self.ssh("sudo systemctl reboot", timeout=10)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(3)
+            try:
+                code, now = self.ssh("cat /proc/sys/kernel/random/boot_id", timeout=10)
+                if code == 0 and now != before:
+                    return
+            except Exception:
+                continue
+        raise BootError(self._why("did not come back after reboot", ""))
+
+
+def cloud_config(hostname: str, user: str, public_key: str) -> str:
+    """A minimal user-data: the user, its key, passwordless sudo, the hostname.
+
+    Stand-in until the tests use `nodekiln.render` output (see tests/image/conftest.py).
+    """
+    return (
+        "#cloud-config\n"
+        f"hostname: {hostname}\n"
+        f"fqdn: {hostname}\n"
+        "users:\n"
+        f"  - name: {user}\n"
+        "    shell: /bin/bash\n"
+        "    sudo: ALL=(ALL) NOPASSWD:ALL\n"
+        "    lock_passwd: true\n"
+        f"    ssh_authorized_keys: [{public_key!r}]\n"
+    )
+
+
+def network_config(address: str, cidr: str, gateway: str, dns: list[str]) -> str:
+    """Static network-config v2 for eth0 (the image names NICs ethN everywhere)."""
+    net = ipaddress.ip_network(cidr)
+    nameservers = f"      nameservers: {{addresses: [{', '.join(dns)}]}}\n" if dns else ""
+    return (
+        "version: 2\n"
+        "ethernets:\n"
+        "  eth0:\n"
+        f"      addresses: [{address}/{net.prefixlen}]\n"
+        f"      routes: [{{to: 0.0.0.0/0, via: {gateway}}}]\n"  # cloud-init 22.4 rejects to: default
+        f"{nameservers}"
+    )
+
+
+@contextlib.contextmanager
+def boot(
+    image: Path,
+    seed_files: Mapping[str, bytes | str],
+    *,
+    address: str,
+    cidr: str,
+    gateway: str,
+    user: str,
+    key: Path,
+    firmware: str = "uefi",
+    memory_mib: int = 2048,
+    cpus: int | None = None,
+    disk_gib: int | None = None,
+    timeout: float = 420.0,
+    wait_cloud_init: bool = True,
+    workdir: Path | None = None,
+) -> Iterator[VM]:
+    """Boot `image` copy-on-write with a NoCloud seed; yield the VM once SSH and cloud-init are
+    done. The VM is always killed and its files removed, whatever happens.
+
+    firmware: "uefi" (q35 + OVMF) or "bios" (the i440fx `pc` machine and SeaBIOS, what most
+    OpenStack clouds default to).
+    """
+    if firmware not in ("uefi", "bios"):
+        raise ValueError("firmware must be uefi or bios")
+    work = Path(tempfile.mkdtemp(prefix="nodekiln-vm-", dir=workdir))
+    proc = None
+    try:
+        overlay = work / "disk.qcow2"
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image.resolve(), "-F", _format(image),
+             overlay, *([f"{disk_gib}G"] if disk_gib else [])])
+        seed = write_seed_iso(work / "seed.iso", seed_files)
+        port = free_port()
+        console = work / "console.log"
+        net = ipaddress.ip_network(cidr)
+        argv = [
+            "qemu-system-x86_64", *accel_args(), "-m", str(memory_mib), "-smp", str(cpus or os.cpu_count() or 2),
+            "-display", "none", "-nodefaults", "-serial", f"file:{console}", "-monitor", "none",
+            "-drive", f"file={overlay},if=virtio,format=qcow2,discard=unmap,cache=unsafe",
+            "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+            "-netdev", f"user,id=n0,net={net},host={gateway},hostfwd=tcp:127.0.0.1:{port}-{address}:22",
+            "-device", "virtio-net-pci,netdev=n0",
+            "-device", "virtio-rng-pci",
+        ]
+        if firmware == "uefi":
+            vars_copy = work / "OVMF_VARS.fd"
+            shutil.copy(OVMF_VARS, vars_copy)
+            argv += ["-machine", "q35",
+                     "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                     "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        else:
+            argv += ["-machine", "pc"]
+        started = time.monotonic()
+        proc = spawn(argv, log=work / "qemu.log")
+        vm = VM(proc, work, console, port, user, key, address, firmware, started)
+        deadline = started + timeout
+        vm.wait_ssh(deadline)
+        vm.timings["ssh_s"] = round(time.monotonic() - started, 1)
+        if wait_cloud_init:
+            vm.wait_cloud_init(deadline)
+            vm.timings["cloud_init_s"] = round(time.monotonic() - started, 1)
+        yield vm
+    finally:
+        if proc is not None:
+            stop(proc)
+        if os.environ.get("NODEKILN_KEEP_VM"):
+            print(f"kept VM files in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _format(image: Path) -> str:
+    with open(image, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
