@@ -94,7 +94,8 @@ def run(
     last: collections.deque[str] = collections.deque(maxlen=tail)
     captured: list[str] = []
     started = time.monotonic()
-    log_handle = open(log, "a", encoding="utf-8") if log is not None else None
+    # Line-buffered: the log is readable (tail -f, a test watching it) while the program runs.
+    log_handle = open(log, "a", encoding="utf-8", buffering=1) if log is not None else None
     proc = subprocess.Popen(
         args,
         cwd=cwd,

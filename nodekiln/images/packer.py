@@ -195,8 +195,34 @@ def build(templates: Path, var_file: Path, only: str, log: Path,
             on_event(event)
 
     argv = _argv("build", templates, var_file, only, ["-machine-readable", "-color=false", "-force"])
-    result = run(argv, cwd=templates, env={"PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1", **(env or {})},
+    result = run(argv, cwd=templates, env={"PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1",
+                                           "PACKER_CACHE_DIR": str(templates.parent / "packer_cache"), **(env or {})},
                  log=log, on_line=feed, check=False, capture=False, tail=40, interrupt=INTERRUPT)
     if result.returncode != 0:
         raise ToolError(result.argv, result.returncode, ui_tail, log)
     return events
+
+
+def check_templates(work: Path, only: str, version: PackerVersion | None = None, syntax_only: bool = False,
+                    env: dict[str, str] | None = None) -> str:
+    """`packer validate` of the templates for one source (qemu.node or openstack.node) with
+    placeholder inputs in `work` (what CI runs; the openstack builder authenticates while it
+    validates, so `env` must point at an identity endpoint unless `syntax_only`)."""
+    version = version or packer_version()
+    templates = template_dir(work, version)
+    (work / "nodekiln-stage").mkdir(exist_ok=True)
+    for name in ("base.qcow2", "seed.iso"):
+        (work / name).touch()
+    from nodekiln.qemu import generate_ssh_key
+
+    generate_ssh_key(work)
+    variables = {
+        "stage_dir": str(work / "nodekiln-stage"), "tree_file": str(work / "tree.tar.zst"),
+        "manifest_file": str(work / "packer-manifest.json"), "base_image": str(work / "base.qcow2"),
+        "seed_iso": str(work / "seed.iso"), "ssh_private_key_file": str(work / "id_ed25519"),
+        "output_directory": str(work / "packer-output"), "console_log": str(work / "console.log"),
+        "base_image_checksum": "sha256:" + "0" * 64,
+    }
+    var_file = work / "variables.json"
+    var_file.write_text(json.dumps(variables, indent=2) + "\n")
+    return validate(templates, var_file, only, syntax_only=syntax_only, env=env)

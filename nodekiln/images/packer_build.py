@@ -1,0 +1,359 @@
+"""Build the node image with Packer: `build_image_packer(site, builder, out_dir)`.
+
+Same bake steps, same disk, same manifest as the diskimage-builder backend:
+  1. stage directory (dib.write_stage: steps, run-steps.sh, env, local source);
+  2. Packer boots the base (packer-qemu: a local disk, KVM or TCG; packer-openstack: the
+     cloud's base image), uploads the stage, runs run-steps.sh, downloads the baked tree;
+  3. the tree loses what only the build needed (the build key or user, cloud-init's network
+     file of the build VM) and is assembled by disk.py: read-only root, /var on the data
+     partition, GRUB for BIOS and UEFI — the immutable layout comes from the steps (70-immutable)
+     plus the assembly, exactly as for diskimage-builder;
+  4. manifest inside and beside, artifacts named by the input hash: same inputs, no rebuild.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from nodekiln.errors import NodekilnError
+from nodekiln.images import dib, disk, manifest, packer
+from nodekiln.images.packer_base import build_base_image
+from nodekiln.run import output, run
+
+if TYPE_CHECKING:
+    from nodekiln.site import Site
+
+BUILDERS = tuple(packer.SOURCES)
+STAGE_IN_GUEST = Path("/tmp/nodekiln-stage")  # build.pkr.hcl uploads var.stage_dir into /tmp
+BUILD_HOSTNAME = "debian"  # what debian-minimal's tree has in /etc/hostname
+CODE = [Path(packer.__file__), Path(__file__)]
+STEP_PREFIX = re.compile(r"^\s*[\w.-]+\.node: ?")
+
+
+@dataclass
+class PackerBuild:
+    builder: str
+    input_hash: str
+    artifacts: list[Path]
+    manifest: Path
+    skipped: bool
+    seconds: float
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def packer_inputs(site: "Site", builder: str, base_image: Path | None) -> dict[str, Any]:
+    """manifest.inputs() (recipe, Kubernetes version, bake steps, local source) plus what only
+    a Packer build depends on: the builder, its settings, the base image's bytes, the driver."""
+    recipe = site.image
+    data = manifest.inputs(recipe, site.kubernetes.version, site.directory)
+    settings = recipe.packer.model_dump(mode="json")
+    settings.pop("baseImage", None)  # by content below, not by path
+    if builder == "packer-qemu":
+        settings.pop("openstack", None)
+    data["builder"] = builder
+    data["packer"] = settings
+    if base_image is not None:
+        data["baseImage"] = {"sha256": manifest.sha256_file(base_image)}
+    data["packerCode"] = {f"nodekiln/images/{p.name}": manifest.sha256_file(p) for p in CODE}
+    return data
+
+
+def seed_files(user: str, public_key: str) -> dict[str, str]:
+    """NoCloud seed of the build VM: the build key for `user` (root: no sudo needed), DHCP by
+    cloud-init's fallback network config, the hostname the tree has anyway."""
+    if user == "root":
+        user_data = ("#cloud-config\n"
+                     "users: []\n"
+                     "disable_root: false\n"
+                     f"ssh_authorized_keys: [{public_key!r}]\n")
+    else:
+        user_data = ("#cloud-config\n"
+                     "users:\n"
+                     f"  - name: {user}\n"
+                     "    sudo: ALL=(ALL) NOPASSWD:ALL\n"
+                     "    shell: /bin/bash\n"
+                     f"    ssh_authorized_keys: [{public_key!r}]\n")
+    return {
+        "user-data": user_data,
+        "meta-data": f"instance-id: nodekiln-packer-build\nlocal-hostname: {BUILD_HOSTNAME}\n",
+    }
+
+
+def packer_variables(site: "Site", builder: str, work: Path, input_hash: str,
+                     base_image: Path | None, key: Path | None, seed: Path | None) -> dict[str, Any]:
+    recipe = site.image
+    settings = recipe.packer
+    variables: dict[str, Any] = {
+        "stage_dir": str(work / "nodekiln-stage"),
+        "tree_file": str(work / "tree.tar.zst"),
+        "manifest_file": str(work / "packer-manifest.json"),
+        "kubernetes_version": site.kubernetes.version,
+        "containerd_version": recipe.containerd.version,
+        "input_hash": input_hash,
+        "image_name": f"{site.name}-{manifest.short(input_hash)}",
+    }
+    if builder == "packer-qemu":
+        from nodekiln.qemu import accelerator
+
+        assert base_image is not None and key is not None and seed is not None
+        accel = accelerator()
+        variables.update({
+            "ssh_username": settings.sshUser,
+            "ssh_private_key_file": str(key),
+            "base_image": str(base_image.resolve()),
+            "base_image_checksum": "sha256:" + manifest.sha256_file(base_image),
+            "output_directory": str(work / "packer-output"),
+            "disk_size_mib": _virtual_size(base_image) // disk.MIB,
+            "format": "qcow2",
+            "accelerator": accel,
+            "cpu_model": "host" if accel == "kvm" else "max",
+            "cpus": settings.cpus or os.cpu_count() or 2,
+            "memory_mib": settings.memoryMiB,
+            "seed_iso": str(seed),
+            "console_log": str(work / "console.log"),
+        })
+    else:
+        stack = settings.openstack
+        if stack is None:
+            raise NodekilnError("--builder packer-openstack needs image.packer.openstack in the site "
+                                "(sourceImage, flavor, networks): the cloud's base image and where to build")
+        variables.update({
+            "ssh_username": stack.sshUser,
+            "openstack_cloud": stack.cloud or (site.openstack.cloud if site.openstack else None) or "",
+            "openstack_source_image": stack.sourceImage,
+            "openstack_flavor": stack.flavor,
+            "openstack_networks": stack.networks,
+            "openstack_floating_ip_network": stack.floatingIpNetwork or "",
+            "openstack_security_groups": stack.securityGroups,
+        })
+    return variables
+
+
+def _virtual_size(image: Path) -> int:
+    info = json.loads(output(["qemu-img", "info", "--output=json", image]))
+    return int(info["virtual-size"])
+
+
+class Progress:
+    """Packer's events as a rich status line plus one line per finished bake step."""
+
+    def __init__(self, console: Console, builder: str):
+        self.console = console
+        self.builder = builder
+        self.steps = dib.StepTimes()
+        self.status = console.status(f"{builder}: starting Packer")
+        self.last_say = ""
+
+    def __enter__(self) -> "Progress":
+        self.status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.status.__exit__(*exc)
+
+    def __call__(self, event: packer.Event) -> None:
+        kind = event.ui_kind
+        if kind is None:
+            return
+        for line in event.text.splitlines():
+            text = STEP_PREFIX.sub("", line)
+            if kind == "say" and text.startswith("==> "):
+                self.last_say = STEP_PREFIX.sub("", text[4:])
+                self.status.update(f"{self.builder}: {self.last_say}")
+                continue
+            done = len(self.steps.steps)
+            current = self.steps.feed(text)
+            if current is not None:
+                self.status.update(f"{self.builder}: bake step {current}")
+            elif len(self.steps.steps) > done:
+                step = self.steps.steps[-1]
+                self.console.print(f"  step {step['name']} {step['seconds']} s")
+            elif kind == "error":
+                self.console.print(f"[red]{text}[/red]")
+
+
+def _extract(tar_zst: Path, tree: Path, log: Path) -> None:
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    run(["tar", "-I", "zstd", "-C", tree, "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
+         "-xpf", tar_zst], log=log)
+
+
+def remove_build_access(tree: Path, user: str, public_key: str | None) -> list[str]:
+    """Take out what only the build needed; return what was removed (for the log).
+
+    root: the build key from root's authorized_keys (/root is /var/root by now); another
+    user: the user, its home and cloud-init's sudoers file; always: cloud-init's network files
+    for the build VM's NIC (each node gets its own at first boot).
+    """
+    removed: list[str] = []
+    if user == "root":
+        keys = tree / "var/root/.ssh/authorized_keys"
+        if keys.exists():
+            kept = [line for line in keys.read_text().splitlines()
+                    if line.strip() and (public_key is None or public_key.split()[1] not in line)]
+            if kept:
+                keys.write_text("\n".join(kept) + "\n")
+            else:
+                keys.unlink()
+                removed.append("var/root/.ssh/authorized_keys")
+                with_ssh = keys.parent
+                if not any(with_ssh.iterdir()):
+                    with_ssh.rmdir()
+    else:
+        run(["userdel", "--root", tree.resolve(), "--remove", "--force", user], ok_codes=(0, 6, 12))
+        removed.append(f"user {user}")
+    for pattern in ("etc/sudoers.d/90-cloud-init-users", "etc/systemd/network/10-cloud-init-*",
+                    "etc/netplan/50-cloud-init.yaml"):
+        for path in tree.glob(pattern):
+            path.unlink()
+            removed.append(str(path.relative_to(tree)))
+    return removed
+
+
+def build_image_packer(site: "Site", builder: str, out_dir: Path, *, base_image: Path | None = None,
+                       console: Console | None = None, keep_work: bool = False) -> PackerBuild:
+    """Build `site`'s node image with Packer (`builder`: packer-qemu or packer-openstack) into
+    `out_dir` as <site>-<hash>.<format> plus <site>-<hash>.manifest.json; skipped when those
+    exist for the same input hash. `base_image` (packer-qemu) overrides the recipe's
+    image.packer.baseImage; with neither, the nodekiln-base image is built (and cached) first.
+    """
+    if builder not in BUILDERS:
+        raise NodekilnError(f"unknown builder {builder!r}: expected one of {', '.join(BUILDERS)}")
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    recipe = site.image
+    out_dir.mkdir(parents=True, exist_ok=True)
+    version = packer.packer_version()
+    stages: list[dict[str, Any]] = []
+
+    if builder == "packer-qemu":
+        if base_image is None and recipe.packer.baseImage:
+            named = Path(recipe.packer.baseImage).expanduser()
+            base_image = named if named.is_absolute() else site.directory / named
+        if base_image is None:
+            t = time.monotonic()
+            with console.status("packer-qemu: building the base image (diskimage-builder, nodekiln-base)"):
+                base_image = build_base_image(recipe, out_dir / "base")
+            stages.append({"name": "base-image", "seconds": round(time.monotonic() - t, 1)})
+        if not base_image.is_file():
+            raise NodekilnError(f"base image {base_image} does not exist (image.packer.baseImage)")
+
+    data = packer_inputs(site, builder, base_image)
+    hash_hex = manifest.input_hash(data)
+    stem = f"{site.name}-{manifest.short(hash_hex)}"
+    targets = [out_dir / f"{stem}.{fmt}" for fmt in recipe.formats]
+    beside = out_dir / f"{stem}.manifest.json"
+    if beside.exists() and all(t.exists() for t in targets):
+        try:
+            if json.loads(beside.read_text()).get("inputHash") == hash_hex:
+                console.print(f"{builder}: {stem} is up to date (same input hash), nothing to build")
+                return PackerBuild(builder, hash_hex, targets, beside, True, round(time.monotonic() - started, 1))
+        except ValueError:
+            pass
+
+    work = out_dir / f".{stem}.packer"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = out_dir / f"{stem}.{builder}.log"
+    log.unlink(missing_ok=True)
+    try:
+        dib.write_stage(work / "nodekiln-stage", recipe, site.kubernetes.version, site.directory,
+                        in_target=STAGE_IN_GUEST)
+        key = seed = None
+        public_key = None
+        if builder == "packer-qemu":
+            from nodekiln.qemu import generate_ssh_key
+            from nodekiln.seed import write_seed_iso
+
+            key, public_key = generate_ssh_key(work)
+            seed = write_seed_iso(work / "seed.iso", seed_files(recipe.packer.sshUser, public_key))
+        variables = packer_variables(site, builder, work, hash_hex, base_image, key, seed)
+        var_file = work / "variables.json"
+        var_file.write_text(json.dumps(variables, indent=2) + "\n")
+        templates = packer.template_dir(work, version, log)
+
+        t = time.monotonic()
+        with Progress(console, builder) as progress:
+            packer.build(templates, var_file, packer.SOURCES[builder], log, on_event=progress)
+        stages.append({"name": "packer", "seconds": round(time.monotonic() - t, 1)})
+        built = [a for a in packer.read_manifest(Path(variables["manifest_file"]))
+                 if a.name == "node"]
+        if not built:
+            raise packer.PackerError(f"Packer's manifest {variables['manifest_file']} records no build of source 'node'")
+        if builder == "packer-openstack":
+            _delete_snapshot(variables.get("openstack_cloud") or None, built[-1].artifact_id, console)
+        tree_file = Path(built[-1].custom_data.get("tree") or variables["tree_file"])
+        if not tree_file.is_file():
+            raise packer.PackerError(f"Packer finished but the baked tree {tree_file} was not downloaded")
+        shutil.rmtree(work / "packer-output", ignore_errors=True)  # Packer's own disk: not needed
+
+        t = time.monotonic()
+        tree = work / "tree"
+        _extract(tree_file, tree, log)
+        tree_file.unlink()
+        user = recipe.packer.sshUser if builder == "packer-qemu" else recipe.packer.openstack.sshUser  # type: ignore[union-attr]
+        for item in remove_build_access(tree, user, public_key):
+            with open(log, "a") as f:
+                f.write(f"nodekiln: removed {item} (build access)\n")
+        kernel, _ = disk.find_kernel(tree)
+        inside = manifest.inside_manifest(
+            site=site.name, hash_hex=hash_hex, input_data=data,
+            tools={"packer": str(version), "builder": builder,
+                   "qemu": output(["qemu-system-x86_64", "--version"]).splitlines()[0]},
+            packages=manifest.installed_packages(tree), kernel=kernel[len("vmlinuz-"):],
+            bake_steps=progress.steps.steps, kubernetes_source=recipe.kubernetesSource,
+        )
+        inside_path = tree / manifest.IMAGE_MANIFEST_PATH
+        inside_path.parent.mkdir(parents=True, exist_ok=True)
+        inside_path.write_text(manifest.dumps(inside))
+        raw = work / "disk.raw"
+        disk.assemble(tree, raw, recipe.diskSizeGiB * 1024 * disk.MIB, hash_hex, work / "asm", log)
+        shutil.rmtree(tree, ignore_errors=True)
+        stages.append({"name": "assemble", "seconds": round(time.monotonic() - t, 1)})
+
+        t = time.monotonic()
+        entries = []
+        for fmt, target in zip(recipe.formats, targets):
+            partial = target.with_name(target.name + ".partial")
+            disk.convert(raw, partial, fmt, log=log)
+            partial.replace(target)
+            entries.append(manifest.artifact_entry(target, fmt))
+        stages.append({"name": "convert", "seconds": round(time.monotonic() - t, 1)})
+        seconds = time.monotonic() - started
+        full = manifest.full_manifest(inside, stages=stages, artifacts=entries,
+                                      built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                      seconds=seconds)
+        beside.write_text(manifest.dumps(full))
+        console.print(f"{builder}: built {', '.join(t.name for t in targets)} in {seconds:.0f} s")
+        return PackerBuild(builder, hash_hex, targets, beside, False, round(seconds, 1), stages)
+    finally:
+        if keep_work:
+            console.print(f"kept the work directory {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _delete_snapshot(cloud: str | None, image_id: str, console: Console) -> None:
+    """Packer 1.6.6 always snapshots the OpenStack build server; that snapshot is not the node
+    image (the node image is assembled from the tree), so delete it."""
+    if not image_id:
+        return
+    try:
+        import openstack
+
+        conn = openstack.connect(cloud=cloud) if cloud else openstack.connect()
+        conn.image.delete_image(image_id.split(":")[-1], ignore_missing=True)
+    except Exception as exc:  # the build itself succeeded: say what is left behind
+        console.print(f"[yellow]note: could not delete Packer's snapshot image {image_id}: {exc}[/yellow]")
