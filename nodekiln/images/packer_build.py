@@ -19,15 +19,17 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from nodekiln.errors import NodekilnError
-from nodekiln.images import dib, disk, manifest, packer
+from nodekiln.images import dib, disk, manifest, packer, preflight
+from nodekiln.images.build import (DEFAULT_OUT, GIB, BuildResult, Plan, _cleanup, _source_report,
+                                   _stop_on_sigterm, cached, resolve_recipe, tool_versions)
 from nodekiln.images.packer_base import build_base_image
+from nodekiln.images.recipe import ImageRecipe
 from nodekiln.run import output, run
 
 if TYPE_CHECKING:
@@ -40,21 +42,11 @@ CODE = [Path(packer.__file__), Path(__file__)]
 STEP_PREFIX = re.compile(r"^\s*[\w.-]+\.node: ?")
 
 
-@dataclass
-class PackerBuild:
-    builder: str
-    input_hash: str
-    artifacts: list[Path]
-    manifest: Path
-    skipped: bool
-    seconds: float
-    stages: list[dict[str, Any]] = field(default_factory=list)
-
-
-def packer_inputs(site: "Site", builder: str, base_image: Path | None) -> dict[str, Any]:
+def packer_inputs(site: "Site", builder: str, base_image: Path | None,
+                  recipe: ImageRecipe | None = None) -> dict[str, Any]:
     """manifest.inputs() (recipe, Kubernetes version, bake steps, local source) plus what only
     a Packer build depends on: the builder, its settings, the base image's bytes, the driver."""
-    recipe = site.image
+    recipe = recipe or site.image
     data = manifest.inputs(recipe, site.kubernetes.version, site.directory)
     settings = recipe.packer.model_dump(mode="json")
     settings.pop("baseImage", None)  # by content below, not by path
@@ -89,18 +81,19 @@ def seed_files(user: str, public_key: str) -> dict[str, str]:
     }
 
 
-def packer_variables(site: "Site", builder: str, work: Path, input_hash: str,
-                     base_image: Path | None, key: Path | None, seed: Path | None) -> dict[str, Any]:
-    recipe = site.image
+def packer_variables(plan: Plan, builder: str, work: Path, base_image: Path | None,
+                     key: Path | None, seed: Path | None) -> dict[str, Any]:
+    recipe = plan.recipe
     settings = recipe.packer
+    input_hash = plan.input_hash
     variables: dict[str, Any] = {
         "stage_dir": str(work / "nodekiln-stage"),
         "tree_file": str(work / "tree.tar.zst"),
         "manifest_file": str(work / "packer-manifest.json"),
-        "kubernetes_version": site.kubernetes.version,
+        "kubernetes_version": plan.kubernetes_version,
         "containerd_version": recipe.containerd.version,
         "input_hash": input_hash,
-        "image_name": f"{site.name}-{manifest.short(input_hash)}",
+        "image_name": plan.stem,
     }
     if builder == "packer-qemu":
         from nodekiln.qemu import accelerator
@@ -127,9 +120,10 @@ def packer_variables(site: "Site", builder: str, work: Path, input_hash: str,
         if stack is None:
             raise NodekilnError("--builder packer-openstack needs image.packer.openstack in the site "
                                 "(sourceImage, flavor, networks): the cloud's base image and where to build")
+        # (the site's openstack.cloud is the default cloud when the build names none)
         variables.update({
             "ssh_username": stack.sshUser,
-            "openstack_cloud": stack.cloud or (site.openstack.cloud if site.openstack else None) or "",
+            "openstack_cloud": stack.cloud or "",
             "openstack_source_image": stack.sourceImage,
             "openstack_flavor": stack.flavor,
             "openstack_networks": stack.networks,
@@ -222,127 +216,183 @@ def remove_build_access(tree: Path, user: str, public_key: str | None) -> list[s
     return removed
 
 
-def build_image_packer(site: "Site", builder: str, out_dir: Path, *, base_image: Path | None = None,
-                       console: Console | None = None, keep_work: bool = False) -> PackerBuild:
-    """Build `site`'s node image with Packer (`builder`: packer-qemu or packer-openstack) into
-    `out_dir` as <site>-<hash>.<format> plus <site>-<hash>.manifest.json; skipped when those
-    exist for the same input hash. `base_image` (packer-qemu) overrides the recipe's
-    image.packer.baseImage; with neither, the nodekiln-base image is built (and cached) first.
-    """
+def plan_packer_build(site: "Site", builder: str, out_dir: Path = DEFAULT_OUT,
+                      kubernetes_source_override: str | None = None,
+                      formats: list[str] | tuple[str, ...] | None = None,
+                      base_image: Path | None = None) -> Plan:
+    """The build.Plan of a Packer build: same recipe resolution as diskimage-builder's, inputs
+    from packer_inputs (so the artifact names differ from the diskimage-builder ones)."""
     if builder not in BUILDERS:
         raise NodekilnError(f"unknown builder {builder!r}: expected one of {', '.join(BUILDERS)}")
-    console = console or Console(stderr=True)
+    recipe = resolve_recipe(site, kubernetes_source_override, formats)
+    recipe = recipe.model_copy(update={"packer": site.image.packer})  # excluded from model_dump
+    data = packer_inputs(site, builder, base_image, recipe)
+    return Plan(site.name, recipe, site.kubernetes.version, site.directory, data,
+                manifest.input_hash(data), Path(out_dir), tuple(recipe.formats))
+
+
+def resolve_base_image(site: "Site", recipe: ImageRecipe, out_dir: Path, base_image: Path | None,
+                       console: Console) -> Path:
+    """packer-qemu's base disk: the argument, else image.packer.baseImage (relative to the
+    site), else nodekiln-base built by diskimage-builder (cached under OUT/base/)."""
+    if base_image is None and recipe.packer.baseImage:
+        named = Path(recipe.packer.baseImage).expanduser()
+        base_image = named if named.is_absolute() else site.directory / named
+    if base_image is None:
+        with console.status("packer-qemu: base image (diskimage-builder, nodekiln-base)"):
+            base_image = build_base_image(recipe, out_dir / "base")
+    if not base_image.is_file():
+        raise NodekilnError(f"base image {base_image} does not exist (image.packer.baseImage)")
+    return base_image
+
+
+def build_image_packer(
+    site: "Site",
+    builder: str = "packer-qemu",
+    out_dir: Path = DEFAULT_OUT,
+    kubernetes_source_override: str | None = None,
+    formats: list[str] | tuple[str, ...] | None = None,
+    *,
+    console: Console | None = None,
+    base_image: Path | None = None,
+    check_sources: bool = True,
+    keep_work: bool = False,
+) -> BuildResult:
+    """Build `site`'s node image with Packer (`builder`: packer-qemu or packer-openstack) into
+    `out_dir` as <site>-<hash>.<format> plus <site>-<hash>.manifest.json, like build_image;
+    a cache hit (same inputs, artifacts there) does nothing. `base_image` (packer-qemu)
+    overrides image.packer.baseImage; with neither, nodekiln-base is built (once) first.
+    """
     started = time.monotonic()
-    recipe = site.image
-    out_dir.mkdir(parents=True, exist_ok=True)
+    console = console or Console(stderr=True)
+    if builder not in BUILDERS:
+        raise NodekilnError(f"unknown builder {builder!r}: expected one of {', '.join(BUILDERS)}")
     version = packer.packer_version()
-    stages: list[dict[str, Any]] = []
-
+    pre_stages: list[dict[str, Any]] = []
     if builder == "packer-qemu":
-        if base_image is None and recipe.packer.baseImage:
-            named = Path(recipe.packer.baseImage).expanduser()
-            base_image = named if named.is_absolute() else site.directory / named
-        if base_image is None:
-            t = time.monotonic()
-            with console.status("packer-qemu: building the base image (diskimage-builder, nodekiln-base)"):
-                base_image = build_base_image(recipe, out_dir / "base")
-            stages.append({"name": "base-image", "seconds": round(time.monotonic() - t, 1)})
-        if not base_image.is_file():
-            raise NodekilnError(f"base image {base_image} does not exist (image.packer.baseImage)")
+        t = time.monotonic()
+        base_image = resolve_base_image(site, site.image, Path(out_dir), base_image, console)
+        pre_stages.append({"name": "base image", "seconds": round(time.monotonic() - t, 1)})
+    plan = plan_packer_build(site, builder, out_dir, kubernetes_source_override, formats, base_image)
+    hit = cached(plan)
+    if hit is not None:
+        hit.seconds = time.monotonic() - started
+        console.print(f"cache hit: {plan.stem} (inputs unchanged), nothing to do")
+        return hit
+    if check_sources:
+        preflight.check_sources(plan.recipe, plan.kubernetes_version, plan.site_dir)
 
-    data = packer_inputs(site, builder, base_image)
-    hash_hex = manifest.input_hash(data)
-    stem = f"{site.name}-{manifest.short(hash_hex)}"
-    targets = [out_dir / f"{stem}.{fmt}" for fmt in recipe.formats]
-    beside = out_dir / f"{stem}.manifest.json"
-    if beside.exists() and all(t.exists() for t in targets):
-        try:
-            if json.loads(beside.read_text()).get("inputHash") == hash_hex:
-                console.print(f"{builder}: {stem} is up to date (same input hash), nothing to build")
-                return PackerBuild(builder, hash_hex, targets, beside, True, round(time.monotonic() - started, 1))
-        except ValueError:
-            pass
-
-    work = out_dir / f".{stem}.packer"
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    plan.log.parent.mkdir(parents=True, exist_ok=True)
+    plan.log.write_text("")
+    work = plan.out_dir / f".work-{plan.stem}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    log = out_dir / f"{stem}.{builder}.log"
-    log.unlink(missing_ok=True)
-    try:
-        dib.write_stage(work / "nodekiln-stage", recipe, site.kubernetes.version, site.directory,
-                        in_target=STAGE_IN_GUEST)
-        key = seed = None
-        public_key = None
-        if builder == "packer-qemu":
-            from nodekiln.qemu import generate_ssh_key
-            from nodekiln.seed import write_seed_iso
+    if keep_work:
+        return _build(plan, builder, version, work, base_image, console, started, pre_stages)
+    with _stop_on_sigterm(), _cleanup(work, plan):
+        return _build(plan, builder, version, work, base_image, console, started, pre_stages)
 
-            key, public_key = generate_ssh_key(work)
-            seed = write_seed_iso(work / "seed.iso", seed_files(recipe.packer.sshUser, public_key))
-        variables = packer_variables(site, builder, work, hash_hex, base_image, key, seed)
-        var_file = work / "variables.json"
-        var_file.write_text(json.dumps(variables, indent=2) + "\n")
-        templates = packer.template_dir(work, version, log)
 
-        t = time.monotonic()
-        with Progress(console, builder) as progress:
-            packer.build(templates, var_file, packer.SOURCES[builder], log, on_event=progress)
-        stages.append({"name": "packer", "seconds": round(time.monotonic() - t, 1)})
-        built = [a for a in packer.read_manifest(Path(variables["manifest_file"]))
-                 if a.name == "node"]
-        if not built:
-            raise packer.PackerError(f"Packer's manifest {variables['manifest_file']} records no build of source 'node'")
-        if builder == "packer-openstack":
-            _delete_snapshot(variables.get("openstack_cloud") or None, built[-1].artifact_id, console)
-        tree_file = Path(built[-1].custom_data.get("tree") or variables["tree_file"])
-        if not tree_file.is_file():
-            raise packer.PackerError(f"Packer finished but the baked tree {tree_file} was not downloaded")
-        shutil.rmtree(work / "packer-output", ignore_errors=True)  # Packer's own disk: not needed
+def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, base_image: Path | None,
+           console: Console, started: float, stages: list[dict[str, Any]]) -> BuildResult:
+    recipe = plan.recipe
+    log = plan.log
 
-        t = time.monotonic()
-        tree = work / "tree"
-        _extract(tree_file, tree, log)
-        tree_file.unlink()
-        user = recipe.packer.sshUser if builder == "packer-qemu" else recipe.packer.openstack.sshUser  # type: ignore[union-attr]
+    def stage_done(name: str, t0: float) -> None:
+        stages.append({"name": name, "seconds": round(time.monotonic() - t0, 1)})
+
+    t = time.monotonic()
+    dib.write_stage(work / "nodekiln-stage", recipe, plan.kubernetes_version, plan.site_dir,
+                    in_target=STAGE_IN_GUEST)
+    key = seed = None
+    public_key = None
+    if builder == "packer-qemu":
+        from nodekiln.qemu import generate_ssh_key
+        from nodekiln.seed import write_seed_iso
+
+        key, public_key = generate_ssh_key(work)
+        seed = write_seed_iso(work / "seed.iso", seed_files(recipe.packer.sshUser, public_key))
+    variables = packer_variables(plan, builder, work, base_image, key, seed)
+    var_file = work / "variables.json"
+    var_file.write_text(json.dumps(variables, indent=2) + "\n")
+    templates = packer.template_dir(work, version, log)
+    stage_done("stage bake steps, seed, templates", t)
+
+    t = time.monotonic()
+    with Progress(console, builder) as progress:
+        packer.build(templates, var_file, packer.SOURCES[builder], log, on_event=progress)
+    stage_done(f"packer build ({builder}: boot, bake steps, export tree)", t)
+    built = [a for a in packer.read_manifest(Path(variables["manifest_file"])) if a.name == "node"]
+    if not built:
+        raise packer.PackerError(f"Packer's manifest {variables['manifest_file']} records no build of source 'node'")
+    if builder == "packer-openstack":
+        _delete_snapshot(variables.get("openstack_cloud") or None, built[-1].artifact_id, console)
+    tree_file = Path(built[-1].custom_data.get("tree") or variables["tree_file"])
+    if not tree_file.is_file():
+        raise packer.PackerError(f"Packer finished but the baked tree {tree_file} was not downloaded")
+    shutil.rmtree(work / "packer-output", ignore_errors=True)  # Packer's own disk: not the image
+
+    t = time.monotonic()
+    tree = work / "tree"
+    _extract(tree_file, tree, log)
+    tree_file.unlink()
+    user = recipe.packer.sshUser if builder == "packer-qemu" else recipe.packer.openstack.sshUser  # type: ignore[union-attr]
+    with open(log, "a") as f:
         for item in remove_build_access(tree, user, public_key):
-            with open(log, "a") as f:
-                f.write(f"nodekiln: removed {item} (build access)\n")
-        kernel, _ = disk.find_kernel(tree)
-        inside = manifest.inside_manifest(
-            site=site.name, hash_hex=hash_hex, input_data=data,
-            tools={"packer": str(version), "builder": builder,
-                   "qemu": output(["qemu-system-x86_64", "--version"]).splitlines()[0]},
-            packages=manifest.installed_packages(tree), kernel=kernel[len("vmlinuz-"):],
-            bake_steps=progress.steps.steps, kubernetes_source=recipe.kubernetesSource,
-        )
-        inside_path = tree / manifest.IMAGE_MANIFEST_PATH
-        inside_path.parent.mkdir(parents=True, exist_ok=True)
-        inside_path.write_text(manifest.dumps(inside))
-        raw = work / "disk.raw"
-        disk.assemble(tree, raw, recipe.diskSizeGiB * 1024 * disk.MIB, hash_hex, work / "asm", log)
-        shutil.rmtree(tree, ignore_errors=True)
-        stages.append({"name": "assemble", "seconds": round(time.monotonic() - t, 1)})
+            f.write(f"nodekiln: removed {item} (build access only)\n")
+    stage_done("unpack root tree", t)
 
+    t = time.monotonic()
+    kernel_file, _ = disk.find_kernel(tree)
+    tools = {**tool_versions(), "packer": str(version), "builder": builder,
+             "qemu-system": output(["qemu-system-x86_64", "--version"]).splitlines()[0]}
+    tools.pop("diskimage-builder", None)
+    tools.pop("debootstrap", None)
+    inside = manifest.inside_manifest(
+        site=plan.site, hash_hex=plan.input_hash, input_data=plan.inputs, tools=tools,
+        packages=manifest.installed_packages(tree), kernel=kernel_file[len("vmlinuz-"):],
+        bake_steps=progress.steps.steps, kubernetes_source=_source_report(tree),
+    )
+    target = tree / manifest.IMAGE_MANIFEST_PATH
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(manifest.dumps(inside))
+    stage_done("manifest", t)
+
+    t = time.monotonic()
+    raw = work / "disk.raw"
+    disk.assemble(tree, raw, recipe.diskSizeGiB * GIB, manifest.short(plan.input_hash), work / "assembly", log=log)
+    shutil.rmtree(tree)
+    stage_done("assemble GPT disk (BIOS + UEFI)", t)
+
+    artifacts: dict[str, Path] = {}
+    entries = []
+    for fmt in sorted(plan.formats, key=lambda f: f == "raw"):  # raw last: moved, not copied
+        final = plan.artifact(fmt)
+        partial = final.with_name(f".{final.name}.partial")
         t = time.monotonic()
-        entries = []
-        for fmt, target in zip(recipe.formats, targets):
-            partial = target.with_name(target.name + ".partial")
-            disk.convert(raw, partial, fmt, log=log)
-            partial.replace(target)
-            entries.append(manifest.artifact_entry(target, fmt))
-        stages.append({"name": "convert", "seconds": round(time.monotonic() - t, 1)})
-        seconds = time.monotonic() - started
-        full = manifest.full_manifest(inside, stages=stages, artifacts=entries,
-                                      built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                      seconds=seconds)
-        beside.write_text(manifest.dumps(full))
-        console.print(f"{builder}: built {', '.join(t.name for t in targets)} in {seconds:.0f} s")
-        return PackerBuild(builder, hash_hex, targets, beside, False, round(seconds, 1), stages)
-    finally:
-        if keep_work:
-            console.print(f"kept the work directory {work}")
+        if fmt == "raw":
+            raw.rename(partial)
         else:
-            shutil.rmtree(work, ignore_errors=True)
+            disk.convert(raw, partial, fmt, log=log)
+        entries.append({**manifest.artifact_entry(partial, fmt), "file": final.name})
+        artifacts[fmt] = partial
+        stage_done(f"convert to {fmt}", t)
+    for fmt, partial in artifacts.items():
+        partial.replace(plan.artifact(fmt))
+        artifacts[fmt] = plan.artifact(fmt)
+
+    seconds = time.monotonic() - started
+    full = manifest.full_manifest(inside, stages=stages, artifacts=entries,
+                                  built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                  seconds=seconds)
+    tmp = plan.manifest_path.with_name(f".{plan.manifest_path.name}.partial")
+    tmp.write_text(manifest.dumps(full))
+    tmp.replace(plan.manifest_path)
+    console.print(f"{builder}: built {', '.join(p.name for p in artifacts.values())} in {seconds:.0f} s")
+    for s in stages:
+        console.print(f"  {s['seconds']:7.1f} s  {s['name']}")
+    return BuildResult(plan.site, plan.input_hash, artifacts, plan.manifest_path, full, False, seconds, log, stages)
 
 
 def _delete_snapshot(cloud: str | None, image_id: str, console: Console) -> None:
