@@ -1,0 +1,168 @@
+"""The built node image, booted: what every node of every site can rely on.
+
+One UEFI (q35 + OVMF) boot carries most checks; a BIOS (pc machine) boot checks that legacy
+firmware reaches the same state. The reboot check runs last (it restarts the UEFI VM).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nodekiln.images import manifest as manifest_mod
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+def test_manifest_beside_the_image_describes_it(node_image):
+    beside = json.loads(node_image.manifest.read_text())
+    qcow2 = next(a for a in beside["artifacts"] if a["format"] == "qcow2")
+    assert qcow2["file"] == node_image.path.name
+    assert qcow2["size"] == node_image.path.stat().st_size
+    assert qcow2["sha256"] == manifest_mod.sha256_file(node_image.path)
+    assert node_image.path.name.startswith(f"{beside['site']}-{beside['inputHash'][:16]}")
+    assert beside["packages"]["containerd"] and beside["tools"]["diskimage-builder"]
+    assert {s["name"] for s in beside["bakeSteps"]} >= {"10-kernel", "20-containerd", "70-immutable"}
+
+
+def test_containerd_runs_and_answers(host):
+    assert host.service("containerd").is_running
+    assert host.service("containerd").is_enabled
+    out = host.check_output("sudo ctr version")
+    assert "Server:" in out and "Version:" in out
+
+
+def test_containerd_config(host):
+    config = host.file("/etc/containerd/config.toml").content_string
+    assert "SystemdCgroup = true" in config
+    assert 'sandbox_image = "registry.k8s.io/pause:' in config
+    assert 'config_path = "/etc/containerd/certs.d"' in config
+    assert host.file("/usr/sbin/runc").exists or host.file("/usr/bin/runc").exists
+    assert host.file("/opt/cni/bin/bridge").exists  # linked from /usr/lib/cni at boot
+
+
+def test_kernel_modules_and_sysctls(host):
+    modules = host.check_output("cat /proc/modules")
+    assert "overlay " in modules and "br_netfilter " in modules
+    for key, value in (("net.bridge.bridge-nf-call-iptables", "1"), ("net.ipv4.ip_forward", "1"),
+                       ("net.bridge.bridge-nf-call-ip6tables", "1")):
+        assert host.check_output(f"cat /proc/sys/{key.replace('.', '/')}") == value, key
+
+
+def test_swap_is_off(host):
+    assert host.check_output("cat /proc/swaps").strip().splitlines()[1:] == []
+
+
+def test_nftables_base_ruleset_loaded(host):
+    assert host.service("nftables").is_enabled
+    rules = host.check_output("sudo nft list ruleset")
+    assert "table inet nodekiln" in rules and "policy drop" in rules and "tcp dport 22 accept" in rules
+
+
+def test_ssh_is_key_only(host):
+    config = host.check_output("sudo sshd -T")
+    assert "passwordauthentication no" in config
+    assert "kbdinteractiveauthentication no" in config
+    assert "permitrootlogin without-password" in config or "permitrootlogin prohibit-password" in config
+
+
+def test_ssh_rejects_passwords(uefi_vm):
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    with pytest.raises(paramiko.AuthenticationException):
+        client.connect("127.0.0.1", port=uefi_vm.ssh_port, username=uefi_vm.user, password="debian",
+                       allow_agent=False, look_for_keys=False, timeout=20)
+    client.close()
+
+
+def test_root_is_read_only_and_var_is_data(host):
+    assert host.run("sudo touch /usr/x").rc != 0
+    assert host.mount_point("/").options.count("ro") >= 1 and "ro" in host.mount_point("/").options
+    var = host.mount_point("/var")
+    assert var.filesystem == "ext4" and "rw" in var.options
+    assert host.mount_point("/etc").filesystem == "overlay"
+    assert host.mount_point("/tmp").filesystem == "tmpfs"
+    for link in ("/root", "/home", "/opt"):
+        assert host.file(link).is_symlink and host.file(link).linked_to == f"/var{link}"
+    assert host.run("sudo touch /var/lib/nodekiln-test && sudo touch /etc/nodekiln-test").rc == 0
+    fstab = host.file("/etc/fstab").content_string
+    assert " / " in fstab and " ro," in fstab.replace("ro,noatime", " ro,noatime")
+
+
+def test_kernel_line_and_interface_names(host):
+    cmdline = host.file("/proc/cmdline").content_string
+    assert " ro " in f" {cmdline} " and "net.ifnames=0" in cmdline
+    assert host.interface("eth0").exists
+
+
+def test_hostname_and_static_address(host, test_site):
+    node = test_site.nodes[0]
+    assert host.check_output("hostname") == node.name
+    assert str(node.address) in host.interface("eth0").addresses
+    assert f"default via {test_site.network.gateway}" in host.check_output("ip route")
+
+
+def test_boot_services_are_trimmed(host):
+    for unit in ("keepalived", "haproxy"):
+        assert host.package(unit).is_installed
+        assert not host.service(unit).is_enabled and not host.service(unit).is_running
+    assert host.package("chrony").is_installed and host.service("chrony").is_running
+    assert host.run("systemctl is-enabled apt-daily.timer").stdout.strip() == "masked"
+    assert not host.package("unattended-upgrades").is_installed
+    failed = host.check_output("systemctl --failed --no-legend --plain")
+    assert failed.strip() == "", failed
+    datasources = host.file("/etc/cloud/cloud.cfg.d/90-nodekiln.cfg").content_string
+    assert "NoCloud" in datasources and "ConfigDrive" in datasources and "OpenStack" in datasources
+
+
+def test_manifest_inside_matches_the_one_beside(host, node_image):
+    inside = json.loads(host.file(f"/{manifest_mod.IMAGE_MANIFEST_PATH}").content_string)
+    beside = json.loads(node_image.manifest.read_text())
+    assert manifest_mod.agree(inside, beside) == []
+    assert "artifacts" not in inside and inside["inputHash"] == beside["inputHash"]
+    installed = host.check_output("dpkg-query -W -f '${Package} ${Version}\\n' containerd")
+    assert installed.split()[1] == inside["packages"]["containerd"]
+
+
+def test_local_source_binaries_present_and_run(host, node_image):
+    if not node_image.local_binaries:
+        pytest.skip("image built elsewhere: its local source is unknown")
+    assert "Client Version: v1." in host.check_output("kubectl version --client")
+    assert host.check_output("helm version --short").startswith("v3.")
+    report = host.file("/usr/share/nodekiln/kubernetes-source.txt").content_string
+    assert "missing: kubeadm kubelet crictl" in report  # what the npm layer does not provide
+
+
+def test_bios_boot_reaches_the_same_state(boots, test_site):
+    vm = boots("bios")
+    host = vm.testinfra_host()
+    node = test_site.nodes[0]
+    assert host.check_output("hostname") == node.name
+    assert str(node.address) in host.interface("eth0").addresses
+    assert host.run("sudo touch /usr/x").rc != 0
+    assert host.service("containerd").is_running
+    assert host.check_output("test -d /sys/firmware/efi && echo uefi || echo bios") == "bios"
+    boots.vms.pop("bios")  # done with it: free the CPU for the rest
+    vm_stop(vm)
+
+
+def vm_stop(vm) -> None:
+    from nodekiln.run import stop
+
+    stop(vm.proc)
+
+
+def test_var_survives_a_reboot(uefi_vm, host):
+    """Last: reboots the shared UEFI VM."""
+    assert host.check_output("test -d /sys/firmware/efi && echo uefi || echo bios") == "uefi"
+    host.run_expect([0], "echo kept | sudo tee /var/lib/nodekiln-reboot-check")
+    host.run_expect([0], "echo kept | sudo tee /etc/nodekiln-reboot-check")
+    uefi_vm.reboot()
+    after = uefi_vm.testinfra_host()
+    assert after.file("/var/lib/nodekiln-reboot-check").content_string.strip() == "kept"
+    assert after.file("/etc/nodekiln-reboot-check").content_string.strip() == "kept"
+    assert after.run("sudo touch /usr/x").rc != 0
+    assert after.service("containerd").is_running
