@@ -67,12 +67,21 @@ def gets(tb, count: int) -> list[str]:
     return [line for line in tb.tool(tb.worker, "get", tb.url(), str(count)).splitlines() if line]
 
 
+def served_by_all(tb) -> set[str]:
+    """Who answers through the VIP: round robin reaches every API server. (On this busy 2-core
+    host a Python stand-in can miss a 1 s health check; HAProxy then skips it for ~4 s.)"""
+    served: set[str] = set()
+    deadline = time.monotonic() + 20
+    while served != {cp.name for cp in tb.control_planes} and time.monotonic() < deadline:
+        answers = gets(tb, 12)
+        assert all(a.startswith("ok ") for a in answers), answers
+        served |= {a.removeprefix("ok ") for a in answers}
+    return served
+
+
 def test_vip_answers_from_the_worker_and_haproxy_spreads(tb):
     assert tb.wait_holder() == tb.site.init_node.name  # the preferred first holder
-    answers = gets(tb, 30)
-    assert all(a.startswith("ok ") for a in answers), answers
-    served = {a.removeprefix("ok ") for a in answers}
-    assert served == {cp.name for cp in tb.control_planes}  # round robin over all three
+    assert served_by_all(tb) == {cp.name for cp in tb.control_planes}
 
 
 def test_holder_dies_vip_moves(tb):
@@ -186,7 +195,6 @@ def test_host_services_mode(tmp_path):
         holder = tb.wait_holder(timeout=20)
         assert holder == site.init_node.name
         assert "-S" in tb.command(tb.control_planes[0], "haproxy")  # from the drop-in's EXTRAOPTS
-        served = {a.removeprefix("ok ") for a in gets(tb, 9)}
-        assert served == {cp.name for cp in tb.control_planes}
+        assert served_by_all(tb) == {cp.name for cp in tb.control_planes}
         seconds, old, new = tb.failover()
         assert seconds <= GOAL_S and new != old
