@@ -135,8 +135,8 @@ def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
     tmp_dir.mkdir(parents=True, exist_ok=True)
     out = work / "root"
     env = dib_environment(recipe, stage, tmp_dir)
-    # -x: the trace is what shows `tar -C` and `getval image-path`, which the accepted exit 1
-    # is recognised by (_failed_only_at_image_path); without it every build "fails".
+    # -x: the full trace goes to the log file (where a failure is diagnosed); the accepted
+    # exit 1 is recognised from the image-path failure plus a complete tar, trace or not.
     argv = ["disk-image-create", "-x", "-t", "tar", "-o", out, "--no-tmpfs",
             BASE_ELEMENTS[recipe.distribution], *elements]
     # Run without inheriting TMPDIR (see dib_environment).
@@ -147,16 +147,29 @@ def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
         if saved is not None:
             os.environ["TMPDIR"] = saved
     tar = out.with_suffix(".tar")
-    if result.returncode == 0 or (result.returncode == 1 and _failed_only_at_image_path(log) and tar.exists()):
+    if result.returncode == 0 or (result.returncode == 1 and _failed_only_at_image_path(log, tar)):
         return tar
     raise ToolError(result.argv, result.returncode, _tail(log, 40), log)
 
 
-def _failed_only_at_image_path(log: Path) -> bool:
-    """True if DIB got past writing the tar and failed where a block device was expected."""
-    text = _tail(log, 60)
-    joined = "\n".join(text)
-    return EXPECTED_FAILURE in joined and "tar -C" in log.read_text(errors="replace")
+def _failed_only_at_image_path(log: Path, tar: Path) -> bool:
+    """True if DIB wrote a complete tar and then failed where a block device was expected."""
+    tail = "\n".join(_tail(log, 80))
+    at_image_path = EXPECTED_FAILURE in tail or "Getting value for [image-path]" in tail
+    return at_image_path and _tar_complete(tar)
+
+
+def _tar_complete(tar: Path) -> bool:
+    """A tar archive ends with two zero blocks; a truncated one (killed writer) does not."""
+    try:
+        size = tar.stat().st_size
+        if size < 1024 or size % 512:
+            return False
+        with open(tar, "rb") as f:
+            f.seek(size - 1024)
+            return f.read(1024) == bytes(1024)
+    except OSError:
+        return False
 
 
 def _tail(log: Path, n: int) -> list[str]:
