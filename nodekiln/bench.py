@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, str] = {
     "render_1000_nodes_s": "nodekiln.bench_render:render_1000_nodes_s",
     "addons_plan_s": "nodekiln.bench_addons:addons_plan_s",
     "vip_failover_s": "nodekiln.bench_ha:vip_failover_s",
+    "packer_qemu_build_s": "nodekiln.bench_packer:packer_qemu_build_s",
 }
 
 

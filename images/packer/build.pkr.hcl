@@ -22,12 +22,13 @@ build {
 
   # The tree as one archive: pseudo file systems, the stage, temporary SSH host keys (made so
   # that Packer can still reconnect after 90-finish removed the real ones) and logs left out.
+  # tar exits 1 when a file changed while it was read (a log of the running build VM): fine.
   provisioner "shell" {
     execute_command = local.execute
     inline = [
       "set -eu",
       "ssh-keygen -A >/dev/null",
-      "cd / && tar --numeric-owner --xattrs --xattrs-include='*' --acls -cpf - --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* --exclude=./run/* --exclude=./tmp/* --exclude=./var/tmp/* --exclude=./lost+found --exclude=./var/lost+found --exclude=./var/log/journal/* --exclude=./etc/ssh/ssh_host_* --exclude=./var/cache/apt/archives/*.deb . | zstd -q -T0 -3 -o /tmp/nodekiln-tree.tar.zst",
+      "cd / && tar --numeric-owner --xattrs --xattrs-include='*' --acls -cpf - --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' --exclude='./run/*' --exclude='./tmp/*' --exclude='./var/tmp/*' --exclude='./lost+found' --exclude='./var/lost+found' --exclude='./var/log/journal/*' --exclude='./etc/ssh/ssh_host_*' --exclude='./var/cache/apt/archives/*.deb' . | zstd -q -T0 -3 -o /tmp/nodekiln-tree.tar.zst; status=(\"$${PIPESTATUS[@]}\"); [ \"$${status[0]}\" -le 1 ] && [ \"$${status[1]}\" -eq 0 ]",
       "ls -l /tmp/nodekiln-tree.tar.zst",
     ]
   }

@@ -36,8 +36,17 @@ if TYPE_CHECKING:
     from nodekiln.site import Site
 
 BUILDERS = tuple(packer.SOURCES)
+# Host programs of a Packer build: Packer, qemu (packer-qemu), zstd (the tree comes back as
+# tar.zst), plus the disk assembly's own (the same as diskimage-builder builds use).
+PACKER_TOOLS: dict[str, str] = {
+    **{k: v for k, v in preflight.BUILD_TOOLS.items() if k not in ("debootstrap", "kpartx", "sudo")},
+    "packer": "packer",
+    "zstd": "zstd",
+    "qemu-system-x86_64": "qemu-system-x86",
+}
 STAGE_IN_GUEST = Path("/tmp/nodekiln-stage")  # build.pkr.hcl uploads var.stage_dir into /tmp
 BUILD_HOSTNAME = "debian"  # what debian-minimal's tree has in /etc/hostname
+BUILD_KEY_COMMENT = "nodekiln-packer-build"
 CODE = [Path(packer.__file__), Path(__file__)]
 STEP_PREFIX = re.compile(r"^\s*[\w.-]+\.node: ?")
 
@@ -256,6 +265,7 @@ def build_image_packer(
     console: Console | None = None,
     base_image: Path | None = None,
     check_sources: bool = True,
+    install_tools: bool = True,
     keep_work: bool = False,
 ) -> BuildResult:
     """Build `site`'s node image with Packer (`builder`: packer-qemu or packer-openstack) into
@@ -267,6 +277,10 @@ def build_image_packer(
     console = console or Console(stderr=True)
     if builder not in BUILDERS:
         raise NodekilnError(f"unknown builder {builder!r}: expected one of {', '.join(BUILDERS)}")
+    tools = dict(PACKER_TOOLS)
+    if builder == "packer-qemu" and not (base_image or site.image.packer.baseImage):
+        tools.update(preflight.BUILD_TOOLS)  # nodekiln-base is built with diskimage-builder
+    preflight.ensure_host_tools(tools, install=install_tools)
     version = packer.packer_version()
     pre_stages: list[dict[str, Any]] = []
     if builder == "packer-qemu":
@@ -312,6 +326,7 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
         from nodekiln.seed import write_seed_iso
 
         key, public_key = generate_ssh_key(work)
+        public_key = public_key.rsplit(" ", 1)[0] + f" {BUILD_KEY_COMMENT}"  # recognisable if ever left
         seed = write_seed_iso(work / "seed.iso", seed_files(recipe.packer.sshUser, public_key))
     variables = packer_variables(plan, builder, work, base_image, key, seed)
     var_file = work / "variables.json"
