@@ -43,6 +43,17 @@ class CallCounter:
     def total(self) -> int:
         return sum(n for m, n in self.by_method.items() if m != "auth")
 
+    def mark(self) -> int:
+        return len(self.log)
+
+    def since(self, mark: int) -> CallCounter:
+        """The calls made after `mark()` returned `mark`, as a counter of their own."""
+        part = CallCounter()
+        with self._lock:
+            for method, url in self.log[mark:]:
+                part.add(method, url)
+        return part
+
     def write_calls(self) -> list[tuple[str, str]]:
         return [(m, u) for m, u in self.log if m in WRITE_METHODS]
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from nodekiln.openstack.cloud import CallCounter, OpenStackError, about, connect, count_calls, one_line
 from nodekiln.openstack.images import BUILD_DIR, image_name, load_manifest, newest_artifact
-from nodekiln.openstack.resources import ROLES, Names, Rule, allocation_pool, observed_rule, rules
+from nodekiln.openstack.resources import ROLES, Names, allocation_pool, observed_rule, rules
 from nodekiln.openstack.userdata import NOVA_USER_DATA_LIMIT, Renderer, digest, render_user_data
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ def _make_plan(site: Site, names: Names, st: _State, hashes: dict[str, str], pru
             missing = sorted(want - set(have), key=repr)
             extra = sorted(set(have) - want, key=repr)
         else:
-            missing, extra = sorted(want - {Rule("egress", "IPv4", None, None, None), Rule("egress", "IPv6", None, None, None)}, key=repr), []
+            missing, extra = sorted(want, key=repr), []  # less the defaults the new group comes with
         work["rules_create"][role] = missing
         work["rules_delete"][role] = [have[r] for r in extra] if extra else []
         if missing:
@@ -449,12 +449,17 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
                 conn.network.add_interface_to_router(st.router, subnet_id=st.subnet.id)
             st.router_interface = True
 
-    for role in ROLES:
-        if role not in st.groups:
-            with about(f"security group {names.security_group(role)}: creating"):
-                st.groups[role] = _tagged(
-                    conn, conn.network.create_security_group, tag, name=names.security_group(role), description=f"nodekiln: {role}s of site {site.name}"
-                )
+    created_groups = [role for role in ROLES if role not in st.groups]
+    for role in created_groups:
+        with about(f"security group {names.security_group(role)}: creating"):
+            st.groups[role] = _tagged(
+                conn, conn.network.create_security_group, tag, name=names.security_group(role), description=f"nodekiln: {role}s of site {site.name}"
+            )
+    roles_by_id = {sg.id: r for r, sg in st.groups.items()}
+    for role in created_groups:
+        # A new group comes with the cloud's default rules (usually egress to anywhere, or none at all).
+        have = {observed_rule(r, roles_by_id) for r in st.groups[role].security_group_rules or []}
+        work["rules_create"][role] = sorted(rules(site, role) - have, key=repr)
     for role in ROLES:
         for rule_id in work["rules_delete"][role]:
             with about(f"security group {names.security_group(role)}: deleting a rule"):
@@ -677,6 +682,7 @@ def site_deploy(site: Site, secrets: Secrets, dry_run: bool = False, prune: bool
     started = time.monotonic()
     conn = conn or connect(spec)
     counter = count_calls(conn)
+    mark = counter.mark()
     names = Names(site)
     user_data = render_user_data(site, secrets, renderer)
     hashes = {name: digest(data) for name, data in user_data.items()}
@@ -691,6 +697,7 @@ def site_deploy(site: Site, secrets: Secrets, dry_run: bool = False, prune: bool
     result = DeployResult(plan, counter)
     if dry_run:
         result.seconds = time.monotonic() - started
+        result.calls = counter.since(mark)
         return result
     failures = _converge(conn, site, names, st, plan, work, user_data, progress, say) if plan.changes else []
     status, boot_failures = _wait_active(conn, site, st, spec.bootTimeout, progress)
@@ -701,6 +708,7 @@ def site_deploy(site: Site, secrets: Secrets, dry_run: bool = False, prune: bool
     if spec.waitHealthz:
         result.healthz = _wait_healthz(site, secrets, st, spec.healthzTimeout, say)
     result.seconds = time.monotonic() - started
+    result.calls = counter.since(mark)
     return result
 
 
@@ -718,6 +726,7 @@ def site_destroy(site: Site, *, conn: Connection | None = None, echo: Callable[[
     say = echo or (lambda _msg: None)
     conn = conn or connect(spec)
     counter = count_calls(conn)
+    mark = counter.mark()
     names = Names(site)
     tag = names.tag
     deleted: list[str] = []
@@ -763,7 +772,7 @@ def site_destroy(site: Site, *, conn: Connection | None = None, echo: Callable[[
         for network in conn.network.networks(tags=tag):
             conn.network.delete_network(network, ignore_missing=True)
             deleted.append(f"network {network.name}")
-    return DestroyResult(deleted, counter)
+    return DestroyResult(deleted, counter.since(mark))
 
 
 def tagged_leftovers(conn: Connection, site: Site) -> list[str]:

@@ -150,6 +150,13 @@ class DevCloud:
         return f"mysql+pymysql://root@localhost/{name}?unix_socket={self.workdir / 'mysql.sock'}&charset=utf8"
 
     # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def attach(cls, clouds_yaml: Path) -> DevCloud:
+        """A cloud another process started (NODEKILN_DEVCLOUD=<its clouds.yaml>): used, never stopped."""
+        if not clouds_yaml.exists():
+            raise DevCloudError(f"NODEKILN_DEVCLOUD: {clouds_yaml} does not exist")
+        return cls(workdir=clouds_yaml.parent)
+
     def __enter__(self) -> DevCloud:
         return self.start()
 
