@@ -21,7 +21,8 @@ CONF
 
 # The kernel command line: disk assembly (nodekiln/images/disk.py) reads this file for its
 # GRUB config; a builder using the distribution's GRUB (Packer) gets it from /etc/default/grub.d.
-cmdline="ro net.ifnames=0 biosdevname=0 console=tty0 console=ttyS0,115200"
+# quiet: under emulation every console line costs; errors still show.
+cmdline="ro net.ifnames=0 biosdevname=0 console=tty0 console=ttyS0,115200 quiet"
 mkdir -p /usr/share/nodekiln
 printf '%s\n' "$cmdline" | nk_write /usr/share/nodekiln/kernel-cmdline 0644
 nk_write /etc/default/grub.d/60-nodekiln.cfg 0644 <<CONF
