@@ -36,6 +36,11 @@ class Figure:
 
 BENCHMARKS: dict[str, str] = {
     "validate_1000_nodes_s": "nodekiln.bench_site:validate_1000_nodes_s",
+    "deploy_50_nodes_calls": "nodekiln.bench_openstack:deploy_50_nodes_calls",
+    "deploy_50_nodes_s": "nodekiln.bench_openstack:deploy_50_nodes_s",
+    "redeploy_nochange_writes": "nodekiln.bench_openstack:redeploy_nochange_writes",
+    "upload_1gib_peak_rss_mb": "nodekiln.bench_openstack:upload_1gib_peak_rss_mb",
+    "upload_1gib_mb_per_s": "nodekiln.bench_openstack:upload_1gib_mb_per_s",
     "render_1000_nodes_s": "nodekiln.bench_render:render_1000_nodes_s",
     "addons_plan_s": "nodekiln.bench_addons:addons_plan_s",
     "vip_failover_s": "nodekiln.bench_ha:vip_failover_s",
