@@ -86,6 +86,28 @@ def render(c, site=None, out=None):
 @task(
     help={
         **SITE_HELP,
+        "out": "output folder (default: build/iso)",
+        "kubernetes_source": "override image.kubernetesSource: upstream, none or local:DIR",
+        "tree": "use this root tree (a directory or diskimage-builder's tar) instead of building one",
+    }
+)
+@handled
+def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
+    """Make the site's appliance ISO (UEFI + BIOS, CD or USB); prints its path last."""
+    from nodekiln.images.iso import build_iso as build
+
+    loaded = _site(site)
+    result = build(loaded, _secrets(loaded), Path(out) if out else Path("build/iso"),
+                   kubernetes_source=kubernetes_source, tree=Path(tree) if tree else None,
+                   on_stage=lambda name: console.print(f"[dim]… {name}[/]"))
+    how = "cache hit (inputs unchanged)" if result.cached else f"built in {result.seconds:.0f} s"
+    console.print(f"{how}; manifest {result.manifest}; the ISO holds the site's credentials (mode 0600)")
+    print(result.path)
+
+
+@task(
+    help={
+        **SITE_HELP,
         "dry_run": "print the ordered plan and write the values files and plan.json; touch no cluster",
         "out": "folder of plan.json and the values files (default: build/addons/<site>)",
         "images": "print every container image the addons run (to bake into air-gapped images)",

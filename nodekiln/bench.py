@@ -45,6 +45,9 @@ BENCHMARKS: dict[str, str] = {
     "addons_plan_s": "nodekiln.bench_addons:addons_plan_s",
     "vip_failover_s": "nodekiln.bench_ha:vip_failover_s",
     "packer_qemu_build_s": "nodekiln.bench_packer:packer_qemu_build_s",
+    "iso_mb": "nodekiln.bench_iso:iso_mb",
+    "iso_build_s": "nodekiln.bench_iso:iso_build_s",
+    "iso_boot_s": "nodekiln.bench_iso:iso_boot_s",
 }
 
 

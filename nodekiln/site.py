@@ -18,6 +18,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_
 from nodekiln import yamlsrc
 from nodekiln.addons.spec import AddonsSpec, check_addons
 from nodekiln.errors import Problem, SiteError
+from nodekiln.images.appliance import Appliance
 from nodekiln.images.recipe import ImageRecipe
 from nodekiln.model import Strict
 from nodekiln.openstack.spec import OpenStackSpec
@@ -154,6 +155,7 @@ class Site(Strict):
     nodes: list[Node] = Field(min_length=1)
     image: ImageRecipe = Field(default_factory=ImageRecipe, description="the node image recipe, inline or the name of a recipe file beside the site file")
     addons: AddonsSpec = Field(default_factory=AddonsSpec, description="Helm releases installed by `invoke addons`: CNI, storage, backups, ingress, NaaVRE, the site's own")
+    appliance: Appliance = Field(default_factory=Appliance, description="how the appliance ISO (`invoke build-iso`) prepares the machines it boots: data disk, wiping, boot menu")
     openstack: OpenStackSpec | None = Field(default=None, description="where `invoke site-deploy` runs the site on OpenStack (cloud, flavors, network)")
 
     _file: Path = PrivateAttr(default=Path("site.yaml"))

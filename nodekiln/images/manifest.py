@@ -60,7 +60,10 @@ def tree_digests(root: Path, skip: Iterable[str] = ("__pycache__",)) -> dict[str
 
 def bake_inputs(images_dir: Path = IMAGES_DIR) -> dict[str, str]:
     """Digests of the bake steps, the DIB element and the assembly code."""
-    files = {f"images/{k}": v for k, v in tree_digests(images_dir).items() if not k.endswith(".md")}
+    # images/iso/ is the appliance ISO's boot code, not part of the root tree: the ISO's own
+    # input hash covers it (nodekiln/images/iso.py).
+    files = {f"images/{k}": v for k, v in tree_digests(images_dir).items()
+             if not k.endswith(".md") and not k.startswith("iso/")}
     for code in ASSEMBLY_CODE:
         files[f"nodekiln/images/{code.name}"] = sha256_file(code)
     return dict(sorted(files.items()))

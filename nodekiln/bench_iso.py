@@ -1,0 +1,105 @@
+"""Figures of the appliance ISO: size, build time from a root tree, boot to SSH (UEFI).
+
+They need a root tree: NODEKILN_ROOT_TREE (a directory or diskimage-builder's tar), else the
+newest tree `invoke build-iso` cached under build/iso/trees. The lab site below is also the
+one the ISO boot tests use (tests/image/test_iso.py).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from functools import cache
+from pathlib import Path
+
+from nodekiln.bench import Figure
+from nodekiln.errors import NodekilnError
+
+LAB_CIDR = "10.20.0.0/24"
+LAB_GATEWAY = "10.20.0.1"
+LAB_CP = ("cp1", "10.20.0.11", "52:54:00:14:00:0b")  # chosen by MAC (in the site)
+LAB_WORKER = ("wk1", "10.20.0.21")  # no MAC in the site: chosen by menu or an attached seed
+LAB_USER = "debian"
+
+
+def lab_site(directory: Path, public_key: str, *, wipe_foreign: bool = False, data_disk: str = "auto") -> Path:
+    """A one-control-plane, one-worker site on qemu's user network; returns the site file."""
+    cp, cp_addr, cp_mac = LAB_CP
+    wk, wk_addr = LAB_WORKER
+    directory.mkdir(parents=True, exist_ok=True)
+    site = directory / "site.yaml"
+    site.write_text(f"""\
+apiVersion: nodekiln/v1alpha1
+kind: Site
+metadata: {{name: iso-lab}}
+kubernetes: {{version: "1.31.4"}}
+controlPlane: {{loadBalancer: none}}
+network: {{cidr: {LAB_CIDR}, gateway: {LAB_GATEWAY}, dns: [10.20.0.3]}}
+ssh:
+  user: {LAB_USER}
+  authorizedKeys: [{public_key!r}]
+nodes:
+  - {{name: {cp}, role: control-plane, address: {cp_addr}, mac: "{cp_mac}"}}
+  - {{name: {wk}, role: worker, address: {wk_addr}}}
+image: {{kubernetesSource: none}}
+appliance:
+  dataDisk: {{device: {data_disk}, wipeForeign: {str(wipe_foreign).lower()}}}
+  menuTimeout: 1
+""")
+    return site
+
+
+def root_tree() -> Path:
+    given = os.environ.get("NODEKILN_ROOT_TREE")
+    if given:
+        return Path(given)
+    trees = sorted(Path("build/iso/trees").glob("*.tar"), key=lambda p: p.stat().st_mtime)
+    if not trees:
+        raise NodekilnError("no root tree: set NODEKILN_ROOT_TREE (directory or tar) or run `invoke build-iso` once")
+    return trees[-1]
+
+
+@cache
+def _lab_build() -> tuple[Path, float, Path, Path]:
+    """(ISO, seconds from an existing tree, private key, work dir) for the lab site."""
+    from nodekiln.images import iso
+    from nodekiln.qemu import generate_ssh_key
+    from nodekiln.secrets import SecretStore
+    from nodekiln.site import load_site
+
+    work = Path(tempfile.mkdtemp(prefix="nodekiln-bench-iso-", dir="build" if Path("build").is_dir() else None))
+    key, public = generate_ssh_key(work)
+    site = load_site(lab_site(work / "site", public))
+    secrets, _ = SecretStore(site.directory, site.name).ensure()
+    tree = root_tree()
+    if not tree.is_dir():  # time the ISO from a tree, not the tar's extraction
+        from nodekiln.images.dib import extract_tree
+
+        extract_tree(tree, work / "tree")
+        tree = work / "tree"
+    started = time.monotonic()
+    result = iso.build_iso(site, secrets, work / "out", tree=tree)
+    return result.path, time.monotonic() - started, key, work
+
+
+def iso_mb() -> Figure:
+    path, _, _, _ = _lab_build()
+    return Figure("iso_mb", round(path.stat().st_size / 2**20, 1), "MiB", "<= 800")
+
+
+def iso_build_s() -> Figure:
+    _, seconds, _, _ = _lab_build()
+    return Figure("iso_build_s", round(seconds, 1), "s", "<= 120")
+
+
+def iso_boot_s() -> Figure:
+    from nodekiln.images.isoboot import boot_iso
+
+    path, _, key, work = _lab_build()
+    cp, address, mac = LAB_CP
+    with boot_iso(path, firmware="uefi", medium="disk", mac=mac, address=address, cidr=LAB_CIDR,
+                  gateway=LAB_GATEWAY, user=LAB_USER, key=key, wait_cloud_init=False,
+                  workdir=work) as vm:
+        seconds = vm.timings["ssh_s"]
+    return Figure("iso_boot_s", seconds, "s", "<= 240")
