@@ -15,6 +15,13 @@ build {
     destination = "/tmp"
   }
 
+  # A booted base, unlike diskimage-builder's chroot, may still be in cloud-init and has no
+  # package lists (images ship without them): wait, then fetch the lists the steps install from.
+  provisioner "shell" {
+    execute_command = local.execute
+    inline          = ["cloud-init status --wait >/dev/null || true", "apt-get update -q"]
+  }
+
   provisioner "shell" {
     execute_command = local.execute
     inline          = ["bash /tmp/nodekiln-stage/run-steps.sh /tmp/nodekiln-stage"]
