@@ -3,7 +3,17 @@
 # no cloud-init state. Inputs: none.
 set -euo pipefail
 
-update-initramfs -u -k all
+# Builders may have skipped the kernel's own initramfs run (INITRD=No: nodekiln's DIB build
+# does, to make it once, here, after every hook and module change): create or update it.
+for kdir in /lib/modules/*; do
+    version=$(basename "$kdir")
+    [ -e "/boot/vmlinuz-$version" ] || continue
+    if [ -e "/boot/initrd.img-$version" ]; then
+        update-initramfs -u -k "$version"
+    else
+        update-initramfs -c -k "$version"
+    fi
+done
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old
 rm -f /etc/ssh/ssh_host_*

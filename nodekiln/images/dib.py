@@ -113,6 +113,9 @@ def dib_environment(recipe: ImageRecipe, stage: Path, tmp_dir: Path, images_dir:
         "NODEKILN_STAGE": str(stage),
         "DIB_RELEASE": codename,
         "DIB_DISTRIBUTION_MIRROR": mirror,
+        # The kernel's postinst and initramfs-tools' trigger would each build an initramfs
+        # (~20 s each); steps/90-finish.sh builds the only one needed, after all changes.
+        "INITRD": "No",
     }
     if recipe.distribution == "debian":
         env["DIB_DEBIAN_SECURITY_MIRROR"] = security
