@@ -14,8 +14,6 @@ the real thing.
 from __future__ import annotations
 
 import os
-import shutil
-import statistics
 import time
 from pathlib import Path
 
