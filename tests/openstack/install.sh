@@ -36,7 +36,7 @@ rm -rf "$venv"
 "$venv/bin/pip" install -q -c "$here/constraints.txt" \
   keystone glance neutron nova openstack-placement gunicorn PyMySQL "$here/nodekiln_fake_binding" 2>&1 \
   | grep -v "^WARNING: Location" || true
-"$venv/bin/python" -c "import keystone, glance, neutron, nova, placement, nodekiln_fake_binding" \
+PYTHONWARNINGS=ignore "$venv/bin/python" -c "import keystone, glance, neutron, nova, placement, nodekiln_fake_binding" \
   || { echo "openstack: the install in $venv is incomplete" >&2; exit 1; }
 echo "$want" > "$venv/.nodekiln-stamp"
 echo "openstack: services installed in $venv ($((SECONDS - started)) s)"
