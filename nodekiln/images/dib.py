@@ -155,18 +155,31 @@ def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
     raise ToolError(result.argv, result.returncode, _tail(log, 40), log)
 
 
-def _failed_only_at_image_path(log: Path) -> bool:
-    """True if DIB got past writing the tar and failed where a block device was expected.
+def _failed_only_at_image_path(log: Path, tar: Path) -> bool:
+    """True if DIB wrote a complete tar and then failed where a block device was expected.
 
-    The whole trace is searched (DIB's cleanup prints a hundred lines after the failure):
-    `getval image-path` must come after the last `tar -C`, the command that wrote the tar.
+    The failure is looked for in the whole log: with -x, DIB's cleanup trace after it runs to
+    more than a hundred lines.
     """
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return False
-    wrote = text.rfind("tar -C")
-    return wrote >= 0 and EXPECTED_FAILURE in text[wrote:]
+    at_image_path = EXPECTED_FAILURE in text or "Getting value for [image-path]" in text
+    return at_image_path and _tar_complete(tar)
+
+
+def _tar_complete(tar: Path) -> bool:
+    """A tar archive ends with two zero blocks; a truncated one (killed writer) does not."""
+    try:
+        size = tar.stat().st_size
+        if size < 1024 or size % 512:
+            return False
+        with open(tar, "rb") as f:
+            f.seek(size - 1024)
+            return f.read(1024) == bytes(1024)
+    except OSError:
+        return False
 
 
 def _tail(log: Path, n: int) -> list[str]:
