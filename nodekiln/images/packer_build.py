@@ -113,7 +113,8 @@ def packer_variables(plan: Plan, builder: str, work: Path, base_image: Path | No
             "ssh_username": settings.sshUser,
             "ssh_private_key_file": str(key),
             "base_image": str(base_image.resolve()),
-            "base_image_checksum": "sha256:" + manifest.sha256_file(base_image),
+            "base_image_checksum": "sha256:" + (plan.inputs.get("baseImage", {}).get("sha256")
+                                                or manifest.sha256_file(base_image)),
             "output_directory": str(work / "packer-output"),
             "disk_size_mib": _virtual_size(base_image) // disk.MIB,
             "format": "qcow2",
@@ -126,10 +127,7 @@ def packer_variables(plan: Plan, builder: str, work: Path, base_image: Path | No
         })
     else:
         stack = settings.openstack
-        if stack is None:
-            raise NodekilnError("--builder packer-openstack needs image.packer.openstack in the site "
-                                "(sourceImage, flavor, networks): the cloud's base image and where to build")
-        # (the site's openstack.cloud is the default cloud when the build names none)
+        assert stack is not None  # checked by build_image_packer
         variables.update({
             "ssh_username": stack.sshUser,
             "openstack_cloud": stack.cloud or "",
@@ -277,6 +275,9 @@ def build_image_packer(
     console = console or Console(stderr=True)
     if builder not in BUILDERS:
         raise NodekilnError(f"unknown builder {builder!r}: expected one of {', '.join(BUILDERS)}")
+    if builder == "packer-openstack" and site.image.packer.openstack is None:
+        raise NodekilnError("--builder packer-openstack needs image.packer.openstack in the site "
+                            "(sourceImage, flavor, networks): the cloud's base image and where to build")
     tools = dict(PACKER_TOOLS)
     if builder == "packer-qemu" and not (base_image or site.image.packer.baseImage):
         tools.update(preflight.BUILD_TOOLS)  # nodekiln-base is built with diskimage-builder

@@ -104,3 +104,29 @@ def test_packer_inputs_differ_by_builder_and_base(tmp_path: Path, example_site: 
     assert packer_inputs(site, "packer-qemu", base)["baseImage"] != qemu["baseImage"]
     # The Packer settings stay out of the recipe's own dump (the diskimage-builder hash).
     assert "packer" not in site.image.model_dump(mode="json")
+
+
+def test_openstack_builder_needs_its_settings(example_site: Path, tmp_path: Path) -> None:
+    from nodekiln.errors import NodekilnError
+    from nodekiln.images.packer_build import build_image_packer
+
+    with pytest.raises(NodekilnError, match="image.packer.openstack"):
+        build_image_packer(load_site(example_site), "packer-openstack", tmp_path)
+    with pytest.raises(NodekilnError, match="unknown builder"):
+        build_image_packer(load_site(example_site), "packer-vmware", tmp_path)
+
+
+def test_openstack_variables_come_from_the_recipe(site_file, tmp_path: Path) -> None:
+    from nodekiln.images.packer_build import packer_variables, plan_packer_build
+
+    def change(doc):
+        doc["image"]["packer"] = {"openstack": {"sourceImage": "debian-12", "flavor": "m1.large",
+                                                "networks": ["net-1"], "floatingIpNetwork": "public"}}
+
+    site = load_site(site_file(change))
+    plan = plan_packer_build(site, "packer-openstack", tmp_path)
+    variables = packer_variables(plan, "packer-openstack", tmp_path, None, None, None)
+    assert variables["openstack_source_image"] == "debian-12" and variables["openstack_flavor"] == "m1.large"
+    assert variables["openstack_networks"] == ["net-1"] and variables["ssh_username"] == "debian"
+    assert variables["kubernetes_version"] == site.kubernetes.version and variables["image_name"] == plan.stem
+    assert plan.inputs["packer"]["openstack"]["flavor"] == "m1.large"
