@@ -242,7 +242,7 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
                 if fmt == "raw":
                     raw.rename(partial)
                 else:
-                    disk.convert(raw, partial, fmt, log=plan.log)
+                    disk.convert(raw, partial, fmt, log=plan.log, compression=plan.recipe.qcow2Compression)
                 entries.append({**manifest.artifact_entry(partial, fmt), "file": final.name})
             artifacts[fmt] = partial
         for fmt, partial in artifacts.items():

@@ -328,10 +328,11 @@ def assemble(tree: Path, raw: Path, disk_bytes: int, seed: str, work: Path, log:
     return layout
 
 
-def convert(raw: Path, target: Path, fmt: str, compress: bool = True, log: Path | None = None) -> None:
-    """raw -> qcow2 (compressed) or a sparse raw copy."""
+def convert(raw: Path, target: Path, fmt: str, compress: bool = True, log: Path | None = None,
+            compression: str = "zstd") -> None:
+    """raw -> qcow2 (compressed, zstd or zlib) or a sparse raw copy."""
     if fmt == "qcow2":
-        argv = ["qemu-img", "convert", "-O", "qcow2", "-o", "compat=1.1"]
+        argv = ["qemu-img", "convert", "-O", "qcow2", "-o", f"compat=1.1,compression_type={compression}"]
         if compress:
             argv += ["-c", "-W", "-m", "4"]
         run([*argv, raw, target], log=log)

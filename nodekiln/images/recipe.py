@@ -69,6 +69,10 @@ class ImageRecipe(Strict):
     preloadImages: list[str] = Field(default_factory=list)
     diskSizeGiB: int = Field(default=6, ge=2, le=2048)
     formats: list[Literal["qcow2", "raw"]] = Field(default_factory=lambda: ["qcow2"])
+    qcow2Compression: Literal["zstd", "zlib"] = Field(
+        default="zstd",
+        description="zstd: ~3 % smaller and 3x faster to write than zlib; needs QEMU >= 5.1 to read",
+    )
     # Not part of model_dump (nor of the diskimage-builder input hash): the Packer backend adds
     # these settings to its own input hash.
     packer: PackerRecipe = Field(default_factory=PackerRecipe, exclude=True,
