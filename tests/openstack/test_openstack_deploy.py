@@ -229,3 +229,33 @@ def test_tasks_site_deploy_dry_run_prints_the_plan(make_site, cloud, boot_image)
     out = run.run(["invoke", "site-deploy", "--dry-run", "--site", str(path)], cwd=Path(__file__).resolve().parents[2],
                   env={**cloud.env, "COLUMNS": "200"}).output
     assert "would change" in out and "create" in out and "0 write calls" in out
+
+
+def test_quota_is_checked_before_anything_is_created(make_site, user, admin, boot_image):
+    project = admin.identity.find_project("nodekiln")
+    admin.compute.update_quota_set(project.id, instances=2)
+    try:
+        site, secrets = _load(make_site(image={"name": boot_image}))
+        calls = count_calls(user)
+        before = calls.writes
+        with pytest.raises(CheckError, match=r"quota: 6 more instances needed, \d+ left of 2"):
+            site_deploy(site, secrets, conn=user, progress=False)
+        assert calls.writes == before
+        assert tagged_leftovers(user, site) == []
+    finally:
+        admin.compute.revert_quota_set(project.id)
+
+
+def test_task_upload_image_takes_the_newest_build_of_the_site(make_site, build_artifact, cloud, user, tmp_path):
+    path = make_site()
+    site, _ = _load(path)
+    build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)
+    time.sleep(0.05)
+    newest, manifest = build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)
+    repo = Path(__file__).resolve().parents[2]
+    out = run.run(["invoke", "--search-root", str(repo), "upload-image", "--site", str(path)], cwd=tmp_path, env=cloud.env).output
+    name = image_name(__import__("json").loads(manifest.read_text())["inputHash"])
+    assert f"uploaded {name}" in out and "sha512 verified" in out
+    again = run.run(["invoke", "--search-root", str(repo), "upload-image", "--site", str(path)], cwd=tmp_path, env=cloud.env).output
+    assert "already in Glance: nothing uploaded" in again
+    assert [i.status for i in user.image.images(name=name)] == ["active"]

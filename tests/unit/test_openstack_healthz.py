@@ -1,0 +1,86 @@
+"""site-deploy's wait for the API endpoint's /healthz, against a TLS server on 127.0.0.1 signed by the site CA."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import ssl
+import threading
+from ipaddress import IPv4Address
+from types import SimpleNamespace
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from nodekiln.openstack import deploy
+from nodekiln.secrets import SecretStore
+from nodekiln.site import load_site
+
+
+def _server_cert(ca_pem: str, ca_key_pem: str, tmp_path):
+    ca = x509.load_pem_x509_certificate(ca_pem.encode())
+    ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        body = b"ok" if self.path == "/healthz" else b"no"
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_waits_for_healthz_through_the_floating_ip_with_the_site_ca(site_file, tmp_path, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthz)
+    port = server.server_address[1]
+    site = load_site(site_file(lambda d: d["controlPlane"]["endpoint"].update(port=port)))
+    secrets, _ = SecretStore(site.directory, site.name).ensure()
+    cert, key = _server_cert(secrets.ca.cert, secrets.ca.key, tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        state = deploy._State(fip=SimpleNamespace(floating_ip_address="127.0.0.1"))
+        said = []
+        assert deploy._wait_healthz(site, secrets, state, 30, said.append) == f"https://127.0.0.1:{port}/healthz: ok"
+        assert said == [f"waiting for https://127.0.0.1:{port}/healthz"]
+    finally:
+        server.shutdown()
+
+
+def test_an_endpoint_not_reachable_from_here_is_not_waited_for(example_site, monkeypatch):
+    site = load_site(example_site)
+    secrets, _ = SecretStore(site.directory, site.name).ensure()
+    monkeypatch.setattr(deploy, "_local_networks", lambda: [])
+    result = deploy._wait_healthz(site, secrets, deploy._State(), 30, print)
+    assert result.startswith("not checked: 10.0.1.128 is not reachable from here")
+
+
+def test_an_endpoint_that_never_answers_is_an_error(site_file, monkeypatch):
+    site = load_site(site_file(lambda d: d["controlPlane"]["endpoint"].update(port=9)))  # discard: nothing listens
+    secrets, _ = SecretStore(site.directory, site.name).ensure()
+    monkeypatch.setattr(deploy.time, "sleep", lambda s: None)
+    with pytest.raises(deploy.DeployError, match="did not answer within 1 s"):
+        deploy._wait_healthz(site, secrets, deploy._State(fip=SimpleNamespace(floating_ip_address="127.0.0.1")), 1, print)
