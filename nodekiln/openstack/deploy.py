@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from nodekiln.site import Node, Site
 
 POLL_SECONDS = 2.0
+POLL_MISSES = 5  # polls in a row that may fail (a dropped keep-alive connection) before giving up
 
 
 class CheckError(OpenStackError):
@@ -446,7 +447,7 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
                 st.router = _tagged(conn, conn.network.create_router, tag, name=names.router, external_gateway_info={"network_id": st.external.id})
         if not st.router_interface:
             with about(f"router {names.router}: attaching subnet {names.subnet}"):
-                conn.network.add_interface_to_router(st.router, subnet_id=st.subnet.id)
+                conn.network.add_interface_to_router(st.router, subnet=st.subnet.id)
             st.router_interface = True
 
     created_groups = [role for role in ROLES if role not in st.groups]
@@ -575,6 +576,7 @@ def _wait_active(conn: Connection, site: Site, st: _State, timeout: float, progr
     failures: dict[str, str] = {}
     display = _Display(len(wanted)) if progress and wanted else None
     deadline = time.monotonic() + timeout
+    misses = 0
     try:
         while True:
             pending = [n for n in wanted if status.get(n) != "ACTIVE" and n not in failures]
@@ -587,12 +589,18 @@ def _wait_active(conn: Connection, site: Site, st: _State, timeout: float, progr
                     failures[n] = f"server {n}: still {status.get(n)} after {timeout:.0f} s"
                 break
             time.sleep(POLL_SECONDS)
-            with about("waiting for servers"):
+            try:
                 current = {}
                 for server in conn.compute.servers(details=True):
                     meta = server.metadata or {}
                     if meta.get("nodekiln-site") == site.name:
                         current[meta.get("nodekiln-node")] = server
+                misses = 0
+            except Exception as exc:  # noqa: BLE001 - a dropped connection while polling is not a failed server
+                misses += 1
+                if misses >= POLL_MISSES:
+                    raise OpenStackError(f"waiting for servers: {misses} polls failed in a row, the last with: {one_line(exc)}") from None
+                continue
             for n in pending:
                 server = current.get(n)
                 if server is None:
@@ -758,7 +766,7 @@ def site_destroy(site: Site, *, conn: Connection | None = None, echo: Callable[[
         for router in conn.network.routers(tags=tag):
             for port in conn.network.ports(device_id=router.id, device_owner="network:router_interface"):
                 for ip in port.fixed_ips:
-                    conn.network.remove_interface_from_router(router, subnet_id=ip["subnet_id"])
+                    conn.network.remove_interface_from_router(router, subnet=ip["subnet_id"])
             conn.network.delete_router(router, ignore_missing=True)
             deleted.append(f"router {router.name}")
     with about("security groups: deleting"):

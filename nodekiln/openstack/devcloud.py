@@ -280,7 +280,7 @@ class DevCloud:
             name,
             [
                 self._bin("gunicorn"), "--no-control-socket", "-w", "1", "--threads", str(threads), "-b", f"127.0.0.1:{port}",
-                "--timeout", "300", "--chdir", str(self.workdir), f"wsgi_{name}:application",
+                "--timeout", "300", "--keep-alive", "75", "--chdir", str(self.workdir), f"wsgi_{name}:application",
             ],
             env=env,
         )
