@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from nodekiln.site import Node, Site
 
 POLL_SECONDS = 2.0
+# Server statuses that end by themselves; others (SHUTOFF, PAUSED...) are an operator's doing: reported, not waited for.
+TRANSITIONAL = frozenset({"BUILD", "REBUILD", "REBOOT", "HARD_REBOOT", "MIGRATING", "RESIZE", "REVERT_RESIZE", "PASSWORD", "UNKNOWN", None})
 POLL_MISSES = 5  # polls in a row that may fail (a dropped keep-alive connection) before giving up
 
 
@@ -579,7 +581,7 @@ def _wait_active(conn: Connection, site: Site, st: _State, timeout: float, progr
     misses = 0
     try:
         while True:
-            pending = [n for n in wanted if status.get(n) != "ACTIVE" and n not in failures]
+            pending = [n for n in wanted if status.get(n) in TRANSITIONAL and n not in failures]
             if display:
                 display.update(sum(1 for n in wanted if status.get(n) == "ACTIVE"), pending)
             if not pending:

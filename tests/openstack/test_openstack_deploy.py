@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from nodekiln import run
 from nodekiln.openstack.cloud import count_calls
