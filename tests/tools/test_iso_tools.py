@@ -1,0 +1,76 @@
+"""The appliance ISO assembled by the real tools from a tiny stand-in tree (seconds): xorriso
+reports both El Torito boot images and the EFI partition; the squashfs, the initramfs overlay
+and every node's seed are where the boot script looks for them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nodekiln.images import iso
+from nodekiln.images.appliance import Appliance, DataDisk
+from nodekiln.run import output, run
+
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in ("xorriso", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "unsquashfs")),
+    reason="xorriso, squashfs-tools, grub-common, dosfstools, mtools are needed",
+)
+
+VERSION = "6.1.0-99-amd64"
+
+
+def fake_tree(root: Path) -> Path:
+    (root / "boot").mkdir(parents=True)
+    (root / f"boot/vmlinuz-{VERSION}").write_bytes(b"kernel" * 100)
+    (root / f"boot/initrd.img-{VERSION}").write_bytes(b"(\xb5/\xfd" + b"initrd" * 100)
+    ko = root / f"lib/modules/{VERSION}/kernel/fs/squashfs/squashfs.ko"
+    ko.parent.mkdir(parents=True)
+    ko.write_bytes(b"\x7fELF")
+    (root / "usr/share/nodekiln").mkdir(parents=True)
+    (root / "usr/share/nodekiln/kernel-cmdline").write_text("ro console=ttyS0\n")
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text("Package: base-files\nStatus: install ok installed\nVersion: 12.4\n")
+    (root / "dev").mkdir()
+    (root / "dev/null").write_text("not a device")  # API dir contents are never packed
+    return root
+
+
+def test_assembled_iso_boots_bios_and_uefi_and_holds_what_the_boot_script_needs(tmp_path: Path) -> None:
+    tree = fake_tree(tmp_path / "tree")
+    nodes = [iso.MenuNode("cp1", "control-plane", "10.0.0.11", "52:54:00:aa:00:01"),
+             iso.MenuNode("wk1", "worker", "10.0.0.21", None)]
+    seeds = {n.name: {"user-data": f"#cloud-config\nhostname: {n.name}\n".encode(),
+                      "meta-data": f"instance-id: i-{n.name}\n".encode(),
+                      "network-config": b"version: 2\n"} for n in nodes}
+    content = iso.IsoContent("lab", nodes, seeds, Appliance(dataDisk=DataDisk(device="serial:X1")), "c0ffee" * 10,
+                             {"schema": iso.SCHEMA})
+    target = tmp_path / "out" / "lab.iso"
+    stages = iso.assemble_iso(tree, target, content, tmp_path / "work")
+    assert [s["name"] for s in stages] == ["squashfs", "boot", "xorriso"]
+    assert target.stat().st_mode & 0o777 == 0o600
+
+    report = output(["xorriso", "-indev", target, "-report_el_torito", "plain", "-report_system_area", "plain"])
+    assert "El Torito boot img :   1  BIOS" in report and "/boot/grub/eltorito.img" in report
+    assert "El Torito boot img :   2  UEFI" in report and "/boot/grub/efi.img" in report
+    assert "grub2-mbr" in report and "GPT" in report
+    table = output(["sfdisk", "-d", target])
+    assert "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in table  # the ESP, for USB sticks on UEFI
+    assert f"Volume id    : '{iso.volume_id(content.hash_hex)}'" in output(["xorriso", "-indev", target, "-pvd_info"])
+
+    assert iso.read_iso_file(target, "/nodekiln/nodes/wk1/meta-data") == b"instance-id: i-wk1\n"
+    assert iso.read_iso_file(target, "/nodekiln/nodes.map") == b"52:54:00:aa:00:01 cp1\n"
+    assert b"NK_DATA_DISK='serial:X1'" in iso.read_iso_file(target, "/nodekiln/appliance.conf")
+    cfg = iso.read_iso_file(target, "/boot/grub/grub.cfg").decode()
+    assert f"nodekiln.iso={iso.volume_id(content.hash_hex)}" in cfg and "nodekiln.node=wk1" in cfg
+    initrd = iso.read_iso_file(target, "/boot/initrd.img")
+    assert initrd.startswith(b"(\xb5/\xfd" + b"initrd" * 100) and b"scripts/nodekiln-lib" in initrd
+
+    squashfs = tmp_path / "root.squashfs"
+    squashfs.write_bytes(iso.read_iso_file(target, "/nodekiln/root.squashfs"))
+    listing = run(["unsquashfs", "-lln", squashfs]).output
+    for api_dir in ("proc", "sys", "run", "tmp", "dev"):
+        assert f"squashfs-root/{api_dir}\n" in listing
+    assert "squashfs-root/dev/null" not in listing
+    assert "squashfs-root/var/lib/dpkg/status" in listing  # /var seeds the data disk
