@@ -47,14 +47,14 @@ PACKER_TOOLS: dict[str, str] = {
 STAGE_IN_GUEST = Path("/tmp/nodekiln-stage")  # build.pkr.hcl uploads var.stage_dir into /tmp
 BUILD_HOSTNAME = "debian"  # what debian-minimal's tree has in /etc/hostname
 BUILD_KEY_COMMENT = "nodekiln-packer-build"
-CODE = [Path(packer.__file__), Path(__file__)]
 STEP_PREFIX = re.compile(r"^\s*[\w.-]+\.node: ?")
 
 
 def packer_inputs(site: "Site", builder: str, base_image: Path | None,
                   recipe: ImageRecipe | None = None) -> dict[str, Any]:
-    """manifest.inputs() (recipe, Kubernetes version, bake steps, local source) plus what only
-    a Packer build depends on: the builder, its settings, the base image's bytes, the driver."""
+    """manifest.inputs() (recipe, Kubernetes version, bake steps and Packer templates — all of
+    images/ —, local source, assembly code) plus what only a Packer build depends on: the
+    builder, its settings, the base image's bytes. Like build.py, the driver code is not hashed."""
     recipe = recipe or site.image
     data = manifest.inputs(recipe, site.kubernetes.version, site.directory)
     settings = recipe.packer.model_dump(mode="json")
@@ -65,7 +65,6 @@ def packer_inputs(site: "Site", builder: str, base_image: Path | None,
     data["packer"] = settings
     if base_image is not None:
         data["baseImage"] = {"sha256": manifest.sha256_file(base_image)}
-    data["packerCode"] = {f"nodekiln/images/{p.name}": manifest.sha256_file(p) for p in CODE}
     return data
 
 
@@ -179,8 +178,8 @@ class Progress:
             elif len(self.steps.steps) > done:
                 step = self.steps.steps[-1]
                 self.console.print(f"  step {step['name']} {step['seconds']} s")
-            elif kind == "error":
-                self.console.print(f"[red]{text}[/red]")
+            elif kind == "error":  # Packer files provisioners' stderr (apt's notes) as errors too
+                self.console.print(f"[dim]{text}[/dim]", highlight=False)
 
 
 def _extract(tar_zst: Path, tree: Path, log: Path) -> None:
@@ -337,7 +336,11 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
 
     t = time.monotonic()
     with Progress(console, builder) as progress:
-        packer.build(templates, var_file, packer.SOURCES[builder], log, on_event=progress)
+        try:
+            packer.build(templates, var_file, packer.SOURCES[builder], log, on_event=progress)
+        finally:  # the build VM's serial console: where a base that does not boot shows why
+            if (work / "console.log").exists():
+                shutil.copy2(work / "console.log", log.with_name(f"{plan.stem}.console.log"))
     stage_done(f"packer build ({builder}: boot, bake steps, export tree)", t)
     built = [a for a in packer.read_manifest(Path(variables["manifest_file"])) if a.name == "node"]
     if not built:
@@ -363,8 +366,8 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
     kernel_file, _ = disk.find_kernel(tree)
     tools = {**tool_versions(), "packer": str(version), "builder": builder,
              "qemu-system": output(["qemu-system-x86_64", "--version"]).splitlines()[0]}
-    tools.pop("diskimage-builder", None)
-    tools.pop("debootstrap", None)
+    tools["baseImage"] = base_image.name if base_image is not None else "openstack:" + (recipe.packer.openstack.sourceImage  # type: ignore[union-attr]
+                                                                                    if recipe.packer.openstack else "")
     inside = manifest.inside_manifest(
         site=plan.site, hash_hex=plan.input_hash, input_data=plan.inputs, tools=tools,
         packages=manifest.installed_packages(tree), kernel=kernel_file[len("vmlinuz-"):],
@@ -390,7 +393,7 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
         if fmt == "raw":
             raw.rename(partial)
         else:
-            disk.convert(raw, partial, fmt, log=log)
+            disk.convert(raw, partial, fmt, log=log, compression=recipe.qcow2Compression)
         entries.append({**manifest.artifact_entry(partial, fmt), "file": final.name})
         artifacts[fmt] = partial
         stage_done(f"convert to {fmt}", t)

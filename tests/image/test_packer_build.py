@@ -1,32 +1,41 @@
-"""One real Packer build (qemu builder, TCG here) from a local base image, then one boot with
-the same node checks as the diskimage-builder image, and the two images' package lists.
+"""One real Packer build (qemu builder; TCG here) of the image the other image tests build with
+diskimage-builder — same site, same recipe, same local Kubernetes binaries — then ONE boot
+that runs the very same checks (tests/image/test_node_image.py's, on this image), and the two
+images' installed package lists compared.
 
-Slow: the base image (diskimage-builder, cached by its inputs), the Packer build (boot the
-base, run the bake steps, export the tree), one boot of the result. The diskimage-builder
-image of the same recipe is found in the shared build directory when the image tests built it
-already (cache hit), else built here — its manifest is all this module reads of it.
+Kept to one build and one boot (CI time): the checks that need a second boot (BIOS) or a
+reboot run for the diskimage-builder image only. The Packer build starts from the local
+nodekiln-base image (diskimage-builder, cached by its inputs under build/test-images/base/).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from nodekiln.images.build import BuildResult, build_image
-from nodekiln.images.packer_build import build_image_packer
-from nodekiln.site import Site, load_site
-from tests.image import node_checks
+from nodekiln import qemu
+from nodekiln.images.build import BuildResult
+from nodekiln.images.packer_build import BUILD_KEY_COMMENT, build_image_packer
+from tests.image import test_node_image as node_tests
+from tests.image import conftest as image_tests
+from tests.image.conftest import TEST_IMAGES, kubernetes_local_dir, seed_files
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGES = Path(os.environ.get("NODEKILN_TEST_IMAGES", REPO / "build" / "test-images"))
-SOURCE = "none"  # the Kubernetes package repos are out of reach here; same recipe for both backends
+# Checks of test_node_image.py that boot a second VM or reboot: diskimage-builder image only.
+NOT_HERE = {"test_bios_boot_reaches_the_same_state", "test_var_survives_a_reboot"}
+FIXTURES = {"host", "node_image", "test_site", "uefi_vm"}
+CHECKS: list[Callable[..., None]] = [
+    f for name, f in sorted(vars(node_tests).items())
+    if name.startswith("test_") and callable(f) and name not in NOT_HERE
+    and set(inspect.signature(f).parameters) <= FIXTURES
+]
 
 
 def _require(*tools: str) -> None:
@@ -36,62 +45,63 @@ def _require(*tools: str) -> None:
             pytest.fail(f"{tool} is not installed: apt-get install -y {packages[tool]}", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
-    folder = tmp_path_factory.mktemp("packer-site")
-    text = (REPO / "sites/example/site.yaml").read_text().replace("kubernetesSource: upstream", f"kubernetesSource: {SOURCE}")
-    (folder / "site.yaml").write_text(text)
-    return load_site(folder / "site.yaml")
+def _build(test_site) -> BuildResult:
+    return build_image_packer(test_site, "packer-qemu", TEST_IMAGES,
+                              kubernetes_source_override=f"local:{kubernetes_local_dir()}")
 
 
 @pytest.fixture(scope="module")
-def packer_image(site: Site) -> BuildResult:
+def packer_image(test_site) -> image_tests.TestImage:
     _require("packer", "qemu-system-x86_64", "qemu-img", "zstd")
-    return build_image_packer(site, "packer-qemu", IMAGES, install_tools=False)
+    result = _build(test_site)
+    return image_tests.TestImage(result.image, result.manifest_path, ["kubectl", "helm"], result)
 
 
 @pytest.fixture(scope="module")
-def dib_image(site: Site) -> BuildResult:
-    return build_image(site, IMAGES, install_tools=False)
+def packer_vm(packer_image: image_tests.TestImage, test_site, ssh_key) -> Iterator[qemu.VM]:
+    node = test_site.nodes[0]
+    with qemu.boot(packer_image.path, seed_files(test_site, node, ssh_key[1]), address=str(node.address),
+                   cidr=str(test_site.network.cidr), gateway=str(test_site.network.gateway),
+                   user=test_site.ssh.user, key=ssh_key[0], firmware="uefi",
+                   workdir=TEST_IMAGES if TEST_IMAGES.exists() else None) as vm:
+        yield vm
 
 
-def test_packer_build_names_artifacts_by_input_hash(packer_image: BuildResult) -> None:
-    manifest = json.loads(packer_image.manifest_path.read_text())
-    assert manifest["inputs"]["builder"] == "packer-qemu"
-    assert packer_image.image.name == f"{packer_image.site}-{manifest['inputHash'][:16]}.qcow2"
-    assert [s["name"] for s in manifest["bakeSteps"]] == sorted(p.stem for p in (REPO / "images/steps").glob("[0-9][0-9]-*.sh"))
+@pytest.fixture(scope="module")
+def packer_host(packer_vm: qemu.VM):
+    return packer_vm.testinfra_host()
 
 
-def test_same_inputs_skip_the_build(site: Site, packer_image: BuildResult) -> None:
+def test_packer_manifest_names_the_builder(packer_image: image_tests.TestImage) -> None:
+    beside = json.loads(packer_image.manifest.read_text())
+    assert beside["inputs"]["builder"] == "packer-qemu" and beside["tools"]["packer"]
+    assert packer_image.path.name == f"{beside['site']}-{beside['inputHash'][:16]}.qcow2"
+
+
+def test_same_inputs_skip_the_packer_build(test_site, packer_image: image_tests.TestImage) -> None:
     started = time.monotonic()
-    again = build_image_packer(site, "packer-qemu", IMAGES, install_tools=False)
-    assert again.cache_hit and again.image == packer_image.image
-    assert time.monotonic() - started < 30  # hashing the inputs (and the base image), no VM
+    again = _build(test_site)
+    assert again.cache_hit and again.image == packer_image.path
+    assert time.monotonic() - started < 60  # hashing inputs and the base image; no VM
 
 
-def test_packer_image_boots_and_passes_the_node_checks(site: Site, packer_image: BuildResult, tmp_path: Path) -> None:
-    from nodekiln.qemu import boot, cloud_config, generate_ssh_key, network_config
-
-    node = site.nodes[0]
-    key, public = generate_ssh_key(tmp_path)
-    seed = {
-        "user-data": cloud_config(node.name, site.ssh.user, public),
-        "meta-data": f"instance-id: {node.name}-packer\nlocal-hostname: {node.name}\n",
-        "network-config": network_config(str(node.address), str(site.network.cidr), str(site.network.gateway),
-                                          [str(d) for d in site.network.dns]),
-    }
-    beside = json.loads(packer_image.manifest_path.read_text())
-    with boot(packer_image.image, seed, address=str(node.address), cidr=str(site.network.cidr),
-              gateway=str(site.network.gateway), user=site.ssh.user, key=key, firmware="bios",
-              timeout=900) as vm:
-        node_checks.check_node(vm.testinfra_host(), beside)
+@pytest.mark.parametrize("check", CHECKS, ids=[f.__name__ for f in CHECKS])
+def test_packer_image_passes_the_node_checks(check, packer_image, packer_vm, packer_host, test_site) -> None:
+    given = {"host": packer_host, "node_image": packer_image, "test_site": test_site, "uefi_vm": packer_vm}
+    check(**{name: given[name] for name in inspect.signature(check).parameters})
 
 
-def test_packer_and_dib_images_install_the_same_packages(packer_image: BuildResult, dib_image: BuildResult) -> None:
-    packer_packages = json.loads(packer_image.manifest_path.read_text())["packages"]
-    dib_packages = json.loads(dib_image.manifest_path.read_text())["packages"]
+def test_no_build_access_is_left(packer_host) -> None:
+    keys = packer_host.run("sudo cat /var/root/.ssh/authorized_keys").stdout
+    assert BUILD_KEY_COMMENT not in keys
+    assert packer_host.run("ls /etc/ssh/ssh_host_ed25519_key.pub").rc == 0  # this boot's own
+
+
+def test_packer_and_dib_images_install_the_same_packages(packer_image: image_tests.TestImage, node_image: image_tests.TestImage) -> None:
+    packer_packages = json.loads(packer_image.manifest.read_text())["packages"]
+    dib_packages = json.loads(node_image.manifest.read_text())["packages"]
     only_packer = sorted(set(packer_packages) - set(dib_packages))
     only_dib = sorted(set(dib_packages) - set(packer_packages))
     assert (only_packer, only_dib) == ([], []), f"only in the Packer image: {only_packer}; only in the DIB image: {only_dib}"
-    versions = {p: (packer_packages[p], dib_packages[p]) for p in packer_packages if packer_packages[p] != dib_packages[p]}
-    assert versions == {}, f"versions differ (packer, dib): {versions}"
+    differ = {p: (packer_packages[p], dib_packages[p]) for p in packer_packages if packer_packages[p] != dib_packages[p]}
+    assert differ == {}, f"versions differ (packer, dib): {differ}"
