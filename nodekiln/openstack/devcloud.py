@@ -188,8 +188,11 @@ class DevCloud:
         return self
 
     def stop(self) -> None:
-        for proc in reversed(self.processes):
-            run.stop(proc.popen)
+        # All at once: each may take its TERM grace period (nova-compute, RabbitMQ do).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, len(self.processes))) as pool:
+            list(pool.map(lambda proc: run.stop(proc.popen), self.processes))
         self.processes.clear()
         if self._own_workdir and self.workdir is not None and not os.environ.get("NODEKILN_KEEP_DEVCLOUD"):
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -244,6 +247,11 @@ class DevCloud:
         base.mkdir()
         (base / "enabled_plugins").write_text("[].\n")
         port = self.ports["rabbit"]
+        # Our own epmd (Erlang's port mapper) on a free loopback port: Erlang would otherwise
+        # start a shared daemon on 4369 that outlives the cloud.
+        epmd_port = _free_port()
+        epmd = self._spawn("epmd", ["epmd", "-address", "127.0.0.1", "-port", str(epmd_port)])
+        _wait("epmd", lambda: _port_open(epmd_port), 30, epmd)
         env = {
             "HOME": str(base),  # .erlang.cookie
             "RABBITMQ_NODENAME": f"nodekiln{port}@localhost",
@@ -251,6 +259,7 @@ class DevCloud:
             "RABBITMQ_NODE_PORT": str(port),
             "RABBITMQ_DIST_PORT": str(_free_port()),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_EPMD_PORT": str(epmd_port),
             "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
             "RABBITMQ_LOG_BASE": str(base / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
