@@ -32,6 +32,7 @@ def packer_qemu_build_s() -> Figure:
     from nodekiln.site import load_site
 
     source = os.environ.get("NODEKILN_BENCH_KUBERNETES_SOURCE", "none")
+    Path("build").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nodekiln-bench-packer-", dir="build") as tmp:
         folder = Path(tmp)
         text = Path("sites/example/site.yaml").read_text().replace("kubernetesSource: upstream",
