@@ -373,6 +373,24 @@ def iso_inputs(*, site_name: str, image_inputs: dict[str, Any], seeds: Mapping[s
     }
 
 
+def tree_identity(tree: Path) -> dict[str, str]:
+    """What identifies a root tree given on the command line: a tar by its sha256; a directory
+    by its image manifest, package list, kernels and Kubernetes source report (cheap, and
+    every bake-step change shows in one of them)."""
+    if not tree.is_dir():
+        return {"tar": mf.sha256_file(tree)}
+    out: dict[str, str] = {}
+    for rel in (mf.IMAGE_MANIFEST_PATH, "var/lib/dpkg/status", "usr/share/nodekiln/kubernetes-source.txt",
+                "usr/share/nodekiln/kernel-cmdline", "etc/fstab"):
+        path = tree / rel
+        out[rel] = mf.sha256_file(path) if path.is_file() else "absent"
+    out["boot"] = ",".join(sorted(p.name for p in (tree / "boot").glob("*") if p.is_file()))
+    images = tree / "usr/share/nodekiln/images"
+    if images.is_dir():
+        out["images"] = ",".join(f"{p.name}:{p.stat().st_size}" for p in sorted(images.iterdir()))
+    return out
+
+
 def tool_versions() -> dict[str, str]:
     def first(argv: list[str]) -> str:
         try:
@@ -452,6 +470,9 @@ def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = N
     appliance: Appliance = site.appliance
     inputs = iso_inputs(site_name=site.name, image_inputs=image_inputs, seeds=seeds, nodes=nodes,
                         appliance=appliance)
+    if tree is not None and tree.exists():
+        # A tree from elsewhere: its own content decides the ISO too, not only the recipe.
+        inputs["givenTree"] = tree_identity(tree)
     hash_hex = mf.input_hash(inputs)
     iso, manifest_path = artifact_names(out_dir, site.name, hash_hex)
     if cached(iso, manifest_path):

@@ -42,7 +42,8 @@ class Lab:
         self.site = load_site(lab_site(work / "site", public))
         self.secrets, _ = SecretStore(self.site.directory, self.site.name).ensure()
         tree = os.environ.get("NODEKILN_ROOT_TREE")
-        self.result = iso.build_iso(self.site, self.secrets, work / "out", tree=Path(tree) if tree else None)
+        self.tree = Path(tree) if tree else None
+        self.result = iso.build_iso(self.site, self.secrets, work / "out", tree=self.tree)
         self.iso = self.result.path
         self.iso_sha = hashlib.sha256(self.iso.read_bytes()).hexdigest()
         self.seeds = render_site(self.site, self.secrets)
@@ -54,7 +55,7 @@ def lab(tmp_path_factory) -> Lab:
 
 
 def test_the_iso_is_built_once_and_is_a_cache_hit_after(lab: Lab) -> None:
-    again = iso.build_iso(lab.site, lab.secrets, lab.work / "out", tree=Path("/nonexistent"))
+    again = iso.build_iso(lab.site, lab.secrets, lab.work / "out", tree=lab.tree)
     assert again.cached and again.path == lab.iso
     assert lab.iso.name.startswith("iso-lab-") and lab.iso.stat().st_mode & 0o077 == 0
     assert iso.read_iso_file(lab.iso, "/nodekiln/nodes.map").decode() == f"{LAB_CP[2]} {LAB_CP[0]}\n"

@@ -334,3 +334,18 @@ def test_part_names() -> None:
 def test_boot_scripts_are_valid_posix_sh() -> None:
     for name in ("nodekiln", "nodekiln-lib"):
         subprocess.run(["sh", "-n", str(iso.ASSETS / name)], check=True)
+
+
+def test_a_given_tree_is_identified_by_its_content(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "var/lib/dpkg").mkdir(parents=True)
+    (tree / "boot").mkdir()
+    (tree / "boot/vmlinuz-1").write_text("k")
+    (tree / "var/lib/dpkg/status").write_text("Package: a\n")
+    first = iso.tree_identity(tree)
+    assert first["boot"] == "vmlinuz-1" and first["etc/fstab"] == "absent"
+    (tree / "var/lib/dpkg/status").write_text("Package: a\n\nPackage: b\n")
+    assert iso.tree_identity(tree) != first
+    tar = tmp_path / "root.tar"
+    tar.write_bytes(b"tar")
+    assert iso.tree_identity(tar) == {"tar": iso.mf.sha256_file(tar)}
