@@ -186,7 +186,7 @@ class VM:
         tail = "\n".join(f"  | {line}" for line in self.console_tail())
         return f"VM ({self.firmware}) {what}; last SSH answer: {last}\nconsole ({self.console}):\n{tail}"
 
-    def reboot(self, timeout: float = 300.0) -> None:
+    def reboot(self, timeout: float = 600.0) -> None:
         """Reboot the guest and wait until SSH answers again (with a new boot id)."""
         _, before = self.ssh("cat /proc/sys/kernel/random/boot_id")
         with contextlib.suppress(Exception):
@@ -249,7 +249,7 @@ def boot(
     memory_mib: int = 2048,
     cpus: int | None = None,
     disk_gib: int | None = None,
-    timeout: float = 420.0,
+    timeout: float = 600.0,
     wait_cloud_init: bool = True,
     workdir: Path | None = None,
 ) -> Iterator[VM]:
