@@ -304,3 +304,21 @@ def test_seed_iso_round_trip(tmp_path):
     assert b"CIDATA" in iso.read_bytes()[32768:34816].upper()
     with pytest.raises(ValueError):
         write_seed_iso(tmp_path / "bad.iso", {"user-data": "x"})
+
+
+def test_only_a_complete_tar_is_accepted(tmp_path):
+    import tarfile
+
+    src = tmp_path / "f"
+    src.write_bytes(b"x" * 5000)
+    tar = tmp_path / "root.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(src, arcname="f")
+    log = tmp_path / "dib.log"
+    log.write_text("... Getting value for [image-path]\nState dump not found\n")
+    assert dib._failed_only_at_image_path(log, tar)
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(tar.read_bytes()[:1536])  # writer killed mid-file
+    assert not dib._failed_only_at_image_path(log, cut)
+    log.write_text("E: Unable to locate package containerd\n")
+    assert not dib._failed_only_at_image_path(log, tar)
