@@ -68,6 +68,22 @@ def wait_console(vm: VM, text: str, deadline: float) -> str:
     raise BootError(vm._why(f"console never showed {text!r}", ""))
 
 
+def wait_for_cloud_init(vm: VM, deadline: float) -> None:
+    """cloud-init done, riding out the SSH restart its ssh module makes on a first boot
+    (new host keys): a connection reset there is retried, not a failure."""
+    while True:
+        try:
+            vm.wait_cloud_init(deadline)
+            return
+        except BootError:
+            raise
+        except Exception:  # reset or refused while sshd restarts
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(3)
+            vm.wait_ssh(deadline)
+
+
 @contextlib.contextmanager
 def boot_iso(
     iso: Path,
@@ -121,7 +137,7 @@ def boot_iso(
             vm.wait_ssh(deadline)
             vm.timings["ssh_s"] = round(time.monotonic() - started, 1)
             if wait_cloud_init:
-                vm.wait_cloud_init(deadline)
+                wait_for_cloud_init(vm, deadline)
                 vm.timings["cloud_init_s"] = round(time.monotonic() - started, 1)
         yield vm
     finally:

@@ -18,7 +18,7 @@ import pytest
 
 from nodekiln.bench_iso import LAB_CIDR, LAB_CP, LAB_GATEWAY, LAB_USER, LAB_WORKER, lab_site
 from nodekiln.images import iso
-from nodekiln.images.isoboot import boot_iso, wait_console
+from nodekiln.images.isoboot import boot_iso, wait_console, wait_for_cloud_init
 from nodekiln.qemu import generate_ssh_key
 from nodekiln.render import render_site
 from nodekiln.run import run
@@ -109,7 +109,7 @@ def test_uefi_usb_stick_blank_disk_node_by_mac_then_reboot(lab: Lab) -> None:
         _sh(host, "echo kept | sudo tee /etc/nodekiln-test")
 
         vm.reboot(timeout=BOOT_TIMEOUT)
-        vm.wait_cloud_init(time.monotonic() + BOOT_TIMEOUT)
+        wait_for_cloud_init(vm, time.monotonic() + BOOT_TIMEOUT)
         host = vm.testinfra_host()
         _check_node(host, name, address)
         assert _sh(host, "cat /var/lib/nodekiln-test/state") == "kept"
