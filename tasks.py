@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from invoke import task
+from invoke.exceptions import Exit
 
 from nodekiln.cli import console, figures_table, handled
 
@@ -69,6 +70,38 @@ def kubeconfig(c, site=None, out=None, days=365):
     target = Path(out) if out else loaded.directory / ".nodekiln" / f"{loaded.name}-admin.conf"
     write_atomic(target, admin_kubeconfig(loaded, _secrets(loaded), days=int(days)), mode=0o600)
     console.print(str(target))
+
+
+@task(
+    help={
+        **SITE_HELP,
+        "out": "artifact folder (default: build/images)",
+        "kubernetes_source": "override the recipe: upstream, none or local:DIR",
+        "format": "output format, repeatable: qcow2, raw (default: the recipe's)",
+    },
+    iterable=["format"],
+)
+@handled
+def build_image(c, site=None, out=None, kubernetes_source=None, format=None):
+    """Bake the site's immutable node image; prints its path last."""
+    from nodekiln.images.build import build_image as build
+
+    loaded = _site(site)
+    result = build(loaded, Path(out) if out else Path("build/images"), kubernetes_source, format or None)
+    state = "cache hit: inputs unchanged" if result.cache_hit else f"built in {result.seconds:.0f} s"
+    console.print(f"{state}; manifest {result.manifest_path}")
+    print(result.image)
+
+
+@task(help={**SITE_HELP, "image": "the image to boot and check (a qcow2 from build-image)"})
+@handled
+def test_image(c, image, site=None):
+    """Boot an image in qemu and run the node checks on it."""
+    from nodekiln.images.check import test_image as check
+
+    code = check(Path(image), _site(site))
+    if code:
+        raise Exit(code=code)
 
 
 @task(help={**SITE_HELP, "out": "output folder (default: build/render/<site>)"})

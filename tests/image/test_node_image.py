@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import time
+
 import pytest
 
 from nodekiln.images import manifest as manifest_mod
@@ -54,10 +56,18 @@ def test_swap_is_off(host):
     assert host.check_output("cat /proc/swaps").strip().splitlines()[1:] == []
 
 
-def test_nftables_base_ruleset_loaded(host):
+def test_nftables_site_ruleset_loaded(host, test_site):
+    """The image enables nftables; the first-boot unit then loads the node's rendered ruleset
+    (it runs right after cloud-init, so give it a moment)."""
     assert host.service("nftables").is_enabled
-    rules = host.check_output("sudo nft list ruleset")
-    assert "table inet nodekiln" in rules and "policy drop" in rules and "tcp dport 22 accept" in rules
+    deadline = time.monotonic() + 120
+    while True:
+        rules = host.check_output("sudo nft list ruleset")
+        if "set control_planes" in rules or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert "table inet nodekiln" in rules and "policy drop" in rules
+    assert "set control_planes" in rules and str(test_site.init_node.address) in rules, "the site's ruleset was not applied"
 
 
 def test_ssh_is_key_only(host):

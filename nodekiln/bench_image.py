@@ -1,0 +1,63 @@
+"""`invoke bench` figures of the node image: one cold build of the example site shared by all four.
+
+The Kubernetes source is the same local directory the tests bake in (real kubectl and helm from
+the npm layer package, fetched by addons/tools/fetch-helm.sh): the upstream repository is not
+reachable from the build machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from nodekiln import run
+from nodekiln.bench import Figure
+from nodekiln.images import bench as image_bench
+from nodekiln.images.build import BuildResult
+from nodekiln.site import Site, load_site
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "sites" / "example" / "site.yaml"
+
+
+def _figure(raw: dict) -> Figure:
+    return Figure(raw["name"], raw["value"], raw["unit"], f"<= {raw['goal']}")
+
+
+def _local_source() -> str:
+    tools = REPO / "build" / "tools"
+    if not (tools / "bin" / "kubectl").exists():
+        run.run(["bash", str(REPO / "addons" / "tools" / "fetch-helm.sh"), str(tools)])
+    local = Path(tempfile.mkdtemp(prefix="nodekiln-bench-k8s-"))
+    for name in ("kubectl", "helm"):
+        shutil.copy2(tools / "bin" / name, local / name)
+    return f"local:{local}"
+
+
+@cache
+def _cold() -> tuple[Figure, BuildResult, Site, Path, str]:
+    site = load_site(EXAMPLE)
+    out = Path(tempfile.mkdtemp(prefix="nodekiln-bench-images-"))
+    source = _local_source()
+    raw, result = image_bench.image_cold_build_s(site, out, kubernetes_source_override=source)
+    return _figure(raw), result, site, out, source
+
+
+def image_cold_build_s() -> Figure:
+    return _cold()[0]
+
+
+def image_cache_hit_s() -> Figure:
+    _, _, site, out, source = _cold()
+    return _figure(image_bench.image_cache_hit_s(site, out, kubernetes_source_override=source))
+
+
+def image_qcow2_mb() -> Figure:
+    return _figure(image_bench.image_qcow2_mb(_cold()[1].image))
+
+
+def boot_to_cloudinit_s() -> Figure:
+    _, result, site, _, _ = _cold()
+    return _figure(image_bench.boot_to_cloudinit_s(result.image, site))
