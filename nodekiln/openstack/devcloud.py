@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,10 +190,12 @@ class DevCloud:
 
     def stop(self) -> None:
         # All at once: each may take its TERM grace period (nova-compute, RabbitMQ do).
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=max(1, len(self.processes))) as pool:
-            list(pool.map(lambda proc: run.stop(proc.popen), self.processes))
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, len(self.processes))) as pool:
+                list(pool.map(lambda proc: run.stop(proc.popen), self.processes))
+        except RuntimeError:  # at interpreter exit (atexit) no new threads: one after the other
+            for proc in self.processes:
+                run.stop(proc.popen)
         self.processes.clear()
         if self._own_workdir and self.workdir is not None and not os.environ.get("NODEKILN_KEEP_DEVCLOUD"):
             shutil.rmtree(self.workdir, ignore_errors=True)
