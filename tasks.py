@@ -126,7 +126,7 @@ def render(c, site=None, out=None):
 )
 @handled
 def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
-    """Make the site's appliance ISO (UEFI + BIOS, CD or USB); prints its path last."""
+    """Make the site's appliance ISO (UEFI+BIOS, CD or USB)."""
     from nodekiln.images.iso import build_iso as build
 
     loaded = _site(site)
@@ -149,7 +149,7 @@ def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
 )
 @handled
 def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None):
-    """Install the site's addons (CNI, storage, backups, ingress, NaaVRE) with Helm, in order."""
+    """Install the site's Helm addons in order (--dry-run: plan)."""
     from rich.table import Table
 
     from nodekiln import addons as stage
@@ -187,7 +187,7 @@ def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None)
 @task(help={**SITE_HELP, "image": "the image file (default: the newest build/images/<site>-<hash>.qcow2, its .manifest.json beside it)"})
 @handled
 def upload_image(c, site=None, image=None):
-    """Upload the site's node image to Glance (skipped when that content hash is already there)."""
+    """Upload the node image to Glance (reused by content hash)."""
     from nodekiln.openstack.images import newest_artifact, upload_image as upload
 
     loaded = _site(site)
@@ -209,7 +209,7 @@ def upload_image(c, site=None, image=None):
             "prune": "also delete servers and ports of nodes no longer in the site"})
 @handled
 def site_deploy(c, site=None, dry_run=False, prune=False):
-    """Create or converge the site's OpenStack resources and boot its nodes; a rerun changes only what differs."""
+    """Create or converge the site's OpenStack servers and network."""
     from nodekiln.openstack.deploy import site_deploy as deploy
 
     loaded = _site(site)
@@ -224,7 +224,7 @@ def site_deploy(c, site=None, dry_run=False, prune=False):
 @task(help=SITE_HELP)
 @handled
 def site_destroy(c, site=None):
-    """Delete every OpenStack resource nodekiln created for the site (its servers, ports, groups, network)."""
+    """Delete every OpenStack resource nodekiln made for the site."""
     from nodekiln.openstack.deploy import site_destroy as destroy
 
     loaded = _site(site)
