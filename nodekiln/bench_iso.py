@@ -7,7 +7,9 @@ one the ISO boot tests use (tests/image/test_iso.py).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from functools import cache
@@ -69,6 +71,7 @@ def _lab_build() -> tuple[Path, float, Path, Path]:
     from nodekiln.site import load_site
 
     work = Path(tempfile.mkdtemp(prefix="nodekiln-bench-iso-", dir="build" if Path("build").is_dir() else None))
+    atexit.register(shutil.rmtree, work, True)  # the ISO and the lab site's secrets
     key, public = generate_ssh_key(work)
     site = load_site(lab_site(work / "site", public))
     secrets, _ = SecretStore(site.directory, site.name).ensure()
@@ -98,7 +101,7 @@ def iso_boot_s() -> Figure:
 
     path, _, key, work = _lab_build()
     cp, address, mac = LAB_CP
-    with boot_iso(path, firmware="uefi", medium="disk", mac=mac, address=address, cidr=LAB_CIDR,
+    with boot_iso(path, firmware="uefi", medium="usb", mac=mac, address=address, cidr=LAB_CIDR,
                   gateway=LAB_GATEWAY, user=LAB_USER, key=key, wait_cloud_init=False,
                   workdir=work) as vm:
         seconds = vm.timings["ssh_s"]
