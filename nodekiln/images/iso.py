@@ -503,8 +503,10 @@ def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = N
                               built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                               seconds=seconds)
     write_atomic(manifest_path, mf.dumps(beside))
-    if tree is None or tree.suffix == ".tar":
-        shutil.rmtree(work / "tree", ignore_errors=True)
+    # Keep only the log: the extracted tree, the bake-step stage and DIB's scratch go.
+    for scratch in ("tree", "stage", "dib"):
+        if (work / scratch) != tree:
+            shutil.rmtree(work / scratch, ignore_errors=True)
     return IsoResult(iso, manifest_path, hash_hex, False, seconds)
 
 
