@@ -16,15 +16,24 @@ build {
   }
 
   # A booted base, unlike diskimage-builder's chroot, may still be in cloud-init and has no
-  # package lists (images ship without them): wait, then fetch the lists the steps install from.
+  # package lists (images ship without them): wait, fetch the lists, then install the element's
+  # package-installs.yaml in one transaction, as diskimage-builder does before the steps: the
+  # same package set either way (the steps' nk_packages then find them installed).
   provisioner "shell" {
     execute_command = local.execute
-    inline          = ["cloud-init status --wait >/dev/null || true", "apt-get update -q"]
+    inline = [
+      "cloud-init status --wait >/dev/null || true",
+      "apt-get update -q",
+      "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(sed -n 's/^\\([a-z0-9][a-z0-9.+-]*\\):.*/\\1/p' /tmp/nodekiln-stage/package-installs.yaml)",
+    ]
   }
 
+  # From / (70-immutable moves /root, the build user's working directory, to /var/root). The
+  # steps' 90-finish removes the SSH host keys: new ones (left out of the tree) let Packer
+  # reconnect should it need to.
   provisioner "shell" {
     execute_command = local.execute
-    inline          = ["bash /tmp/nodekiln-stage/run-steps.sh /tmp/nodekiln-stage"]
+    inline          = ["cd / && bash /tmp/nodekiln-stage/run-steps.sh /tmp/nodekiln-stage && ssh-keygen -A >/dev/null"]
   }
 
   # The tree as one archive: pseudo file systems, the stage, temporary SSH host keys (made so

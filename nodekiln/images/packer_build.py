@@ -44,6 +44,7 @@ PACKER_TOOLS: dict[str, str] = {
     "zstd": "zstd",
     "qemu-system-x86_64": "qemu-system-x86",
 }
+PACKAGE_INSTALLS = manifest.IMAGES_DIR / "elements" / dib.ELEMENT / "package-installs.yaml"
 STAGE_IN_GUEST = Path("/tmp/nodekiln-stage")  # build.pkr.hcl uploads var.stage_dir into /tmp
 BUILD_HOSTNAME = "debian"  # what debian-minimal's tree has in /etc/hostname
 BUILD_KEY_COMMENT = "nodekiln-packer-build"
@@ -319,6 +320,8 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
     t = time.monotonic()
     dib.write_stage(work / "nodekiln-stage", recipe, plan.kubernetes_version, plan.site_dir,
                     in_target=STAGE_IN_GUEST)
+    # What diskimage-builder installs in one transaction before the steps (build.pkr.hcl too).
+    shutil.copy2(PACKAGE_INSTALLS, work / "nodekiln-stage" / PACKAGE_INSTALLS.name)
     key = seed = None
     public_key = None
     if builder == "packer-qemu":
