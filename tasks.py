@@ -164,7 +164,7 @@ def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None)
             console.print(f"note: {note}", style="yellow")
         return
     if dry_run:
-        plan, plan_file = stage.plan(loaded, target)
+        plan, plan_file = stage.plan_release_files(loaded, target)
         table = Table(title=f"addons of site {loaded.name} (install order)")
         for column in ("#", "release", "namespace", "chart@version"):
             table.add_column(column, no_wrap=True)

@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     from nodekiln.addons.plan import Plan
     from nodekiln.site import Site
 
-__all__ = ["AddonsSpec", "check_addons", "plan", "images", "install", "default_kubeconfig"]
+__all__ = ["AddonsSpec", "check_addons", "plan_release_files", "images", "install", "default_kubeconfig"]
 
 
-def plan(site: Site, out: Path | None = None) -> tuple[Plan, Path]:
+def plan_release_files(site: Site, out: Path | None = None) -> tuple[Plan, Path]:
     """Render the plan and write it (plan.json + values files); no cluster is touched."""
     from nodekiln.addons.plan import build_plan, default_out, write_plan
 
@@ -38,7 +38,7 @@ def images(site: Site, out: Path | None = None) -> tuple[list[str], list[str]]:
     from nodekiln.addons.helm import Helm
     from nodekiln.errors import MissingToolError
 
-    built, _ = plan(site, out)
+    built, _ = plan_release_files(site, out)
     try:
         helm = Helm.discover()
     except MissingToolError:
@@ -60,6 +60,6 @@ def install(site: Site, out: Path | None = None, kubeconfig: Path | None = None,
     if not config.is_file():
         raise AddonsError(f"{config}: no kubeconfig: run `invoke kubeconfig` (or pass --kubeconfig)")
     helm = Helm.discover(config)
-    built, plan_file = plan(site, out)
+    built, plan_file = plan_release_files(site, out)
     helm.log = plan_file.parent.with_name(f"{plan_file.parent.name}.helm.log")
     return apply(built, helm, console)

@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from nodekiln.addons import plan as make_plan
+from nodekiln.addons import plan_release_files as make_plan
 from nodekiln.addons.apply import apply, images
 from nodekiln.addons.helm import TOOLS_BIN, Helm
 from nodekiln.addons.plan import AddonsError

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodekiln.addons import plan as make_plan
+from nodekiln.addons import plan_release_files as make_plan
 from nodekiln.addons.graph import CycleError, order
 from nodekiln.addons.plan import build_plan, split_image
 from nodekiln.errors import SiteError
