@@ -249,8 +249,8 @@ def schema(c, site=None, out=None):
         sys.stdout.write(text)
 
 
-@task(help={**SITE_HELP, "fast": "leave out the slow tests (image builds and boots, services)", "k": "only tests matching this pytest expression"})
-def test(c, site=None, fast=False, k=None):
+@task(help={**SITE_HELP, "fast": "leave out the slow tests (image builds and boots, services)", "k": "only tests matching this pytest expression", "all": "also the kvm_only tests where KVM does not work (the real Packer build: ~40 min under TCG)"})
+def test(c, site=None, fast=False, k=None, all=False):
     """Run the test suite; --fast runs the quick tests alone."""
     import os
 
@@ -261,7 +261,10 @@ def test(c, site=None, fast=False, k=None):
         args += ["-m", "not slow"]
     if k:
         args += ["-k", k]
-    c.run(" ".join(f"'{a}'" for a in args), pty=False, env={"PATH": f"{tools}:{os.environ.get('PATH', '')}"})
+    env = {"PATH": f"{tools}:{os.environ.get('PATH', '')}"}
+    if all:
+        env["NODEKILN_TEST_ALL"] = "1"
+    c.run(" ".join(f"'{a}'" for a in args), pty=False, env=env)
 
 
 @task(help={**SITE_HELP, "only": "run only this figure (repeatable)", "json": "also write the figures to this JSON file"}, iterable=["only"])

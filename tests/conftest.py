@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -81,3 +82,28 @@ def variant_site(request, site_file):
     site = load_site(site_file(SITE_VARIANTS[request.param]))
     secrets, _ = SecretStore(site.directory, site.name).ensure()
     return site, secrets
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked kvm_only run where KVM works, or everywhere with NODEKILN_TEST_ALL=1
+    (`invoke test --all`); elsewhere they are deselected, and the summary says so."""
+    kvm_only = [item for item in items if item.get_closest_marker("kvm_only")]
+    if not kvm_only or os.environ.get("NODEKILN_TEST_ALL") == "1":
+        return
+    from nodekiln.qemu import accelerator
+
+    if accelerator() == "kvm":
+        return
+    config.hook.pytest_deselected(items=kvm_only)
+    items[:] = [item for item in items if not item.get_closest_marker("kvm_only")]
+    config._nodekiln_kvm_only = len(kvm_only)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = getattr(config, "_nodekiln_kvm_only", 0)
+    if count:
+        terminalreporter.write_line(
+            f"nodekiln: {count} kvm_only tests (the real Packer build, ~40 min under TCG) were deselected: "
+            "KVM does not work on this machine; run them with `invoke test --all`",
+            yellow=True,
+        )

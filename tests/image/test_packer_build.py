@@ -26,7 +26,8 @@ from tests.image import test_node_image as node_tests
 from tests.image import conftest as image_tests
 from tests.image.conftest import TEST_IMAGES, kubernetes_local_dir, seed_files
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+# ~40 min under TCG (a Packer build VM running the bake steps, then a boot): kvm_only
+pytestmark = [pytest.mark.slow, pytest.mark.kvm_only, pytest.mark.timeout(3600)]
 
 # Checks of test_node_image.py that boot a second VM or reboot: diskimage-builder image only.
 NOT_HERE = {"test_bios_boot_reaches_the_same_state", "test_var_survives_a_reboot"}
