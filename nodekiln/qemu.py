@@ -159,8 +159,14 @@ class VM:
         raise BootError(self._why("no SSH in time", last))
 
     def wait_cloud_init(self, deadline: float) -> str:
-        left = max(5.0, deadline - time.monotonic())
-        code, out = self.ssh("cloud-init status --wait --long", timeout=left)
+        while True:
+            left = max(5.0, deadline - time.monotonic())
+            code, out = self.ssh("cloud-init status --wait --long", timeout=left)
+            # 255: ssh itself failed -- cloud-init restarts sshd on first boot, resetting the
+            # connection right after SSH first answered; ask again while time is left
+            if code != 255 or time.monotonic() >= deadline:
+                break
+            time.sleep(3)
         if code not in (0, 2):  # 2: done with recoverable errors (deprecations)
             raise BootError(self._why(f"cloud-init status exit {code}", out))
         return out
