@@ -123,8 +123,17 @@ def test_boot_services_are_trimmed(host):
     assert host.package("chrony").is_installed and host.service("chrony").is_running
     assert host.run("systemctl is-enabled apt-daily.timer").stdout.strip() == "masked"
     assert not host.package("unattended-upgrades").is_installed
-    failed = host.check_output("systemctl --failed --no-legend --plain")
-    assert failed.strip() == "", failed
+    failed = host.check_output("systemctl --failed --no-legend --plain").strip().splitlines()
+    if not host.exists("kubeadm"):
+        # The test image bakes kubectl and helm only (no kubeadm can be had here): the site's
+        # first-boot unit applies the firewall, then must stop and say why -- that one failure
+        # is expected, and its reason is checked.
+        bootstrap = [line for line in failed if line.startswith("nodekiln-bootstrap.service")]
+        assert bootstrap, "nodekiln-bootstrap.service should fail without kubeadm"
+        journal = host.check_output("sudo journalctl -b -u nodekiln-bootstrap.service --no-pager")
+        assert "kubeadm is not in this image" in journal, journal[-2000:]
+        failed = [line for line in failed if line not in bootstrap]
+    assert failed == [], failed
     datasources = host.file("/etc/cloud/cloud.cfg.d/90-nodekiln.cfg").content_string
     assert "NoCloud" in datasources and "ConfigDrive" in datasources and "OpenStack" in datasources
 
