@@ -78,16 +78,24 @@ def kubeconfig(c, site=None, out=None, days=365):
         "out": "artifact folder (default: build/images)",
         "kubernetes_source": "override the recipe: upstream, none or local:DIR",
         "format": "output format, repeatable: qcow2, raw (default: the recipe's)",
+        "builder": "dib (default), packer-qemu or packer-openstack",
     },
     iterable=["format"],
 )
 @handled
-def build_image(c, site=None, out=None, kubernetes_source=None, format=None):
+def build_image(c, site=None, out=None, kubernetes_source=None, format=None, builder="dib"):
     """Bake the site's immutable node image; prints its path last."""
     from nodekiln.images.build import build_image as build
+    from nodekiln.images.packer_build import BUILDERS, build_image_packer
 
+    if builder != "dib" and builder not in BUILDERS:
+        raise Exit(f"error: --builder {builder}: expected dib, {', '.join(BUILDERS)}", code=2)
     loaded = _site(site)
-    result = build(loaded, Path(out) if out else Path("build/images"), kubernetes_source, format or None)
+    target = Path(out) if out else Path("build/images")
+    if builder == "dib":
+        result = build(loaded, target, kubernetes_source, format or None)
+    else:
+        result = build_image_packer(loaded, builder, target, kubernetes_source, format or None)
     state = "cache hit: inputs unchanged" if result.cache_hit else f"built in {result.seconds:.0f} s"
     console.print(f"{state}; manifest {result.manifest_path}")
     print(result.image)
