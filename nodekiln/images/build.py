@@ -14,7 +14,6 @@ files (disk.py): no loop device or mount exists to leak.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import platform
@@ -250,12 +249,7 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
             artifacts[fmt] = plan.artifact(fmt)
 
     seconds = time.monotonic() - started
-    full = manifest.full_manifest(inside, stages=stages, artifacts=entries,
-                                  built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                  seconds=seconds)
-    tmp = plan.manifest_path.with_name(f".{plan.manifest_path.name}.partial")
-    tmp.write_text(manifest.dumps(full))
-    tmp.replace(plan.manifest_path)
+    full = manifest.write_beside(plan.manifest_path, inside, stages=stages, artifacts=entries, seconds=seconds)
     _print_time_report(console, stages, times.steps, seconds)
     return BuildResult(plan.site, plan.input_hash, artifacts, plan.manifest_path, full, False, seconds,
                        plan.log, stages)

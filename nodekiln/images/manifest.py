@@ -13,6 +13,7 @@ inside manifest has the same value in the one beside it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -150,3 +151,15 @@ def dumps(manifest: dict[str, Any]) -> str:
 def agree(inside: dict[str, Any], beside: dict[str, Any]) -> list[str]:
     """Keys of the inside manifest whose value differs in (or is missing from) the one beside."""
     return sorted(k for k, v in inside.items() if beside.get(k) != v)
+
+
+def write_beside(path: Path, inside: dict[str, Any], *, stages: list[dict[str, Any]],
+                 artifacts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Write the full manifest next to the artifacts (temp name, then rename); return it."""
+    full = full_manifest(inside, stages=stages, artifacts=artifacts,
+                         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                         seconds=seconds)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(dumps(full))
+    tmp.replace(path)
+    return full

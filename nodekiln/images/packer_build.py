@@ -13,7 +13,6 @@ Same bake steps, same disk, same manifest as the diskimage-builder backend:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -405,12 +404,7 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
         artifacts[fmt] = plan.artifact(fmt)
 
     seconds = time.monotonic() - started
-    full = manifest.full_manifest(inside, stages=stages, artifacts=entries,
-                                  built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                  seconds=seconds)
-    tmp = plan.manifest_path.with_name(f".{plan.manifest_path.name}.partial")
-    tmp.write_text(manifest.dumps(full))
-    tmp.replace(plan.manifest_path)
+    full = manifest.write_beside(plan.manifest_path, inside, stages=stages, artifacts=entries, seconds=seconds)
     console.print(f"{builder}: built {', '.join(p.name for p in artifacts.values())} in {seconds:.0f} s")
     for s in stages:
         console.print(f"  {s['seconds']:7.1f} s  {s['name']}")
