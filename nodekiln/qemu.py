@@ -161,12 +161,15 @@ class VM:
     def wait_cloud_init(self, deadline: float) -> str:
         while True:
             left = max(5.0, deadline - time.monotonic())
-            code, out = self.ssh("cloud-init status --wait --long", timeout=left)
-            # 255: ssh itself failed -- cloud-init restarts sshd on first boot, resetting the
-            # connection right after SSH first answered; ask again while time is left
-            if code != 255 or time.monotonic() >= deadline:
+            try:
+                code, out = self.ssh("cloud-init status --wait --long", timeout=left)
                 break
-            time.sleep(3)
+            except Exception as exc:  # noqa: BLE001 - paramiko raises several kinds
+                # cloud-init restarts sshd on first boot (users, host keys): the connection is
+                # reset right after SSH first answered; ask again while time is left
+                if time.monotonic() >= deadline or not self.alive():
+                    raise BootError(self._why("SSH kept failing while waiting for cloud-init", f"{type(exc).__name__}: {exc}")) from None
+                time.sleep(3)
         if code not in (0, 2):  # 2: done with recoverable errors (deprecations)
             raise BootError(self._why(f"cloud-init status exit {code}", out))
         return out
