@@ -61,13 +61,7 @@ class Helm:
         return self.run(["version", "--short"], on_line=None).output.strip()
 
     def template(self, name: str, chart: str, namespace: str, values: Sequence[Path], *, version: str | None = None, repo: str | None = None, output_dir: Path | None = None) -> str:
-        args = ["template", name, chart, "--namespace", namespace]
-        if repo and not repo.startswith("oci://"):
-            args += ["--repo", repo]
-        if version and repo:
-            args += ["--version", version]
-        for file in values:
-            args += ["--values", str(file)]
+        args = ["template", name, chart, "--namespace", namespace, *_chart_args(values, version, repo)]
         if output_dir is not None:
             args += ["--output-dir", str(output_dir)]
         return self.run(args, on_line=None).output
@@ -111,13 +105,8 @@ class Helm:
         return data or {}
 
     def upgrade(self, name: str, chart: str, namespace: str, values: Sequence[Path], *, version: str | None, repo: str | None, timeout: str) -> run.Result:
-        args = ["upgrade", "--install", name, chart, "--namespace", namespace, "--create-namespace"]
-        if repo and not repo.startswith("oci://"):
-            args += ["--repo", repo]
-        if version and repo:
-            args += ["--version", version]
-        for file in values:
-            args += ["--values", str(file)]
+        args = ["upgrade", "--install", name, chart, "--namespace", namespace, "--create-namespace",
+                *_chart_args(values, version, repo)]
         args += ["--wait", "--atomic", "--timeout", timeout, *self._cluster()]
         return self.run(args)
 
@@ -126,3 +115,15 @@ class Helm:
             raise MissingToolError("kubectl", INSTALL_HINT)
         cluster = ["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else []
         return run.run([self.kubectl, *cluster, "--namespace", namespace, *args], log=self.log, on_line=self.on_line)
+
+
+def _chart_args(values: Sequence[Path], version: str | None, repo: str | None) -> list[str]:
+    """Where the chart comes from and its values files, as `template` and `upgrade` take them."""
+    args: list[str] = []
+    if repo and not repo.startswith("oci://"):
+        args += ["--repo", repo]
+    if version and repo:
+        args += ["--version", version]
+    for file in values:
+        args += ["--values", str(file)]
+    return args
