@@ -145,6 +145,23 @@ def cached(plan: Plan) -> BuildResult | None:
                        stages=data.get("stages", []))
 
 
+def report_cache_hit(plan, started: float, console: Console) -> BuildResult | None:
+    """The finished build of `plan`'s inputs, if one exists (and say so), else None."""
+    hit = cached(plan)
+    if hit is not None:
+        hit.seconds = time.monotonic() - started
+        console.print(f"cache hit: {plan.stem} (inputs unchanged), nothing to do")
+    return hit
+
+
+def start_build(plan) -> Path:
+    """Make the output folder, start a fresh build log; returns this build's work folder."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    plan.log.parent.mkdir(parents=True, exist_ok=True)
+    plan.log.write_text("")
+    return plan.out_dir / f".work-{plan.stem}-{os.getpid()}"
+
+
 def build_image(
     site: SiteLike,
     out_dir: Path = DEFAULT_OUT,
@@ -159,20 +176,15 @@ def build_image(
     started = time.monotonic()
     console = console or Console(stderr=True)
     plan = plan_build(site, out_dir, kubernetes_source_override, formats)
-    hit = cached(plan)
+    hit = report_cache_hit(plan, started, console)
     if hit is not None:
-        hit.seconds = time.monotonic() - started
-        console.print(f"cache hit: {plan.stem} (inputs unchanged), nothing to do")
         return hit
 
     preflight.ensure_host_tools(install=install_tools)
     if check_sources:
         preflight.check_sources(plan.recipe, plan.kubernetes_version, plan.site_dir)
 
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    plan.log.parent.mkdir(parents=True, exist_ok=True)
-    plan.log.write_text("")
-    work = plan.out_dir / f".work-{plan.stem}-{os.getpid()}"
+    work = start_build(plan)
     with _stop_on_sigterm(), _cleanup(work, plan):
         return _build(plan, work, console, started)
 

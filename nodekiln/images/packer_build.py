@@ -26,7 +26,8 @@ from rich.console import Console
 from nodekiln.errors import NodekilnError
 from nodekiln.images import dib, disk, manifest, packer, preflight
 from nodekiln.images.build import (DEFAULT_OUT, GIB, BuildResult, Plan, _cleanup, _source_report,
-                                   _stop_on_sigterm, cached, resolve_recipe, tool_versions)
+                                   _stop_on_sigterm, report_cache_hit, resolve_recipe, start_build,
+                                   tool_versions)
 from nodekiln.images.packer_base import build_base_image
 from nodekiln.images.recipe import ImageRecipe
 from nodekiln.run import output, run
@@ -288,18 +289,13 @@ def build_image_packer(
         base_image = resolve_base_image(site, site.image, Path(out_dir), base_image, console)
         pre_stages.append({"name": "base image", "seconds": round(time.monotonic() - t, 1)})
     plan = plan_packer_build(site, builder, out_dir, kubernetes_source_override, formats, base_image)
-    hit = cached(plan)
+    hit = report_cache_hit(plan, started, console)
     if hit is not None:
-        hit.seconds = time.monotonic() - started
-        console.print(f"cache hit: {plan.stem} (inputs unchanged), nothing to do")
         return hit
     if check_sources:
         preflight.check_sources(plan.recipe, plan.kubernetes_version, plan.site_dir)
 
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    plan.log.parent.mkdir(parents=True, exist_ok=True)
-    plan.log.write_text("")
-    work = plan.out_dir / f".work-{plan.stem}-{os.getpid()}"
+    work = start_build(plan)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     if keep_work:
