@@ -16,6 +16,16 @@ set +a
 export NODEKILN_STAGE=$stage
 export DEBIAN_FRONTEND=noninteractive
 
+# Installing systemd-resolved points /etc/resolv.conf at its stub file, which does not exist in
+# a build chroot: steps that download (upstream Kubernetes, extra packages, the kernel) resolve
+# through the build host's servers (saved in the stage), and the link is put back at the end.
+if [ -L /etc/resolv.conf ] && [ ! -e /etc/resolv.conf ] && [ -s "$stage/resolv.conf" ]; then
+    link=$(readlink /etc/resolv.conf)
+    rm -f /etc/resolv.conf
+    cp "$stage/resolv.conf" /etc/resolv.conf
+    trap 'rm -f /etc/resolv.conf; ln -s "$link" /etc/resolv.conf' EXIT
+fi
+
 for step in "$stage"/steps/[0-9][0-9]-*.sh; do
     name=$(basename "$step" .sh)
     echo "NODEKILN-STEP-BEGIN $name"

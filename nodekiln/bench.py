@@ -23,6 +23,7 @@ class Figure:
     value: float
     unit: str
     goal: str  # e.g. "<= 1" — the README states where it comes from
+    detail: str = ""  # what the number includes, where the time went
 
     @property
     def met(self) -> bool | None:

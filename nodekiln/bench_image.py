@@ -23,7 +23,7 @@ EXAMPLE = REPO / "sites" / "example" / "site.yaml"
 
 
 def _figure(raw: dict) -> Figure:
-    return Figure(raw["name"], raw["value"], raw["unit"], f"<= {raw['goal']}")
+    return Figure(raw["name"], raw["value"], raw["unit"], f"<= {raw['goal']}", raw.get("detail", ""))
 
 
 def _local_source() -> str:

@@ -36,8 +36,8 @@ def handled(fn: F) -> F:
 
 
 def figures_table(figures) -> Table:
-    table = Table("figure", "value", "unit", "goal", "met")
+    table = Table("figure", "value", "unit", "goal", "met", "detail")
     for f in figures:
         met = {True: "yes", False: "NO", None: "-"}[f.met]
-        table.add_row(f.name, f"{f.value:g}", f.unit, f.goal, met)
+        table.add_row(f.name, f"{f.value:g}", f.unit, f.goal, met, f.detail)
     return table

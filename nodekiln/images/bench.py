@@ -37,7 +37,9 @@ def image_cold_build_s(site: SiteLike, out_dir: Path | None = None,
     result = build_image(site, out, kubernetes_source_override=kubernetes_source_override)
     seconds = time.monotonic() - started
     where = ", ".join(f"{s['name']} {s['seconds']} s" for s in result.stages)
-    return _figure("image_cold_build_s", seconds, "s", f"stages: {where}"), result
+    hooks = next((s["slowestHooks"] for s in result.stages if s.get("slowestHooks")), [])
+    inside = ", ".join(f"{h['name']} {h['seconds']} s" for h in hooks)
+    return _figure("image_cold_build_s", seconds, "s", f"stages: {where}; slowest DIB hooks: {inside}"), result
 
 
 def image_cache_hit_s(site: SiteLike, out_dir: Path, kubernetes_source_override: str | None = None) -> dict[str, Any]:

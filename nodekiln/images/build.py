@@ -100,7 +100,7 @@ class Plan:
 
 
 def resolve_recipe(site: SiteLike, kubernetes_source_override: str | None,
-                   formats: list[str] | tuple[str, ...] | None) -> ImageRecipe:
+                   formats: list[str] | tuple[str, ...] | None, kernel: str | None = None) -> ImageRecipe:
     """The site's recipe with command-line overrides applied (validated like the site file).
 
     A `local:DIR` given on the command line is relative to the current directory; one in
@@ -114,12 +114,14 @@ def resolve_recipe(site: SiteLike, kubernetes_source_override: str | None,
         data["kubernetesSource"] = source
     if formats:
         data["formats"] = list(dict.fromkeys(formats))
+    if kernel:
+        data["kernel"] = kernel
     return ImageRecipe.model_validate(data)
 
 
 def plan_build(site: SiteLike, out_dir: Path = DEFAULT_OUT, kubernetes_source_override: str | None = None,
-               formats: list[str] | tuple[str, ...] | None = None) -> Plan:
-    recipe = resolve_recipe(site, kubernetes_source_override, formats)
+               formats: list[str] | tuple[str, ...] | None = None, kernel: str | None = None) -> Plan:
+    recipe = resolve_recipe(site, kubernetes_source_override, formats, kernel)
     version = site.kubernetes.version
     data = manifest.inputs(recipe, version, site.directory)
     return Plan(site.name, recipe, version, site.directory, data, manifest.input_hash(data),
@@ -192,6 +194,7 @@ def build_image(
 def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildResult:
     stages: list[dict[str, Any]] = []
     times = dib.StepTimes()
+    hooks = dib.HookTimes()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
 
@@ -213,6 +216,7 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
 
         with stage("diskimage-builder: root tree") as task:
             def on_line(line: str) -> None:
+                hooks.feed(line, time.monotonic())
                 step = times.feed(line)
                 if step is not None:
                     progress.update(task, description=f"diskimage-builder: bake step {step}")
@@ -221,6 +225,7 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
                     progress.update(task, description=f"diskimage-builder: {hook[:60]}")
 
             tar = dib.build_tree(plan.recipe, stage_dir, work, plan.log, on_line=on_line)
+        stages[-1]["slowestHooks"] = hooks.slowest()
         with stage("unpack root tree"):
             tree = work / "tree"
             dib.extract_tree(tar, tree)
@@ -274,10 +279,13 @@ def _source_report(tree: Path) -> str:
 
 def _print_time_report(console: Console, stages: list[dict[str, Any]], steps: list[dict[str, Any]],
                        seconds: float) -> None:
-    """Where the time went: each stage, and the slowest bake steps inside DIB."""
+    """Where the time went: each stage, DIB's slowest hooks, and the slowest bake steps."""
     console.print(f"built in {seconds:.0f} s:")
     for s in stages:
         console.print(f"  {s['seconds']:7.1f} s  {s['name']}")
+        if s.get("slowestHooks"):
+            console.print("             slowest hooks: " +
+                          ", ".join(f"{h['name']} {h['seconds']} s" for h in s["slowestHooks"]))
     slow = sorted(steps, key=lambda s: -float(s["seconds"]))[:5]
     if slow:
         console.print("  bake steps (inside diskimage-builder): " +

@@ -65,6 +65,32 @@ class StepTimes:
         return None
 
 
+@dataclass
+class HookTimes:
+    """How long each diskimage-builder hook ran (debootstrap, package installs, the bake steps,
+    ...), timed as DIB's `dib-run-parts` lines arrive: where a build's time goes."""
+
+    hooks: dict[str, float] = field(default_factory=dict)
+    current: tuple[str, float] | None = None
+
+    def feed(self, line: str, now: float) -> None:
+        text = line.split("| ", 1)[-1].strip()
+        if not text.startswith("dib-run-parts "):
+            return
+        if self.current is not None:
+            name, since = self.current
+            self.hooks[name] = self.hooks.get(name, 0.0) + now - since
+            self.current = None
+        if text.startswith("dib-run-parts Running "):
+            path = text[len("dib-run-parts Running "):].strip()
+            phase, _, hook = path.rpartition("/")
+            self.current = (f"{phase.rsplit('/', 1)[-1]}/{hook}", now)
+
+    def slowest(self, n: int = 6) -> list[dict[str, object]]:
+        ranked = sorted(self.hooks.items(), key=lambda kv: -kv[1])[:n]
+        return [{"name": name, "seconds": round(sec, 1)} for name, sec in ranked]
+
+
 def write_stage(stage: Path, recipe: ImageRecipe, kubernetes_version: str, site_dir: Path,
                 images_dir: Path = IMAGES_DIR,
                 in_target: Path = Path("/tmp/in_target.d/nodekiln-stage")) -> None:
@@ -86,11 +112,15 @@ def write_stage(stage: Path, recipe: ImageRecipe, kubernetes_version: str, site_
         "NODEKILN_KUBERNETES_SOURCE_DIR": str(in_chroot / "local") if kind == "local" else "",
         "NODEKILN_SANDBOX_IMAGE": recipe.containerd.sandboxImage,
         "NODEKILN_CONTAINERD_VERSION": recipe.containerd.version,
+        "NODEKILN_KERNEL": recipe.kernel,
         "NODEKILN_EXTRA_PACKAGES": " ".join(recipe.extraPackages),
         "NODEKILN_ROOT_LABEL": disk.ROOT_LABEL,
         "NODEKILN_DATA_LABEL": disk.DATA_LABEL,
     }
     (stage / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+    resolver = build_host_resolver()
+    if resolver:
+        (stage / "resolv.conf").write_text(resolver)
     local = recipe.local_source_dir(site_dir)
     if local is not None:
         if not local.is_dir():
@@ -101,6 +131,23 @@ def write_stage(stage: Path, recipe: ImageRecipe, kubernetes_version: str, site_
         images.mkdir(parents=True, exist_ok=True)
         for item in recipe.preloadImages:
             shutil.copy2(site_dir / item, images / Path(item).name)
+
+
+def build_host_resolver(candidates: tuple[Path, ...] = (Path("/etc/resolv.conf"),
+                                                         Path("/run/systemd/resolve/resolv.conf"))) -> str:
+    """The build host's DNS servers, for bake steps that download (run-steps.sh uses it while
+    the image's own /etc/resolv.conf points at systemd-resolved's stub, absent in a chroot).
+    A loopback stub (127.0.0.53) is useless inside the chroot: then the upstream servers."""
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        servers = [line.split()[1] for line in text.splitlines()
+                   if line.startswith("nameserver") and len(line.split()) > 1]
+        if servers and not all(s.startswith("127.") for s in servers):
+            return text
+    return ""
 
 
 def dib_environment(recipe: ImageRecipe, stage: Path, tmp_dir: Path, images_dir: Path = IMAGES_DIR) -> dict[str, str]:
@@ -117,6 +164,8 @@ def dib_environment(recipe: ImageRecipe, stage: Path, tmp_dir: Path, images_dir:
         # (~20 s each); steps/90-finish.sh builds the only one needed, after all changes.
         "INITRD": "No",
     }
+    if recipe.distribution == "ubuntu":
+        env["DIB_UBUNTU_KERNEL"] = "linux-image-virtual" if recipe.kernel == "cloud" else "linux-image-generic"
     if recipe.distribution == "debian":
         env["DIB_DEBIAN_SECURITY_MIRROR"] = security
         env["DIB_APT_SOURCES_CONF"] = (

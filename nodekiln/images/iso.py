@@ -39,6 +39,7 @@ ASSETS = mf.IMAGES_DIR / "iso"
 BOOT_SCRIPT = "nodekiln"  # initramfs-tools sources /scripts/$BOOT: kernel argument boot=nodekiln
 BOOT_LIB = "nodekiln-lib"
 SQUASHFS = "nodekiln/root.squashfs"
+ISO_KERNEL = "generic"  # the partner's hardware needs every driver, whatever the recipe's VM kernel
 SQUASHFS_ARGS = ["-comp", "zstd", "-Xcompression-level", "6", "-b", "256K"]
 # Directories systemd needs in / before it mounts anything; their content is never packed.
 API_DIRS = {"proc": 0o555, "sys": 0o555, "dev": 0o755, "run": 0o755, "tmp": 0o1777}
@@ -462,7 +463,8 @@ def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = N
     from nodekiln.images.build import plan_build
 
     started = time.monotonic()
-    plan = plan_build(site, out_dir, kubernetes_source)  # the disk image's recipe and inputs
+    # The disk image's recipe and inputs, with the generic kernel: the ISO boots on hardware.
+    plan = plan_build(site, out_dir, kubernetes_source, kernel=ISO_KERNEL)
     recipe = plan.recipe
     image_inputs = plan.inputs
     seeds = {name: node.files() for name, node in render_site(site, secrets).items()}

@@ -52,6 +52,24 @@ def test_kernel_modules_and_sysctls(host):
         assert host.check_output(f"cat /proc/sys/{key.replace('.', '/')}") == value, key
 
 
+def test_one_kernel_of_the_recipe_flavour_and_extra_packages(host, node_image):
+    recipe = json.loads(node_image.manifest.read_text())["inputs"]["recipe"]
+    release = host.check_output("uname -r")
+    assert release.endswith("-cloud-amd64") == (recipe["kernel"] == "cloud"), release
+    assert [f for f in host.check_output("ls /boot").split() if f.startswith("vmlinuz-")] == [f"vmlinuz-{release}"]
+    if node_image.result is not None:  # the example site's own image lists some
+        assert recipe["extraPackages"]
+    for pkg in recipe["extraPackages"]:
+        assert host.package(pkg).is_installed, pkg
+
+
+def test_dns_goes_through_systemd_resolved(host):
+    """The bake steps borrow the build host's resolver; the image keeps resolved's stub."""
+    resolv = host.file("/etc/resolv.conf")
+    assert resolv.is_symlink and resolv.linked_to.endswith("/stub-resolv.conf")
+    assert "nameserver 127.0.0.53" in resolv.content_string
+
+
 def test_swap_is_off(host):
     assert host.check_output("cat /proc/swaps").strip().splitlines()[1:] == []
 

@@ -13,10 +13,15 @@ from nodekiln.images import iso
 from nodekiln.images.appliance import Appliance, DataDisk
 from nodekiln.run import output, run
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(t) is None for t in ("xorriso", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "unsquashfs")),
-    reason="xorriso, squashfs-tools, grub-common, dosfstools, mtools are needed",
-)
+TOOLS = ("xorriso", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "unsquashfs")
+
+
+@pytest.fixture(autouse=True)
+def _iso_tools() -> None:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: apt-get install -y xorriso squashfs-tools grub-common "
+                    "dosfstools mtools", pytrace=False)
 
 VERSION = "6.1.0-99-amd64"
 

@@ -24,7 +24,7 @@ def test_bench_only_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "validate_1000_nodes_s" in result.stdout and "goal" in result.stdout
     [figure] = json.loads(target.read_text())
-    assert set(figure) == {"name", "value", "unit", "goal"}
+    assert set(figure) == {"name", "value", "unit", "goal", "detail"}
     assert figure["name"] == "validate_1000_nodes_s" and figure["unit"] == "s" and figure["value"] > 0
 
 

@@ -270,8 +270,9 @@ def test_steps_are_ordered_documented_and_strict():
 def test_package_installs_mirrors_the_steps():
     declared: set[str] = set()
     for step in STEPS:
-        for line in re.findall(r"^\s*nk_packages (.+)$", step.read_text(), re.M):
-            declared.update(line.split())
+        for line in re.findall(r"^\s*(?:\[.*\] \|\| )?nk_packages (.+)$", step.read_text(), re.M):
+            # "$want", $NODEKILN_EXTRA_PACKAGES: chosen by the recipe at bake time, not listable here.
+            declared.update(w for w in line.split() if not w.lstrip('"').startswith("$"))
     element = IMAGES / "elements/nodekiln-node/package-installs.yaml"
     import yaml
 
@@ -322,3 +323,33 @@ def test_only_a_complete_tar_is_accepted(tmp_path):
     assert not dib._failed_only_at_image_path(log, cut)
     log.write_text("E: Unable to locate package containerd\n")
     assert not dib._failed_only_at_image_path(log, tar)
+
+
+def test_hook_times_say_where_a_dib_build_spends_its_time():
+    from nodekiln.images.dib import HookTimes
+
+    hooks = HookTimes()
+    lines = [
+        (0.0, "2026-11-26 03:10:19.125 | dib-run-parts Running /tmp/x/hooks/root.d/08-debootstrap"),
+        (1.0, "2026-11-26 03:10:20.000 | some debootstrap output"),
+        (28.0, "2026-11-26 03:10:47.163 | dib-run-parts Running /tmp/x/hooks/root.d/09-apt-keyring"),
+        (28.5, "dib-run-parts Target: root.d"),
+        (30.0, "dib-run-parts Running /tmp/in_target.d/install.d/60-nodekiln-steps"),
+        (50.0, "dib-run-parts Target: install.d"),
+    ]
+    for now, line in lines:
+        hooks.feed(line, now)
+    assert hooks.slowest(2) == [{"name": "root.d/08-debootstrap", "seconds": 28.0},
+                                {"name": "install.d/60-nodekiln-steps", "seconds": 20.0}]
+    assert hooks.hooks["root.d/09-apt-keyring"] == 0.5
+
+
+def test_bake_steps_resolve_through_the_build_hosts_servers_not_a_loopback_stub(tmp_path):
+    from nodekiln.images.dib import build_host_resolver
+
+    stub, upstream = tmp_path / "stub", tmp_path / "upstream"
+    stub.write_text("nameserver 127.0.0.53\noptions edns0\n")
+    upstream.write_text("nameserver 10.255.255.53\n")
+    assert build_host_resolver((stub, upstream)) == "nameserver 10.255.255.53\n"
+    assert build_host_resolver((stub,)) == ""
+    assert build_host_resolver((tmp_path / "missing", upstream)) == "nameserver 10.255.255.53\n"
