@@ -6,7 +6,7 @@ set -euo pipefail
 
 # The base system comes with the generic kernel (Packer's base image may have either): install
 # the wanted flavour, then purge every other kernel so exactly one is left to boot. The cloud
-# kernel has a third of the generic one's modules: ~60 MB less image, a smaller initramfs.
+# kernel's modules take 89 MB instead of 226 MB: ~50 MB less image, an initramfs half the size.
 . /etc/os-release
 arch=$(dpkg --print-architecture)
 case "$ID:${NODEKILN_KERNEL:-generic}" in

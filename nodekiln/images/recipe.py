@@ -68,7 +68,7 @@ class ImageRecipe(Strict):
     kernel: Literal["cloud", "generic"] = Field(
         default="cloud",
         description="cloud: the distribution's kernel for virtual machines (virtio, Xen, Hyper-V, ENA, "
-                    "NVMe; a third of the generic kernel's modules: smaller image, faster boot); generic: "
+                    "NVMe; 40 % of the generic kernel's modules: smaller image, faster boot); generic: "
                     "every hardware driver, for disks written to bare metal (build-iso always uses it)",
     )
     extraPackages: list[str] = Field(default_factory=list)

@@ -26,6 +26,7 @@ import pytest
 
 from nodekiln import qemu
 from nodekiln.images.build import BuildResult, build_image
+from .oci_archive import PRELOAD_IMAGE, write_oci_archive
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "sites" / "example" / "site.yaml"
@@ -34,7 +35,8 @@ TOOLS = REPO / "build" / "tools"
 
 
 def kubernetes_local_dir() -> Path:
-    """A directory of real Kubernetes client binaries (kubectl, helm) for `local:DIR`."""
+    """A directory of real Kubernetes client binaries (kubectl, helm) and an OCI image archive
+    to preload, for `local:DIR`."""
     bindir = TOOLS / "bin"
     if not ((bindir / "kubectl").exists() and (bindir / "helm").exists()):
         fetch = REPO / "addons" / "tools" / "fetch-helm.sh"
@@ -47,6 +49,7 @@ def kubernetes_local_dir() -> Path:
         target = local / name
         if not target.exists() or target.stat().st_size != (bindir / name).stat().st_size:
             shutil.copy2(bindir / name, target)
+    write_oci_archive(local / "preload-test.oci.tar", PRELOAD_IMAGE)
     return local
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from nodekiln.images import manifest as manifest_mod
 
+from .oci_archive import PRELOAD_IMAGE
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
@@ -172,6 +174,14 @@ def test_local_source_binaries_present_and_run(host, node_image):
     assert host.check_output("helm version --short").startswith("v3.")
     report = host.file("/usr/share/nodekiln/kubernetes-source.txt").content_string
     assert "missing: kubeadm kubelet crictl" in report  # what the npm layer does not provide
+
+
+def test_local_source_image_archives_are_imported_into_containerd(host, node_image):
+    if not node_image.local_binaries:
+        pytest.skip("image built elsewhere: its local source is unknown")
+    assert host.file("/usr/share/nodekiln/images/preload-test.oci.tar").exists
+    assert host.file("/var/lib/nodekiln/images-imported").exists
+    assert PRELOAD_IMAGE in host.check_output("sudo ctr -n k8s.io images ls -q").split()
 
 
 def test_var_survives_a_reboot(uefi_vm, host):
