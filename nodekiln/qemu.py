@@ -244,6 +244,68 @@ def network_config(address: str, cidr: str, gateway: str, dns: list[str]) -> str
     )
 
 
+def machine_args(*, memory_mib: int, cpus: int | None, console: Path) -> list[str]:
+    """qemu with the accelerator, memory, cores, and the serial console to a file."""
+    return ["qemu-system-x86_64", *accel_args(), "-m", str(memory_mib), "-smp", str(cpus or os.cpu_count() or 2),
+            "-display", "none", "-nodefaults", "-serial", f"file:{console}", "-monitor", "none"]
+
+
+def network_args(*, cidr: str, gateway: str, address: str, port: int, mac: str | None = None) -> list[str]:
+    """User-mode networking on the site's own subnet; SSH to `address` forwarded from `port`."""
+    net = ipaddress.ip_network(cidr)
+    return ["-netdev", f"user,id=n0,net={net},host={gateway},hostfwd=tcp:127.0.0.1:{port}-{address}:22",
+            "-device", "virtio-net-pci,netdev=n0" + (f",mac={mac}" if mac else ""),
+            "-device", "virtio-rng-pci"]
+
+
+def firmware_args(firmware: str, work: Path) -> list[str]:
+    """uefi: q35 + OVMF (a private copy of the variable store); bios: the i440fx `pc` machine
+    and SeaBIOS, what most OpenStack clouds default to."""
+    if firmware == "uefi":
+        vars_copy = work / "OVMF_VARS.fd"
+        shutil.copy(OVMF_VARS, vars_copy)
+        return ["-machine", "q35",
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+    if firmware == "bios":
+        return ["-machine", "pc"]
+    raise ValueError("firmware must be uefi or bios")
+
+
+@contextlib.contextmanager
+def vm_workdir(prefix: str, parent: Path | None = None) -> Iterator[Path]:
+    """A folder for one VM's files, removed afterwards (kept with NODEKILN_KEEP_VM=1)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield work
+    finally:
+        if os.environ.get("NODEKILN_KEEP_VM"):
+            print(f"kept VM files in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def launch(argv: list[str], work: Path, console: Path, *, port: int, user: str, key: Path, address: str,
+           firmware: str, timeout: float, wait_ssh: bool = True, wait_cloud_init: bool = True) -> Iterator[VM]:
+    """Start qemu; yield the VM once SSH (and cloud-init) answer, or at once with wait_ssh=False.
+    qemu is always stopped."""
+    started = time.monotonic()
+    proc = spawn(argv, log=work / "qemu.log")
+    try:
+        vm = VM(proc, work, console, port, user, key, address, firmware, started)
+        deadline = started + timeout
+        if wait_ssh:
+            vm.wait_ssh(deadline)
+            vm.timings["ssh_s"] = round(time.monotonic() - started, 1)
+            if wait_cloud_init:
+                vm.wait_cloud_init(deadline)
+                vm.timings["cloud_init_s"] = round(time.monotonic() - started, 1)
+        yield vm
+    finally:
+        stop(proc)
+
+
 @contextlib.contextmanager
 def boot(
     image: Path,
@@ -265,57 +327,30 @@ def boot(
     """Boot `image` copy-on-write with a NoCloud seed; yield the VM once SSH and cloud-init are
     done. The VM is always killed and its files removed, whatever happens.
 
-    firmware: "uefi" (q35 + OVMF) or "bios" (the i440fx `pc` machine and SeaBIOS, what most
-    OpenStack clouds default to).
+    firmware: "uefi" (q35 + OVMF) or "bios" (SeaBIOS on the `pc` machine).
     """
     if firmware not in ("uefi", "bios"):
         raise ValueError("firmware must be uefi or bios")
-    work = Path(tempfile.mkdtemp(prefix="nodekiln-vm-", dir=workdir))
-    proc = None
-    try:
+    with vm_workdir("nodekiln-vm-", workdir) as work:
         overlay = work / "disk.qcow2"
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image.resolve(), "-F", _format(image),
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image.resolve(), "-F", disk_format(image),
              overlay, *([f"{disk_gib}G"] if disk_gib else [])])
         seed = write_seed_iso(work / "seed.iso", seed_files)
         port = free_port()
         console = work / "console.log"
-        net = ipaddress.ip_network(cidr)
         argv = [
-            "qemu-system-x86_64", *accel_args(), "-m", str(memory_mib), "-smp", str(cpus or os.cpu_count() or 2),
-            "-display", "none", "-nodefaults", "-serial", f"file:{console}", "-monitor", "none",
+            *machine_args(memory_mib=memory_mib, cpus=cpus, console=console),
             "-drive", f"file={overlay},if=virtio,format=qcow2,discard=unmap,cache=unsafe",
             "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
-            "-netdev", f"user,id=n0,net={net},host={gateway},hostfwd=tcp:127.0.0.1:{port}-{address}:22",
-            "-device", "virtio-net-pci,netdev=n0",
-            "-device", "virtio-rng-pci",
+            *network_args(cidr=cidr, gateway=gateway, address=address, port=port),
+            *firmware_args(firmware, work),
         ]
-        if firmware == "uefi":
-            vars_copy = work / "OVMF_VARS.fd"
-            shutil.copy(OVMF_VARS, vars_copy)
-            argv += ["-machine", "q35",
-                     "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                     "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
-        else:
-            argv += ["-machine", "pc"]
-        started = time.monotonic()
-        proc = spawn(argv, log=work / "qemu.log")
-        vm = VM(proc, work, console, port, user, key, address, firmware, started)
-        deadline = started + timeout
-        vm.wait_ssh(deadline)
-        vm.timings["ssh_s"] = round(time.monotonic() - started, 1)
-        if wait_cloud_init:
-            vm.wait_cloud_init(deadline)
-            vm.timings["cloud_init_s"] = round(time.monotonic() - started, 1)
-        yield vm
-    finally:
-        if proc is not None:
-            stop(proc)
-        if os.environ.get("NODEKILN_KEEP_VM"):
-            print(f"kept VM files in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        with launch(argv, work, console, port=port, user=user, key=key, address=address, firmware=firmware,
+                    timeout=timeout, wait_cloud_init=wait_cloud_init) as vm:
+            yield vm
 
 
-def _format(image: Path) -> str:
+def disk_format(image: Path) -> str:
+    """qcow2 or raw, from the file's magic (what qemu's -drive format= must say)."""
     with open(image, "rb") as f:
         return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"

@@ -756,33 +756,29 @@ def site_destroy(site: Site, *, conn: Connection | None = None, echo: Callable[[
             if group.name == names.server_group:
                 conn.compute.delete_server_group(group, ignore_missing=True)
                 deleted.append(f"server group {group.name}")
-    with about("floating IPs: deleting"):
-        for fip in conn.network.ips(tags=tag):
-            conn.network.delete_ip(fip, ignore_missing=True)
-            deleted.append(f"floating IP {fip.floating_ip_address}")
-    with about("ports: deleting"):
-        for port in conn.network.ports(tags=tag):
-            conn.network.delete_port(port, ignore_missing=True)
-            deleted.append(f"port {port.name}")
-    with about("routers: deleting"):
-        for router in conn.network.routers(tags=tag):
-            for port in conn.network.ports(device_id=router.id, device_owner="network:router_interface"):
-                for ip in port.fixed_ips:
-                    conn.network.remove_interface_from_router(router, subnet=ip["subnet_id"])
-            conn.network.delete_router(router, ignore_missing=True)
-            deleted.append(f"router {router.name}")
-    with about("security groups: deleting"):
-        for group in conn.network.security_groups(tags=tag):
-            conn.network.delete_security_group(group, ignore_missing=True)
-            deleted.append(f"security group {group.name}")
-    with about("subnets and networks: deleting"):
-        for subnet in conn.network.subnets(tags=tag):
-            conn.network.delete_subnet(subnet, ignore_missing=True)
-            deleted.append(f"subnet {subnet.name}")
-        for network in conn.network.networks(tags=tag):
-            conn.network.delete_network(network, ignore_missing=True)
-            deleted.append(f"network {network.name}")
+    for kind, listing, delete in _owned_kinds(conn):
+        with about(f"{kind}s: deleting"):
+            for resource in listing(tags=tag):
+                if kind == "router":  # its subnet interfaces first, or Neutron refuses
+                    for port in conn.network.ports(device_id=resource.id, device_owner="network:router_interface"):
+                        for ip in port.fixed_ips:
+                            conn.network.remove_interface_from_router(resource, subnet=ip["subnet_id"])
+                delete(resource, ignore_missing=True)
+                deleted.append(f"{kind} {_label(resource)}")
     return DestroyResult(deleted, counter.since(mark))
+
+
+def _owned_kinds(conn: Connection) -> list[tuple[str, Callable[..., Any], Callable[..., Any]]]:
+    """The Neutron resources a site owns (by tag): (kind, list, delete), in an order they can be deleted."""
+    net = conn.network
+    return [("floating IP", net.ips, net.delete_ip), ("port", net.ports, net.delete_port),
+            ("router", net.routers, net.delete_router),
+            ("security group", net.security_groups, net.delete_security_group),
+            ("subnet", net.subnets, net.delete_subnet), ("network", net.networks, net.delete_network)]
+
+
+def _label(resource: Any) -> str:
+    return getattr(resource, "floating_ip_address", None) or getattr(resource, "name", None) or resource.id
 
 
 def tagged_leftovers(conn: Connection, site: Site) -> list[str]:
@@ -790,9 +786,8 @@ def tagged_leftovers(conn: Connection, site: Site) -> list[str]:
     tag = Names(site).tag
     left = [f"server {s.name}" for s in conn.compute.servers(details=True) if (s.metadata or {}).get("nodekiln-site") == site.name]
     left += [f"server group {g.name}" for g in conn.compute.server_groups() if g.name == Names(site).server_group]
-    for kind, listing in (("network", conn.network.networks), ("subnet", conn.network.subnets), ("port", conn.network.ports),
-                          ("security group", conn.network.security_groups), ("router", conn.network.routers), ("floating IP", conn.network.ips)):
-        left += [f"{kind} {getattr(r, 'name', None) or r.id}" for r in listing(tags=tag)]
+    for kind, listing, _ in _owned_kinds(conn):
+        left += [f"{kind} {_label(r)}" for r in listing(tags=tag)]
     return left
 
 
