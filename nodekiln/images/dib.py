@@ -201,7 +201,7 @@ def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
     tar = out.with_suffix(".tar")
     if result.returncode == 0 or (result.returncode == 1 and _failed_only_at_image_path(log, tar)):
         return tar
-    raise ToolError(result.argv, result.returncode, _tail(log, 40), log)
+    raise ToolError(result.argv, result.returncode, failure_excerpt(_read(log)), log)
 
 
 def _failed_only_at_image_path(log: Path, tar: Path) -> bool:
@@ -231,11 +231,47 @@ def _tar_complete(tar: Path) -> bool:
         return False
 
 
-def _tail(log: Path, n: int) -> list[str]:
+def _read(log: Path) -> str:
     try:
-        return log.read_text(errors="replace").splitlines()[-n:]
+        return log.read_text(errors="replace")
     except OSError:
-        return []
+        return ""
+
+
+def _text(line: str) -> str:
+    """A log line without DIB's timestamp prefix and nodekiln's quoting."""
+    text = line.split("| ", 1)[-1].rstrip()
+    return text[2:] if text.startswith("> ") else text
+
+
+# Where DIB's clean-up starts after a failure: what follows is unmounting, not the cause.
+CLEANUP_MARKERS = ("trap_cleanup", "unmount_image", "Unmount ")
+
+
+def failure_excerpt(text: str, n: int = 25) -> list[str]:
+    """What to show when diskimage-builder fails: the output of the bake step that began and
+    never ended, else of the DIB hook that ran and never completed, without the -x trace and
+    DIB's clean-up (the tail of the log is only that)."""
+    lines = [_text(line) for line in text.splitlines()]
+    start, where = None, ""
+    for i, line in enumerate(lines):
+        if line.startswith(STEP_BEGIN):
+            start, where = i, f"bake step {line[len(STEP_BEGIN):].strip()}"
+        elif line.startswith(STEP_END):
+            start = None
+    if start is None:
+        for i, line in enumerate(lines):
+            if line.startswith("dib-run-parts Running "):
+                start, where = i, f"diskimage-builder hook {line.rsplit('/', 2)[-2]}/{line.rsplit('/', 1)[-1]}"
+            elif start is not None and line.startswith("dib-run-parts ") and line.endswith(" completed"):
+                start = None
+    region = lines[start + 1:] if start is not None else lines
+    for i, line in enumerate(region):
+        if any(marker in line for marker in CLEANUP_MARKERS):
+            region = region[:i]
+            break
+    shown = [line for line in region if line and not line.startswith(("+ ", "++ ", "+++ "))][-n:]
+    return ([f"{where} failed; its last lines:"] if where else []) + shown
 
 
 def extract_tree(tar: Path, tree: Path) -> None:

@@ -20,6 +20,8 @@ from nodekiln.openstack.userdata import render_user_data
 from nodekiln.secrets import SecretStore
 from nodekiln.site import load_site
 
+REPO = Path(__file__).resolve().parents[2]
+
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # openstacksdk 4.x deprecation notices
 
 
@@ -76,7 +78,8 @@ def test_interrupted_upload_is_cleaned_up_on_the_next_run(make_site, build_artif
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         f"upload_image(load_site({str(site.file)!r}), Path({str(image)!r}), Path({str(manifest)!r}), progress=False, on_bytes=on_bytes)\n"
     )
-    result = run.run([sys.executable, script], check=False)
+    # The script's own folder comes first on sys.path: point Python at this checkout.
+    result = run.run([sys.executable, script], check=False, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == -signal.SIGKILL, result.output
     name = image_name(__import__("json").loads(manifest.read_text())["inputHash"])
     left = list(user.image.images(name=name))

@@ -353,3 +353,43 @@ def test_bake_steps_resolve_through_the_build_hosts_servers_not_a_loopback_stub(
     assert build_host_resolver((stub, upstream)) == "nameserver 10.255.255.53\n"
     assert build_host_resolver((stub,)) == ""
     assert build_host_resolver((tmp_path / "missing", upstream)) == "nameserver 10.255.255.53\n"
+
+
+FAILED_STEP_LOG = """\
+2026-11-26 03:19:21.400 | dib-run-parts Running /tmp/in_target.d/install.d/60-nodekiln-steps
+2026-11-26 03:19:21.554 | NODEKILN-STEP-BEGIN 05-early
+2026-11-26 03:19:21.600 | NODEKILN-STEP-END 05-early 0.05
+2026-11-26 03:19:21.654 | NODEKILN-STEP-BEGIN 10-kernel
+2026-11-26 03:19:22.191 | Need to get 26.7 MB of archives.
+2026-11-26 03:19:29.195 | Err:1 http://deb.debian.org/debian-security bookworm-security/main amd64 linux-image-cloud-amd64
+2026-11-26 03:19:29.195 |   Temporary failure resolving 'deb.debian.org'
+2026-11-26 03:19:29.200 | E: Unable to fetch some archives, maybe run apt-get update or try with --fix-missing?
+2026-11-26 03:19:29.300 | + diskimage_builder/lib/img-functions:trap_cleanup:33   :   exitval=100
+2026-11-26 03:19:29.549 | Unmount /tmp/x/mnt/dev
+2026-11-26 03:19:29.781 | INFO diskimage_builder.block_device.blockdevice [-] State already cleaned
+"""
+
+
+def test_a_failed_build_shows_the_failing_steps_lines_not_dibs_cleanup():
+    from nodekiln.images.dib import failure_excerpt
+
+    shown = failure_excerpt(FAILED_STEP_LOG)
+    assert shown[0] == "bake step 10-kernel failed; its last lines:"
+    assert shown[-1].startswith("E: Unable to fetch some archives")
+    assert "  Temporary failure resolving 'deb.debian.org'" in shown
+    assert not any("Unmount" in line or "trap_cleanup" in line or "State already" in line for line in shown)
+
+
+def test_a_failed_dib_hook_is_named_when_no_bake_step_was_running():
+    from nodekiln.images.dib import failure_excerpt
+
+    log = (
+        "t | dib-run-parts Running /tmp/in_target.d/pre-install.d/03-baseline-tools\n"
+        "t | dib-run-parts 03-baseline-tools completed\n"
+        "t | dib-run-parts Running /tmp/in_target.d/install.d/01-package-installs\n"
+        "t | + apt-get install -y foo\n"
+        "t | E: Unable to locate package foo\n"
+        "t | + diskimage_builder/lib/img-functions:trap_cleanup:33 : exitval=1\n"
+    )
+    assert failure_excerpt(log) == ["diskimage-builder hook install.d/01-package-installs failed; its last lines:",
+                                    "E: Unable to locate package foo"]
