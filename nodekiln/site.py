@@ -114,6 +114,11 @@ class Ssh(Strict):
 
 class Firewall(Strict):
     sshFrom: list[IPv4Network] = Field(default_factory=lambda: [IPv4Network("0.0.0.0/0")])
+    apiFrom: list[IPv4Network] = Field(
+        default_factory=list,
+        description="networks besides the nodes and pods that may reach the Kubernetes API on the control planes "
+                    "(operators, CI runners, clients of openstack.floatingIP)",
+    )
     nodePorts: bool = Field(default=False, description="open 30000-32767 on workers")
     extraTCPPorts: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
 
@@ -328,6 +333,9 @@ def check_site(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
         for b in range(a + 1, len(keys)):
             if nets[keys[a]].overlaps(nets[keys[b]]):
                 found.append((keys[b], f"{nets[keys[b]]} overlaps {yamlsrc.dotted(keys[a])} {nets[keys[a]]}"))
+    if site.openstack is not None and site.openstack.floatingIP and not site.firewall.apiFrom:
+        found.append((("openstack", "floatingIP"), "the floating IP's clients come from outside the node network and "
+                      "the firewall would drop them: list their networks in firewall.apiFrom (0.0.0.0/0 for anyone)"))
     found.extend(check_addons(site))
     return found
 

@@ -55,6 +55,7 @@ def _single(doc: dict[str, Any]) -> None:
 
 
 def _five(doc: dict[str, Any]) -> None:
+    doc.setdefault("firewall", {})["apiFrom"] = ["192.0.2.0/24", "198.51.100.7/32"]  # operators' networks
     doc["nodes"][3:3] = [
         {"name": "master04", "role": "control-plane", "address": "10.0.1.36"},
         {"name": "master05", "role": "control-plane", "address": "10.0.1.37"},

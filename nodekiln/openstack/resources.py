@@ -107,6 +107,7 @@ def rules(site: Site, role: str) -> set[Rule]:
     if role == "control-plane":
         for port in sorted({site.apiserver_port, site.endpoint_port}):
             out |= {_tcp(port, remote_ip_prefix=nodes), _tcp(port, remote_ip_prefix=pods)}
+            out |= {_tcp(port, remote_ip_prefix=str(net)) for net in site.firewall.apiFrom}
         out |= {_tcp(*ETCD, remote_group="control-plane"), _tcp(*COMPONENTS, remote_group="control-plane")}
         if site.load_balanced:
             out.add(Rule("ingress", "IPv4", "112", None, None, remote_group="control-plane"))  # VRRP

@@ -86,6 +86,8 @@ def make_site(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., P
         doc = copy.deepcopy(base)
         doc["metadata"]["name"] = name or f"t{uuid.uuid4().hex[:8]}"
         doc["openstack"] = openstack_section(**section)
+        if section.get("floatingIP"):  # its clients are outside the node network
+            doc.setdefault("firewall", {})["apiFrom"] = ["198.51.100.0/24"]
         if change is not None:
             change(doc)
         path = tmp_path / f"site{next(counter)}" / "site.yaml"

@@ -34,7 +34,8 @@ def five(doc):
         {"name": "master04", "role": "control-plane", "address": "10.0.1.36"},
         {"name": "master05", "role": "control-plane", "address": "10.0.1.37"},
     ]
-    doc["firewall"] = {"nodePorts": True, "extraTCPPorts": [80, 443], "sshFrom": ["10.0.0.0/8", "192.0.2.0/24"]}
+    doc["firewall"] = {"nodePorts": True, "extraTCPPorts": [80, 443], "sshFrom": ["10.0.0.0/8", "192.0.2.0/24"],
+                       "apiFrom": ["198.51.100.0/24", "203.0.113.9/32"]}
 
 
 @pytest.fixture(params=["static-pods", "host-services", "five-control-planes"])

@@ -68,3 +68,12 @@ def test_single_node_site_has_no_vrrp(site_file):
     lone = load_site(site_file(single))
     text = ruleset(lone, "control-plane")
     assert "ip protocol 112" not in text and "tcp dport { 6443 } ip saddr @node_network accept" in text
+
+
+def test_api_from_opens_the_api_on_control_planes_only(site_file):
+    site = load_site(site_file(lambda d: d.setdefault("firewall", {}).update(apiFrom=["192.0.2.0/24"])))
+    cp, worker = ruleset(site, "control-plane"), ruleset(site, "worker")
+    assert "set api_from {" in cp and "elements = { 192.0.2.0/24 }" in cp
+    assert "tcp dport { 6443, 7443 } ip saddr @api_from accept" in cp
+    assert "api_from" not in worker
+    assert "api_from" not in ruleset(load_site(site_file()), "control-plane")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address
 
 import pytest
@@ -67,6 +68,26 @@ def test_security_groups_mirror_the_node_firewall(example_site):
         assert Rule("ingress", "IPv4", "tcp", 22, 22, remote_ip_prefix="0.0.0.0/0") in role
         assert Rule("ingress", "IPv4", "4", None, None, remote_ip_prefix=str(site.network.cidr)) in role  # Calico IP-in-IP
         assert Rule("ingress", "IPv4", "udp", 4789, 4789, remote_ip_prefix=str(site.network.cidr)) in role
+
+
+def test_api_from_opens_the_api_ports_on_control_planes(site_file):
+    site = load_site(site_file(lambda d: d.setdefault("firewall", {}).update(apiFrom=["192.0.2.0/24"])))
+    for port in (6443, site.endpoint_port):
+        assert Rule("ingress", "IPv4", "tcp", port, port, remote_ip_prefix="192.0.2.0/24") in rules(site, "control-plane")
+    assert not any(r.remote_ip_prefix == "192.0.2.0/24" for r in rules(site, "worker"))
+
+
+def test_a_floating_ip_needs_its_clients_in_api_from(site_file):
+    def edit(doc):
+        doc["openstack"] = {**SECTION, "externalNetwork": "public", "router": {"create": True}, "floatingIP": True}
+
+    with pytest.raises(SiteError) as failed:
+        load_site(site_file(edit))
+    message = str(failed.value)
+    assert "openstack.floatingIP" in message and "firewall.apiFrom" in message
+    assert re.search(r"site\.yaml:\d+:", message), message  # the line of floatingIP
+    site = load_site(site_file(lambda d: (edit(d), d.setdefault("firewall", {}).update(apiFrom=["0.0.0.0/0"]))))
+    assert site.openstack.floatingIP
 
 
 def test_node_ports_open_on_workers_only_when_asked(site_file):
