@@ -11,6 +11,11 @@ from pydantic import Field, field_validator, model_validator
 from nodekiln.model import Strict
 
 DISTRIBUTIONS = {"debian": {"12": "bookworm"}, "ubuntu": {"24.04": "noble"}}
+# (main, security) archives when the recipe names none
+DEFAULT_MIRRORS = {
+    "debian": ("http://deb.debian.org/debian", "http://deb.debian.org/debian-security"),
+    "ubuntu": ("http://archive.ubuntu.com/ubuntu", "http://security.ubuntu.com/ubuntu"),
+}
 
 
 class Containerd(Strict):
@@ -50,15 +55,16 @@ class ImageRecipe(Strict):
 
     distribution: Literal["debian", "ubuntu"] = "debian"
     release: str = "12"
-    mirror: str = "http://deb.debian.org/debian"
-    securityMirror: str = Field(
-        default="http://deb.debian.org/debian-security",
-        description="Debian security archive (a separate repository on Debian)",
+    mirror: str | None = Field(default=None, description="package archive; default: the distribution's own "
+                                                          "(deb.debian.org, archive.ubuntu.com)")
+    securityMirror: str | None = Field(
+        default=None,
+        description="security archive; default: deb.debian.org/debian-security or security.ubuntu.com",
     )
     snapshot: str | None = Field(
         default=None,
         pattern=r"^[0-9]{8}T[0-9]{6}Z$",
-        description="snapshot.debian.org timestamp (e.g. 20261120T000000Z) to pin the mirror",
+        description="snapshot.debian.org (or snapshot.ubuntu.com) timestamp, e.g. 20261120T000000Z, to pin the archive",
     )
     containerd: Containerd = Field(default_factory=Containerd)
     kubernetesSource: str = Field(
@@ -103,9 +109,13 @@ class ImageRecipe(Strict):
     def effective_mirror(self) -> tuple[str, str]:
         """(main, security) mirrors, pinned to the snapshot when one is set."""
         if self.snapshot:
+            if self.distribution == "ubuntu":
+                return (f"https://snapshot.ubuntu.com/ubuntu/{self.snapshot}",
+                        f"https://snapshot.ubuntu.com/ubuntu/{self.snapshot}")
             return (f"http://snapshot.debian.org/archive/debian/{self.snapshot}",
                     f"http://snapshot.debian.org/archive/debian-security/{self.snapshot}")
-        return self.mirror, self.securityMirror
+        main, security = DEFAULT_MIRRORS[self.distribution]
+        return self.mirror or main, self.securityMirror or security
 
     @model_validator(mode="after")
     def _release_known(self) -> "ImageRecipe":

@@ -393,3 +393,14 @@ def test_a_failed_dib_hook_is_named_when_no_bake_step_was_running():
     )
     assert failure_excerpt(log) == ["diskimage-builder hook install.d/01-package-installs failed; its last lines:",
                                     "E: Unable to locate package foo"]
+
+
+def test_each_distribution_defaults_to_its_own_archive():
+    assert ImageRecipe().effective_mirror() == ("http://deb.debian.org/debian", "http://deb.debian.org/debian-security")
+    ubuntu = ImageRecipe(distribution="ubuntu", release="24.04")
+    assert ubuntu.effective_mirror() == ("http://archive.ubuntu.com/ubuntu", "http://security.ubuntu.com/ubuntu")
+    assert ImageRecipe(mirror="http://mirror.lab/debian").effective_mirror()[0] == "http://mirror.lab/debian"
+    pinned = ImageRecipe(snapshot="20261120T000000Z").effective_mirror()
+    assert pinned[0] == "http://snapshot.debian.org/archive/debian/20261120T000000Z"
+    assert ImageRecipe(distribution="ubuntu", release="24.04", snapshot="20261120T000000Z").effective_mirror()[0] == \
+        "https://snapshot.ubuntu.com/ubuntu/20261120T000000Z"
