@@ -12,7 +12,7 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from nodekiln.cli import console, figures_table, handled
+from nodekiln.cli import console, figure_details, figures_table, handled
 
 SITE_HELP = {"site": "site file (default: $NODEKILN_SITE, else sites/example/site.yaml)"}
 
@@ -283,5 +283,8 @@ def bench(c, site=None, only=None, json=None):
 
     figures = benchmarks.run(only or None)
     console.print(figures_table(figures))
+    details = figure_details(figures)
+    if details:
+        console.print(details, highlight=False)
     if json:
         benchmarks.write_json(figures, Path(json))

@@ -36,8 +36,13 @@ def handled(fn: F) -> F:
 
 
 def figures_table(figures) -> Table:
-    table = Table("figure", "value", "unit", "goal", "met", "detail")
+    table = Table("figure", "value", "unit", "goal", "met")
     for f in figures:
         met = {True: "yes", False: "NO", None: "-"}[f.met]
-        table.add_row(f.name, f"{f.value:g}", f.unit, f.goal, met, f.detail)
+        table.add_row(f.name, f"{f.value:g}", f.unit, f.goal, met)
     return table
+
+
+def figure_details(figures) -> str:
+    """What each figure includes (where the time went), one paragraph per figure."""
+    return "\n".join(f"{f.name}: {f.detail}" for f in figures if f.detail)

@@ -44,3 +44,11 @@ def test_every_registered_benchmark_resolves():
     for name, target in bench.BENCHMARKS.items():
         module, _, func = target.partition(":")
         assert callable(getattr(importlib.import_module(module), func)), name
+
+
+def test_figure_details_say_what_each_figure_includes():
+    from nodekiln.bench import Figure
+    from nodekiln.cli import figure_details
+
+    figures = [Figure("a_s", 1.0, "s", "<= 2", "stages: dib 100 s"), Figure("b_mb", 3.0, "MB", "<= 4")]
+    assert figure_details(figures) == "a_s: stages: dib 100 s"
