@@ -351,8 +351,14 @@ def _teardown(work: Path, plan: Plan) -> None:
     except ValueError:
         previous = None
     try:
+        kill_processes_rooted_under(work)
         unmount_under(work)
-        shutil.rmtree(work, ignore_errors=True)
+        for _ in range(5):  # a process that escaped the kill may still be writing: retry
+            shutil.rmtree(work, ignore_errors=True)
+            if not work.exists():
+                break
+            kill_processes_rooted_under(work)
+            time.sleep(1)
         for partial in plan.out_dir.glob(f".{plan.stem}.*.partial"):
             partial.unlink(missing_ok=True)
     finally:
@@ -370,6 +376,36 @@ def mounts_under(path: Path) -> list[str]:
             if point == root or point.startswith(root + "/"):
                 points.append(point)
     return sorted(points, key=len, reverse=True)
+
+
+def processes_rooted_under(path: Path) -> list[int]:
+    """PIDs whose root directory lies under `path`: programs in diskimage-builder's chroot."""
+    root = str(path.resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            target = os.readlink(entry / "root")
+        except OSError:
+            continue
+        if target == root or target.startswith(root + "/"):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_processes_rooted_under(path: Path, wait: float = 5.0) -> None:
+    """Kill what still runs in the build's chroot. Killing DIB's process group does not reach
+    it all: sudo (use_pty) starts its command in a session of its own, so an apt or dpkg in the
+    chroot can outlive DIB and write into the tree while it is being removed."""
+    if not path.exists():
+        return
+    deadline = time.monotonic() + wait
+    while (pids := processes_rooted_under(path)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
 
 
 def unmount_under(path: Path) -> None:

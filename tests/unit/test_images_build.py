@@ -404,3 +404,39 @@ def test_each_distribution_defaults_to_its_own_archive():
     assert pinned[0] == "http://snapshot.debian.org/archive/debian/20261120T000000Z"
     assert ImageRecipe(distribution="ubuntu", release="24.04", snapshot="20261120T000000Z").effective_mirror()[0] == \
         "https://snapshot.ubuntu.com/ubuntu/20261120T000000Z"
+
+
+def test_processes_in_the_build_chroot_are_found_and_killed(tmp_path):
+    """A real process chrooted into a folder (as diskimage-builder's apt runs) is found by its
+    root and killed; processes elsewhere are not touched."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    from nodekiln.images.build import kill_processes_rooted_under, processes_rooted_under
+
+    if os.geteuid() != 0:
+        pytest.fail("chroot needs root: run the unit tests as root (CI does)", pytrace=False)
+    root = tmp_path / "chroot"
+    for sub in ("bin", "lib", "lib64", "usr"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    sleep = shutil.which("sleep")
+    # a static-enough sleeper: copy the binary and the libraries it needs
+    libs = subprocess.run(["ldd", sleep], capture_output=True, text=True).stdout.split()
+    for path in [sleep, *[p for p in libs if p.startswith("/")]]:
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(path), target)
+    proc = subprocess.Popen(["chroot", str(root), sleep, "300"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while proc.pid not in processes_rooted_under(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.pid in processes_rooted_under(tmp_path)
+        assert os.getpid() not in processes_rooted_under(tmp_path)
+        kill_processes_rooted_under(tmp_path)
+        assert proc.wait(timeout=5) == -9
+        assert processes_rooted_under(tmp_path) == []
+    finally:
+        proc.kill()
