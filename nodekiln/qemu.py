@@ -258,6 +258,11 @@ def network_args(*, cidr: str, gateway: str, address: str, port: int, mac: str |
             "-device", "virtio-rng-pci"]
 
 
+def seed_args(seed: Path) -> list[str]:
+    """The NoCloud seed ISO as a read-only virtio disk."""
+    return ["-drive", f"file={seed},if=virtio,format=raw,readonly=on"]
+
+
 def firmware_args(firmware: str, work: Path) -> list[str]:
     """uefi: q35 + OVMF (a private copy of the variable store); bios: the i440fx `pc` machine
     and SeaBIOS, what most OpenStack clouds default to."""
@@ -341,7 +346,7 @@ def boot(
         argv = [
             *machine_args(memory_mib=memory_mib, cpus=cpus, console=console),
             "-drive", f"file={overlay},if=virtio,format=qcow2,discard=unmap,cache=unsafe",
-            "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+            *seed_args(seed),
             *network_args(cidr=cidr, gateway=gateway, address=address, port=port),
             *firmware_args(firmware, work),
         ]

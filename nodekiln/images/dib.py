@@ -52,7 +52,7 @@ class StepTimes:
 
     def feed(self, line: str) -> str | None:
         """Record a step line; return the step now running (or None if the line is not one)."""
-        text = line.split("| ", 1)[-1].lstrip("> ").strip()
+        text = log_text(line).strip()
         if text.startswith(STEP_BEGIN):
             self.current = text[len(STEP_BEGIN):].strip()
             return self.current
@@ -74,7 +74,7 @@ class HookTimes:
     current: tuple[str, float] | None = None
 
     def feed(self, line: str, now: float) -> None:
-        text = line.split("| ", 1)[-1].strip()
+        text = log_text(line).strip()
         if not text.startswith("dib-run-parts "):
             return
         if self.current is not None:
@@ -238,7 +238,7 @@ def _read(log: Path) -> str:
         return ""
 
 
-def _text(line: str) -> str:
+def log_text(line: str) -> str:
     """A log line without DIB's timestamp prefix and nodekiln's quoting."""
     text = line.split("| ", 1)[-1].rstrip()
     return text[2:] if text.startswith("> ") else text
@@ -252,7 +252,7 @@ def failure_excerpt(text: str, n: int = 25) -> list[str]:
     """What to show when diskimage-builder fails: the output of the bake step that began and
     never ended, else of the DIB hook that ran and never completed, without the -x trace and
     DIB's clean-up (the tail of the log is only that)."""
-    lines = [_text(line) for line in text.splitlines()]
+    lines = [log_text(line) for line in text.splitlines()]
     start, where = None, ""
     for i, line in enumerate(lines):
         if line.startswith(STEP_BEGIN):

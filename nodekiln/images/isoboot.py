@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from nodekiln.qemu import (VM, BootError, disk_format, firmware_args, free_port, launch, machine_args,
-                           network_args, vm_workdir)
+                           network_args, seed_args, vm_workdir)
 from nodekiln.run import run
 from nodekiln.seed import write_seed_iso
 
@@ -85,7 +85,7 @@ def boot_iso(
             *network_args(cidr=cidr, gateway=gateway, address=address, port=port, mac=mac),
         ]
         if seed_files:
-            argv += ["-drive", f"file={write_seed_iso(work / 'seed.iso', seed_files)},if=virtio,format=raw,readonly=on"]
+            argv += seed_args(write_seed_iso(work / "seed.iso", seed_files))
         argv += firmware_args(firmware, work)
         with launch(argv, work, console, port=port, user=user, key=key, address=address, firmware=firmware,
                     timeout=timeout, wait_ssh=wait_ssh, wait_cloud_init=wait_cloud_init) as vm:
