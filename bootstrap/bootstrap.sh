@@ -1,8 +1,12 @@
 #!/bin/bash
+{# raw: bash array lengths (dollar, brace, hash) would open a Jinja comment #}
+{% raw -%}
 # nodekiln first boot: apply the firewall, start the load balancer when it runs as host
 # services, then `kubeadm init` (the first control plane) or wait for the endpoint and
-# `kubeadm join` (all others) -- once. Safe to run again after a reboot or a failure: every
-# step checks whether its result is already there, and a finished bootstrap is a no-op.
+# `kubeadm join` (all others) -- once. Safe to run again after a reboot or a failure: a rerun
+# runs kubeadm again, skipping the phases that refuse to run twice (nodekiln.contract, through
+# bootstrap.env), and the node is marked done only when kubeadm finished and every file its
+# phases leave is there. `kubeadm reset` is never run: it would delete the pre-generated PKI.
 set -euo pipefail
 . /etc/nodekiln/bootstrap.env
 
@@ -42,24 +46,48 @@ wait_for_endpoint() {
   done
 }
 
-if [ -f /etc/kubernetes/kubelet.conf ]; then
-  log "the kubelet is configured already: an earlier run got that far"
+args=(--config /etc/nodekiln/kubeadm.yaml)
+attempt=first
+if [ -e "$state/bootstrap.started" ]; then
+  # An earlier attempt did not finish. The phases it ran reuse what they left (certificates,
+  # kubeconfigs) or write it again (manifests, kubelet files; API objects are created or
+  # updated), so kubeadm runs again -- without the phases that refuse a second run. Skipping
+  # preflight also keeps the rerun's ignore list as it is: no `all` beside named checks.
+  attempt=rerun
+  read -r -a skip <<<"$RERUN_SKIP_PHASES"
+  for entry in $RERUN_SKIP_WHEN_DONE; do
+    if [ -e "${entry#*=}" ]; then
+      skip+=("${entry%%=*}")
+    fi
+  done
+  if [ "${#skip[@]}" -gt 0 ]; then
+    args+=("--skip-phases=$(IFS=,; echo "${skip[*]}")")
+    log "rerun after an unfinished attempt: skipping phases ${skip[*]}"
+  fi
+fi
+touch "$state/bootstrap.started"
+
+if [ "$ROLE" = init ]; then
+  log "kubeadm init ($attempt attempt)"
+  kubeadm init "${args[@]}"
 else
-  again=()
-  # A rerun after a partial attempt: kubeadm's phases reuse the certificates, kubeconfigs
-  # and manifests that exist, so only the preflight checks stand in the way.
-  [ -e "$state/bootstrap.started" ] && again=(--ignore-preflight-errors=all)
-  touch "$state/bootstrap.started"
-  if [ "$ROLE" = init ]; then
-    log "kubeadm init"
-    kubeadm init --config /etc/nodekiln/kubeadm.yaml "${again[@]}"
-  else
-    wait_for_endpoint
+  wait_for_endpoint
+  if [ "$attempt" = first ]; then
     # Control planes join one after another: concurrent etcd member additions fail.
     sleep "$JOIN_DELAY"
-    log "kubeadm join as $ROLE through $ENDPOINT"
-    kubeadm join --config /etc/nodekiln/kubeadm.yaml "${again[@]}"
   fi
+  log "kubeadm join as $ROLE through $ENDPOINT ($attempt attempt)"
+  kubeadm join "${args[@]}"
+fi
+
+missing=()
+for file in $DONE_FILES; do
+  [ -e "$file" ] || missing+=("$file")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "kubeadm returned, but these files of its phases are missing: ${missing[*]}; not marking the bootstrap done"
+  exit 1
 fi
 touch "$state/bootstrap.done"
 log "done"
+{% endraw %}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from nodekiln import templates
+from nodekiln import contract, templates
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
 from nodekiln.firewall import firewall_files
@@ -87,13 +87,16 @@ def pki_files(secrets: Secrets) -> list[NodeFile]:
 
 
 def kubeadm_config(site: Site, secrets: Secrets, node: Node) -> str:
-    context = {"site": site, "secrets": secrets, "node": node, "taints": taints(node), "cert_sans": cert_sans(site)}
-    name = "kubeadm-init.yaml.j2" if role_of(site, node) == "init" else "kubeadm-join.yaml.j2"
+    role = role_of(site, node)
+    context = {"site": site, "secrets": secrets, "node": node, "taints": taints(node), "cert_sans": cert_sans(site),
+               "contract": contract}
+    name = "kubeadm-init.yaml.j2" if role == "init" else "kubeadm-join.yaml.j2"
     return templates.render("bootstrap", name, **context)
 
 
 def bootstrap_files(site: Site, node: Node) -> list[NodeFile]:
     role = role_of(site, node)
+    release = contract.release(site.kubernetes.version)
     ordinal = [cp.name for cp in site.control_planes].index(node.name) if node.role == "control-plane" else 0
     env = templates.render(
         "bootstrap",
@@ -104,6 +107,10 @@ def bootstrap_files(site: Site, node: Node) -> list[NodeFile]:
         wait_seconds=BOOTSTRAP_WAIT_SECONDS,
         join_delay=max(ordinal - 1, 0) * JOIN_STAGGER_SECONDS,
         ha_services=ha_services(site) if node.role == "control-plane" else [],
+        release=release,
+        rerun_skip=contract.rerun_skip_phases(role, release.minor),
+        rerun_skip_when_done=[f"{s.phase}={s.marker}" for s in contract.rerun_skip_when_done(role, release.minor)],
+        done_files=contract.done_markers(role, release.minor),
     )
     return [
         NodeFile("/etc/nodekiln/bootstrap.env", env),

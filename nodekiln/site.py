@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_validator
 
-from nodekiln import yamlsrc
+from nodekiln import contract, yamlsrc
 from nodekiln.addons.spec import AddonsSpec, check_addons
 from nodekiln.errors import Problem, SiteError
 from nodekiln.images.appliance import Appliance
@@ -25,8 +25,8 @@ from nodekiln.openstack.spec import OpenStackSpec
 
 API_VERSION = "nodekiln/v1alpha1"
 # kubeadm's v1beta4 configuration API (what nodekiln renders) exists from 1.31 on; 1.35 is
-# the newest release tested. Documented in the README.
-SUPPORTED_MINORS = range(31, 36)
+# the newest release whose facts nodekiln.contract holds. Documented in the README.
+SUPPORTED_MINORS = contract.SUPPORTED_MINORS
 APISERVER_PORT = 6443
 # Ports of control-plane components that the endpoint must not take over.
 RESERVED_PORTS = {2379: "etcd", 2380: "etcd", 10250: "kubelet", 10257: "kube-controller-manager", 10259: "kube-scheduler"}
@@ -145,6 +145,13 @@ class Node(Strict):
                 raise ValueError(f"label key {key!r} is not a valid Kubernetes label name")
             if not LABEL_VALUE.fullmatch(value):
                 raise ValueError(f"label value {value!r} of {key!r} is not a valid Kubernetes label value")
+            if contract.kubelet_refuses_label(key):
+                # the kubelet refuses such --node-labels at start (contract.LABELS_REF)
+                raise ValueError(
+                    f"label {key!r}: the kubelet refuses node labels in the kubernetes.io and k8s.io "
+                    f"namespaces at start, except {', '.join(n + '/' for n in contract.KUBELET_LABEL_NAMESPACES)} "
+                    f"and its own well-known labels; use your own prefix, e.g. example.org/{key.split('/')[-1]}"
+                )
         return labels
 
 

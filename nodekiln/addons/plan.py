@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import yaml
 
-from nodekiln import templates, yamlsrc
+from nodekiln import contract, templates, yamlsrc
 from nodekiln.addons.catalog import AddonDef, builtins
 from nodekiln.addons.graph import order
 from nodekiln.addons.spec import BUILTIN_KEYS, AddonsSpec, dependency_graph, release_name
@@ -285,6 +285,7 @@ def _context(site: Site, definition: AddonDef, addon: Any, namespaces: dict[str,
         "endpoint": {"address": str(site.endpoint_address), "port": site.endpoint_port},
         "secret": secrets.secret,
         "user_secret": secrets.user_secret,
+        "contract": contract,
     }
     if definition.name == "calico":
         ctx["pool"] = str(addon.ipPool or site.kubernetes.podSubnet)

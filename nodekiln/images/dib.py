@@ -110,7 +110,7 @@ def write_stage(stage: Path, recipe: ImageRecipe, kubernetes_version: str, site_
         "NODEKILN_K8S_VERSION": kubernetes_version,
         "NODEKILN_KUBERNETES_SOURCE": kind,
         "NODEKILN_KUBERNETES_SOURCE_DIR": str(in_chroot / "local") if kind == "local" else "",
-        "NODEKILN_SANDBOX_IMAGE": recipe.containerd.sandboxImage,
+        "NODEKILN_SANDBOX_IMAGE": recipe.sandbox_image(kubernetes_version),
         "NODEKILN_CONTAINERD_VERSION": recipe.containerd.version,
         "NODEKILN_KERNEL": recipe.kernel,
         "NODEKILN_EXTRA_PACKAGES": " ".join(recipe.extraPackages),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
+from nodekiln import contract
 from nodekiln.model import Strict
 
 DISTRIBUTIONS = {"debian": {"12": "bookworm"}, "ubuntu": {"24.04": "noble"}}
@@ -21,7 +22,11 @@ DEFAULT_MIRRORS = {
 class Containerd(Strict):
     source: Literal["distribution", "upstream"] = "distribution"
     version: str = "1.6.20"
-    sandboxImage: str = "registry.k8s.io/pause:3.10"
+    sandboxImage: str | None = Field(
+        default=None,
+        description="the sandbox (pause) image; default: the one kubeadm of the site's Kubernetes minor expects "
+                    "(nodekiln.contract: 3.10 for 1.31-1.33, 3.10.1 for 1.34-1.35); set it for a mirror",
+    )
 
 
 class PackerOpenStack(Strict):
@@ -89,6 +94,10 @@ class ImageRecipe(Strict):
     # these settings to its own input hash.
     packer: PackerRecipe = Field(default_factory=PackerRecipe, exclude=True,
                                  description="settings of the Packer backends")
+
+    def sandbox_image(self, kubernetes_version: str) -> str:
+        """The pause image containerd runs pods with: kubeadm's own for the minor, unless set."""
+        return self.containerd.sandboxImage or contract.pause_image(kubernetes_version)
 
     @property
     def codename(self) -> str:

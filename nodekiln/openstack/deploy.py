@@ -11,11 +11,17 @@ floating IP — and the run waits for every server to be ACTIVE.
 Nothing that exists is written again: a rerun with an unchanged site makes no write call. A
 node removed from the site is deleted only with `prune`. A server that differs from the site
 (flavor, image, user-data) is reported, not replaced: nodes are replaced deliberately.
+
+Servers created for a cluster that is already running join with the token `kubeadm init` made,
+while it lasts (kubernetes.bootstrapTokenTTL from the init node's creation, less the time a
+join takes); later they get a fresh token created through the API (nodekiln.jointoken), and a
+run that cannot reach the API fails before it creates anything.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import socket
 import ssl
 import time
@@ -27,6 +33,15 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodekiln.jointoken import (
+    JOIN_MARGIN,
+    APIUnreachableError,
+    JoinTokenError,
+    api_url,
+    create_join_token,
+    needs_fresh_token,
+    parse_ttl,
+)
 from nodekiln.openstack.cloud import CallCounter, OpenStackError, about, connect, count_calls, one_line
 from nodekiln.openstack.images import BUILD_DIR, image_name, load_manifest, newest_artifact
 from nodekiln.openstack.resources import ROLES, Names, allocation_pool, observed_rule, rules
@@ -99,6 +114,7 @@ class DeployResult:
     seconds: float = 0.0
     servers: dict[str, str] = field(default_factory=dict)  # node -> status
     healthz: str = "not checked"
+    join_token: str = "no server joins a running cluster"  # which token new servers join with (never the token itself)
 
 
 @dataclass
@@ -426,7 +442,9 @@ def _tag_all(conn: Connection, resources: list[Any], tag: str, parallelism: int)
 # -- converging --------------------------------------------------------------------------------
 
 def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan, work: dict[str, Any], user_data: dict[str, bytes],
-              progress: bool, echo: Callable[[str], None]) -> list[str]:
+              progress: bool, echo: Callable[[str], None], boot_data: dict[str, bytes] | None = None) -> list[str]:
+    """Carry out the plan. New servers boot with `boot_data` (default `user_data`); their metadata
+    records the digest of `user_data`, which the drift check compares with on later runs."""
     spec = site.openstack
     assert spec is not None
     tag = names.tag
@@ -519,7 +537,9 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
         attrs: dict[str, Any] = {
             "name": node.name, "flavor_id": flavor.id, "image_id": st.image.id,
             "networks": [{"port": st.ports[names.port(node.name)].id}],
-            "user_data": base64.b64encode(user_data[node.name]).decode(),
+            "user_data": base64.b64encode((boot_data or user_data)[node.name]).decode(),
+            # The digest of the user-data with the stored token, not of what the server got: a
+            # fresh join token in it must not look like drift to the next run (_server_drift).
             "metadata": names.metadata(node, digest(user_data[node.name])),
         }
         if spec.keyName:
@@ -654,14 +674,25 @@ def _local_networks() -> list[IPv4Network]:
     return nets
 
 
+def _api_address(site: Site, st: _State) -> tuple[IPv4Address | None, str]:
+    """The address this host reaches the API endpoint at, or (None, why not).
+
+    The VIP's floating IP when there is one; else the endpoint address itself, when this host
+    has an address on a network holding it (a /32 says nothing about routes, so it does not count).
+    """
+    if st.fip is not None:
+        return IPv4Address(st.fip.floating_ip_address), ""
+    address = site.endpoint_address
+    if any(address in net for net in _local_networks() if net.prefixlen < 32):
+        return address, ""
+    return None, f"{address} is not reachable from here (no floating IP, not on {site.network.cidr})"
+
+
 def _wait_healthz(site: Site, secrets: Secrets, st: _State, timeout: float, echo: Callable[[str], None]) -> str:
     """Wait for the API endpoint's /healthz, when this host can reach it (floating IP, or on the site network)."""
-    if st.fip is not None:
-        address = IPv4Address(st.fip.floating_ip_address)
-    else:
-        address = site.endpoint_address
-        if not any(address in net for net in _local_networks() if net.prefixlen < 32):
-            return f"not checked: {address} is not reachable from here (no floating IP, not on {site.network.cidr})"
+    address, why = _api_address(site, st)
+    if address is None:
+        return f"not checked: {why}"
     url = f"https://{address}:{site.endpoint_port}/healthz"
     context = ssl.create_default_context(cadata=secrets.ca.cert)
     context.check_hostname = False
@@ -679,12 +710,94 @@ def _wait_healthz(site: Site, secrets: Secrets, st: _State, timeout: float, echo
     raise DeployError(f"the API endpoint {url} did not answer within {timeout:.0f} s (last: {last}); the servers are ACTIVE: look at their consoles")
 
 
+# -- joining a running cluster -----------------------------------------------------------------
+
+def _joining(site: Site, st: _State, work: dict[str, Any]) -> list[Node]:
+    """The servers this run creates that join a running cluster: the init node's server exists and stays.
+
+    When the init node is (re)created itself, it runs `kubeadm init` with the stored token and
+    the others join with that; nothing runs yet that a token could have expired in.
+    """
+    init = site.init_node.name
+    to_boot = [*work["servers_replace"], *work["servers_create"]]
+    if not to_boot or init not in st.servers or any(n.name == init for n in to_boot):
+        return []
+    return to_boot
+
+
+def _created_at(server: Any) -> dt.datetime | None:
+    """When Nova created the server (its `created`, ISO 8601 UTC), None when it does not say."""
+    value = getattr(server, "created_at", None)
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _age(delta: dt.timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
+
+
+def _join_token(site: Site, secrets: Secrets, st: _State, work: dict[str, Any], now: dt.datetime, dry_run: bool,
+                say: Callable[[str], None]) -> tuple[str | None, str]:
+    """(a fresh token for the new servers or None for the stored one, what to report).
+
+    Raises JoinTokenError before anything is created when a fresh token is needed and the API
+    cannot be reached from here, or refuses it.
+    """
+    joining = _joining(site, st, work)
+    if not joining:
+        return None, "no server joins a running cluster"
+    ttl_text = site.kubernetes.bootstrapTokenTTL
+    ttl = parse_ttl(ttl_text)
+    init = site.init_node.name
+    created = _created_at(st.servers[init])
+    count = f"{len(joining)} new node{'s' if len(joining) != 1 else ''}"
+    if not needs_fresh_token(created, now, ttl, JOIN_MARGIN):
+        note = f"the stored one for {count} (the init node's server is {_age(now - created) if created else 'of unknown age'} old, the token lives {ttl_text})"
+        say(f"join token: {note}")
+        return None, note
+    address, why = _api_address(site, st)
+    url = api_url(site, str(address or site.endpoint_address))
+    age = f"was created {_age(now - created)} ago" if created else "has no creation time in Nova"
+    stale = (f"{', '.join(n.name for n in joining)} would join the running cluster, but the server of its init node {init} {age}: "
+             f"the token `kubeadm init` made lives kubernetes.bootstrapTokenTTL ({ttl_text}) and has expired, or will before "
+             f"{'they join' if len(joining) > 1 else 'it joins'} ({_age(JOIN_MARGIN)} allowed for that), so site-deploy creates a fresh one through the API")
+    ways_out = (f"Nothing was created. Run site-deploy from a host on the site network ({site.network.cidr}), or give the site "
+                f"`openstack.floatingIP: true` with this host's network in `firewall.apiFrom`.")
+    if address is None:
+        raise JoinTokenError(f"{stale}, and the API at {url} cannot be reached from here ({why}). {ways_out}")
+    if dry_run:  # no connection: a dry run writes nothing, and a token is a write
+        note = f"would create a fresh one (valid {ttl_text}) for {count} through {url}"
+        say(f"join token: {note}")
+        return None, note
+    try:
+        fresh = create_join_token(site, secrets, str(address), ttl, now)
+    except APIUnreachableError as exc:
+        raise JoinTokenError(f"{stale}, and {exc}. {ways_out}") from None
+    except JoinTokenError as exc:
+        raise JoinTokenError(f"{stale}, and {exc}. Nothing was created.") from None
+    note = f"a fresh one (valid {ttl_text}) for {count}, created through {url}"
+    say(f"join token: {note}")
+    return fresh, note
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
 # -- entry points ------------------------------------------------------------------------------
 
 def site_deploy(site: Site, secrets: Secrets, dry_run: bool = False, prune: bool = False, *, conn: Connection | None = None,
                 renderer: Renderer | None = None, progress: bool = True, build_dir: Path = BUILD_DIR,
-                echo: Callable[[str], None] | None = None) -> DeployResult:
-    """Plan and (unless dry_run) converge the site's OpenStack resources; see the module doc."""
+                echo: Callable[[str], None] | None = None, now: Callable[[], dt.datetime] = _utc_now) -> DeployResult:
+    """Plan and (unless dry_run) converge the site's OpenStack resources; see the module doc.
+
+    `now` is the clock the join token's lifetime is measured with (tests move it)."""
     spec = site.openstack
     if spec is None:
         raise OpenStackError(f"site {site.name} has no openstack section: add one to {site.file}")
@@ -694,6 +807,7 @@ def site_deploy(site: Site, secrets: Secrets, dry_run: bool = False, prune: bool
     counter = count_calls(conn)
     mark = counter.mark()
     names = Names(site)
+    # Rendered with the stored secrets: what the servers' metadata digest and the drift check use.
     user_data = render_user_data(site, secrets, renderer)
     hashes = {name: digest(data) for name, data in user_data.items()}
     st = _observe(conn, site, names)
@@ -705,11 +819,14 @@ def site_deploy(site: Site, secrets: Secrets, dry_run: bool = False, prune: bool
     # The plan was made before the flavors and image were known: redo the server lines with them.
     plan, work = _make_plan(site, names, st, hashes, prune)
     result = DeployResult(plan, counter)
+    fresh, result.join_token = _join_token(site, secrets, st, work, now(), dry_run, say)
     if dry_run:
         result.seconds = time.monotonic() - started
         result.calls = counter.since(mark)
         return result
-    failures = _converge(conn, site, names, st, plan, work, user_data, progress, say) if plan.changes else []
+    # The new servers boot with the fresh token; it is in no file, no log line and no metadata.
+    boot_data = render_user_data(site, secrets.model_copy(update={"bootstrapToken": fresh}), renderer) if fresh else None
+    failures = _converge(conn, site, names, st, plan, work, user_data, progress, say, boot_data) if plan.changes else []
     status, boot_failures = _wait_active(conn, site, st, spec.bootTimeout, progress)
     result.servers = status
     failures += boot_failures

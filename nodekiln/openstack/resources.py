@@ -97,7 +97,10 @@ def rules(site: Site, role: str) -> set[Rule]:
         Rule("egress", "IPv6", None, None, None),
         Rule("ingress", "IPv4", "icmp", None, None, remote_ip_prefix="0.0.0.0/0"),
         Rule("ingress", "IPv6", "ipv6-icmp", None, None, remote_ip_prefix="::/0"),
+        # the kubelet: pods on the node, and every node (Calico's natOutgoing gives pod traffic to
+        # another node its node's address, contract.CALICO_NAT_REF), the API servers among them
         _tcp(KUBELET, remote_ip_prefix=pods),
+        _tcp(KUBELET, remote_ip_prefix=nodes),
     }
     out |= {_tcp(22, remote_ip_prefix=str(net)) for net in site.firewall.sshFrom}
     out |= {_tcp(port, remote_ip_prefix=nodes) for port in CALICO.tcp}
@@ -111,10 +114,8 @@ def rules(site: Site, role: str) -> set[Rule]:
         out |= {_tcp(*ETCD, remote_group="control-plane"), _tcp(*COMPONENTS, remote_group="control-plane")}
         if site.load_balanced:
             out.add(Rule("ingress", "IPv4", "112", None, None, remote_group="control-plane"))  # VRRP
-    else:
-        out.add(_tcp(KUBELET, remote_group="control-plane"))
-        if site.firewall.nodePorts:
-            out |= {_tcp(*NODE_PORTS, remote_ip_prefix="0.0.0.0/0"), _udp(*NODE_PORTS, remote_ip_prefix="0.0.0.0/0")}
+    elif site.firewall.nodePorts:
+        out |= {_tcp(*NODE_PORTS, remote_ip_prefix="0.0.0.0/0"), _udp(*NODE_PORTS, remote_ip_prefix="0.0.0.0/0")}
     return out
 
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from nodekiln import contract
 from nodekiln.images import manifest as manifest_mod
 
 from .oci_archive import PRELOAD_IMAGE
@@ -37,10 +38,11 @@ def test_containerd_runs_and_answers(host):
     assert "Server:" in out and "Version:" in out
 
 
-def test_containerd_config(host):
+def test_containerd_config(host, test_site):
     config = host.file("/etc/containerd/config.toml").content_string
     assert "SystemdCgroup = true" in config
-    assert 'sandbox_image = "registry.k8s.io/pause:' in config
+    # kubeadm's pause image for the site's minor (nodekiln.contract.PAUSE_REF)
+    assert f'sandbox_image = "{contract.pause_image(test_site.kubernetes.version)}"' in config
     assert 'config_path = "/etc/containerd/certs.d"' in config
     assert host.file("/usr/sbin/runc").exists or host.file("/usr/bin/runc").exists
     assert host.file("/opt/cni/bin/bridge").exists  # linked from /usr/lib/cni at boot
@@ -182,6 +184,41 @@ def test_local_source_image_archives_are_imported_into_containerd(host, node_ima
     assert host.file("/usr/share/nodekiln/images/preload-test.oci.tar").exists
     assert host.file("/var/lib/nodekiln/images-imported").exists
     assert PRELOAD_IMAGE in host.check_output("sudo ctr -n k8s.io images ls -q").split()
+
+
+def upstream_host_paths(site, exists) -> list[contract.HostPath]:
+    """What kubeadm's static pods, the kubelet and calico-node would mount, create or write on this
+    site's nodes, derived from the rendered configuration as upstream derives it."""
+    import yaml
+
+    from nodekiln.addons.plan import build_plan
+    from nodekiln.render import kubeadm_config
+    from nodekiln.secrets import generate
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all(kubeadm_config(site, generate(), site.init_node)) if d}
+    installation = yaml.safe_load(build_plan(site).files["calico.values.yaml"][0])["installation"]
+    return [*contract.control_plane_host_paths(docs["ClusterConfiguration"], existing=[d for d in contract.CA_CERTS_EXTRA_DIRS if exists(d)]),
+            *contract.kubelet_host_paths(docs["KubeletConfiguration"]),
+            *contract.calico_host_paths(installation)]
+
+
+def test_upstream_host_paths_exist_or_are_writable(host, test_site):
+    """The booted image against nodekiln.contract: every hostPath kubeadm gives the control-plane
+    pods (DirectoryOrCreate: the kubelet creates a missing one, and the pod never starts when it
+    cannot -- cmd/kubeadm/app/phases/controlplane/volumes.go), every directory the kubelet and
+    Calico write, exists or can be made, and the written ones take a file."""
+    failures = []
+    for hp in upstream_host_paths(test_site, lambda d: host.file(d).exists):
+        target = hp.path if not hp.path.endswith((".conf", ".lock")) else hp.path.rsplit("/", 1)[0]
+        make = f"sudo sh -c '[ -e {target} ] || mkdir -p {target}'"
+        if hp.need == "writable":
+            make += f" && sudo touch {target}/.nodekiln-probe && sudo rm {target}/.nodekiln-probe"
+        result = host.run(make)
+        if result.rc != 0:
+            failures.append(f"{hp.path} ({hp.component}; {hp.ref}): {result.stderr.strip()}")
+    assert failures == []
+    # and the check can fail: kubeadm's default flexvolume dir cannot be made on this root
+    assert host.run(f"sudo mkdir -p {contract.UPSTREAM_FLEX_VOLUME_DIR}").rc != 0
 
 
 def test_var_survives_a_reboot(uefi_vm, host):

@@ -124,8 +124,10 @@ def test_firewall_from_the_worker(tb):
     tb.start(worker, "listen")
     try:
         seen = dict(line.split() for line in tb.tool(worker, "connect", str(cp.address), "0.7", "22", "6443", "7443", "2379", "2380", "10250", "10257", "10259", *map(str, UNASKED)).splitlines() if line)
-        assert seen["22"] == seen["6443"] == seen["7443"] == "open", seen
-        for port in ("2379", "2380", "10250", "10257", "10259", *map(str, UNASKED)):
+        # 10250 too: a pod's traffic to another node leaves with its node's address (Calico's
+        # natOutgoing, nodekiln.contract.CALICO_NAT_REF), and metrics-server must reach every kubelet
+        assert seen["22"] == seen["6443"] == seen["7443"] == seen["10250"] == "open", seen
+        for port in ("2379", "2380", "10257", "10259", *map(str, UNASKED)):
             assert seen[port] == "filtered", (port, seen)
         # the same ports are open between control planes: the drop above is the firewall's
         peer = dict(line.split() for line in tb.tool(tb.control_planes[0], "connect", str(cp.address), "0.7", "2379", "2380", "10250", "10257", "10259", "80").splitlines() if line)

@@ -146,7 +146,7 @@ def test_site_lifecycle_3_plus_2(make_site, user, admin, boot_image):
     assert has(cp, "112", remote_group=cp.id)  # VRRP between control planes only
     assert has(cp, "tcp", 7443, prefix=str(site.network.cidr)) and has(cp, "tcp", 6443, prefix=str(site.network.cidr))
     assert has(cp, "tcp", 2379, 2380, remote_group=cp.id) and has(cp, "tcp", 10250, 10259, remote_group=cp.id)
-    assert has(worker, "tcp", 10250, remote_group=cp.id) and not has(worker, "112")
+    assert has(worker, "tcp", 10250, prefix=str(site.network.cidr)) and not has(worker, "112")
     assert has(worker, "tcp", 22, prefix="0.0.0.0/0") and has(worker, "tcp", 179, prefix=str(site.network.cidr))
 
     # Server group with soft anti-affinity holding the control planes; servers with their user-data.

@@ -36,7 +36,7 @@ def test_control_plane_rules(site):
 
 def test_worker_rules(site, site_file):
     text = ruleset(site, "worker")
-    assert "tcp dport 10250 ip saddr @control_planes accept" in text
+    assert "ip saddr @control_planes" not in text.split("chain input")[1]  # workers: no control-plane-only port
     assert "ip protocol 112" not in text and "2379" not in text and "7443" not in text
     for cni in ("tcp dport { 179, 5473 } ip saddr @node_network accept", "udp dport { 4789 } ip saddr @node_network accept", "ip protocol 4 ip saddr @node_network accept"):
         assert cni in text
@@ -50,6 +50,17 @@ def test_worker_rules(site, site_file):
     assert "tcp dport { 80, 443 } accept" in text
     assert "elements = { 192.0.2.0/24 }" in text
     assert "30000-32767" not in ruleset(opened, "control-plane")
+
+
+@pytest.mark.parametrize("role", ["control-plane", "worker"])
+def test_kubelet_open_to_every_node(site, role):
+    """Pods reach another node's kubelet from their own node's address: Calico's natOutgoing
+    masquerades pool traffic to anything outside the IP pools (projectcalico/calico
+    felix/rules/nat.go, RuleRenderer.NATOutgoingChain; nodekiln.contract.CALICO_NAT_REF), so
+    metrics-server and Prometheus need 10250 open from the node network, not only from pods."""
+    text = ruleset(site, role)
+    assert "tcp dport 10250 ip saddr @node_network accept" in text
+    assert "tcp dport 10250 ip saddr @pod_network accept" in text
 
 
 def test_size_does_not_grow_with_workers(tmp_path):

@@ -60,7 +60,9 @@ def test_security_groups_mirror_the_node_firewall(example_site):
     assert vrrp in cp and vrrp not in worker
     assert Rule("ingress", "IPv4", "tcp", 2379, 2380, remote_group="control-plane") in cp
     assert Rule("ingress", "IPv4", "tcp", 10250, 10259, remote_group="control-plane") in cp
-    assert Rule("ingress", "IPv4", "tcp", 10250, 10250, remote_group="control-plane") in worker
+    # 10250 from every node: Calico's natOutgoing (nodekiln.contract.CALICO_NAT_REF)
+    for role_rules in (cp, worker):
+        assert Rule("ingress", "IPv4", "tcp", 10250, 10250, remote_ip_prefix="10.0.1.0/24") in role_rules
     for port in (6443, site.endpoint_port):
         assert Rule("ingress", "IPv4", "tcp", port, port, remote_ip_prefix=str(site.network.cidr)) in cp
         assert not any(r.port_min == port for r in worker)
