@@ -161,6 +161,7 @@ KUBEADM_KUBELET_REF = Ref(K8S, "cmd/kubeadm/app/componentconfigs/kubelet.go", "k
 # kubeadm's defaultFlexvolumeDirVolumePath, the kubelet's volumePluginDir default and the Tigera
 # operator's flexVolumePath default for kubeadm clusters: all the same path under read-only /usr.
 UPSTREAM_FLEX_VOLUME_DIR = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec"
+TIGERA_FLEX_DEFAULT = UPSTREAM_FLEX_VOLUME_DIR + "/"  # the operator's spelling, with the slash
 # nodekiln's choice (as Typhoon and Flatcar's docs do): under the kubelet's own writable root.
 FLEX_VOLUME_DIR = "/var/lib/kubelet/volumeplugins"
 KUBELET_ROOT = "/var/lib/kubelet"
@@ -222,18 +223,28 @@ def kubelet_host_paths(kubelet: Mapping[str, Any]) -> list[HostPath]:
     ]
 
 
-TIGERA_FLEX_REF = Ref(TIGERA, "pkg/controller/installation/defaults.go", "fillDefaults (FlexVolumePath)")
-TIGERA_NODE_REF = Ref(TIGERA, "pkg/render/node.go", "nodeComponent.nodeVolumes, flexVolumeInitContainer")
+TIGERA_FLEX_REF = Ref(TIGERA, "pkg/controller/installation/core_controller.go", "fillDefaults (FlexVolumePath); validation.go validateCustomResource")
+TIGERA_NODE_REF = Ref(TIGERA, "pkg/render/node.go", "nodeComponent.nodeVolumes, flexVolumeContainer")
 TIGERA_CNI_REF = Ref(TIGERA, "pkg/render/node.go", "nodeComponent.cniDirectories")
+TIGERA_CSI_REF = Ref(TIGERA, "pkg/render/csi.go", "csiComponent.csiVolumes")
+# Mounted with Bidirectional propagation (calico-csi at the kubelet's root; from Calico 3.32
+# ebpf-bootstrap at /sys/fs and /var/run/calico): containerd refuses unless the host mount is
+# shared (containerd internal/cri/opts/spec_linux_opts.go, withMounts/ensureShared).
+SHARED_MOUNTS_REF = Ref("containerd/containerd", "internal/cri/opts/spec_linux_opts.go", "withMounts, ensureShared")
+SHARED_MOUNTS = (KUBELET_ROOT, "/run", "/sys/fs")
+# calico-node mounts it as type Directory (must exist) from Calico 3.32 (pkg/render/node.go, nodeVolumes)
+BPFFS = "/sys/fs/bpf"
 # felix masquerades traffic from a natOutgoing pool to anything outside every IP pool (other
 # nodes' addresses included): it reaches another node from its own node's address.
-CALICO_NAT_REF = Ref(CALICO, "felix/rules/nat.go", "RuleRenderer.NATOutgoingChain")
+CALICO_NAT_REF = Ref(CALICO, "felix/rules/nat.go", "DefaultRuleRenderer.NATOutgoingChain, makeNATOutgoingRuleIPTables")
 FLEX_VOLUME_NONE = "None"  # Installation.spec.flexVolumePath: no flexvol driver, no such hostPath
 
 
 def calico_host_paths(installation: Mapping[str, Any]) -> list[HostPath]:
-    """What calico-node and its init containers mount and write (kubernetesProvider "")."""
-    flex = installation.get("flexVolumePath") or UPSTREAM_FLEX_VOLUME_DIR
+    """What calico-node, its init containers and csi-node-driver mount and write for this
+    Installation spec (kubernetesProvider "": the operator's defaults for plain kubeadm; the CNI
+    directories are fixed in operator 1.38, Calico 3.30)."""
+    flex = installation.get("flexVolumePath") or TIGERA_FLEX_DEFAULT
     paths = [
         HostPath("/lib/modules", "calico-node (read-only)", "exists", TIGERA_NODE_REF),
         HostPath("/run/xtables.lock", "calico-node (FileOrCreate)", "writable", TIGERA_NODE_REF),
@@ -244,8 +255,17 @@ def calico_host_paths(installation: Mapping[str, Any]) -> list[HostPath]:
         HostPath("/etc/cni/net.d", "calico-node install-cni (CNI config)", "writable", TIGERA_CNI_REF),
         HostPath("/opt/cni/bin", "calico-node install-cni (CNI binaries)", "writable", TIGERA_CNI_REF),
     ]
+    # the 3.30 chart sets it from its top-level kubeletVolumePluginPath (default /var/lib/kubelet),
+    # the 3.32 chart from installation.kubeletVolumePluginPath (default None: no CSI driver)
+    kubelet_dir = installation.get("kubeletVolumePluginPath") or KUBELET_ROOT
+    if kubelet_dir != "None":  # csi-node-driver (pkg/render/csi.go, csiVolumes)
+        paths += [
+            HostPath(f"{kubelet_dir}/plugins/csi.tigera.io", "csi-node-driver (socket-dir, DirectoryOrCreate)", "writable", TIGERA_CSI_REF),
+            HostPath(f"{kubelet_dir}/plugins_registry", "csi-node-driver-registrar (registration-dir)", "writable", TIGERA_CSI_REF),
+        ]
     if flex != FLEX_VOLUME_NONE:
-        paths.append(HostPath(f"{flex.rstrip('/')}/nodeagent~uds", "calico-node flexvol-driver (writes its driver)", "writable", TIGERA_NODE_REF))
+        # the operator concatenates (FlexVolumePath + "nodeagent~uds"): a path must end in "/"
+        paths.append(HostPath(f"{flex}nodeagent~uds", "calico-node flexvol-driver (writes its driver)", "writable", TIGERA_NODE_REF))
     return paths
 
 

@@ -33,15 +33,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodekiln.jointoken import (
-    JOIN_MARGIN,
-    APIUnreachableError,
-    JoinTokenError,
-    api_url,
-    create_join_token,
-    needs_fresh_token,
-    parse_ttl,
-)
+from nodekiln.jointoken import JOIN_MARGIN, APIUnreachableError, JoinTokenError, api_url, create_join_token, needs_fresh_token, parse_ttl
 from nodekiln.openstack.cloud import CallCounter, OpenStackError, about, connect, count_calls, one_line
 from nodekiln.openstack.images import BUILD_DIR, image_name, load_manifest, newest_artifact
 from nodekiln.openstack.resources import ROLES, Names, allocation_pool, observed_rule, rules
@@ -731,10 +723,10 @@ def _created_at(server: Any) -> dt.datetime | None:
     if not value:
         return None
     try:
-        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        moment = dt.datetime.fromisoformat(str(value))  # takes the trailing Z from Python 3.11 on
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
 def _age(delta: dt.timedelta) -> str:
@@ -767,10 +759,15 @@ def _join_token(site: Site, secrets: Secrets, st: _State, work: dict[str, Any], 
     stale = (f"{', '.join(n.name for n in joining)} would join the running cluster, but the server of its init node {init} {age}: "
              f"the token `kubeadm init` made lives kubernetes.bootstrapTokenTTL ({ttl_text}) and has expired, or will before "
              f"{'they join' if len(joining) > 1 else 'it joins'} ({_age(JOIN_MARGIN)} allowed for that), so site-deploy creates a fresh one through the API")
-    ways_out = (f"Nothing was created. Run site-deploy from a host on the site network ({site.network.cidr}), or give the site "
-                f"`openstack.floatingIP: true` with this host's network in `firewall.apiFrom`.")
+    if st.fip is None:
+        ways_out = (f"Nothing was created. Run site-deploy from a host on the site network ({site.network.cidr}), or give the site "
+                    f"`openstack.floatingIP: true` with this host's network in `firewall.apiFrom`.")
+    else:  # the floating IP is there: what stops this host is the firewall, or the API is down
+        ways_out = (f"Nothing was created. Run site-deploy from a host on the site network ({site.network.cidr}), or list this "
+                    f"host's network in `firewall.apiFrom` (the floating IP's clients), and check that the API answers.")
     if address is None:
-        raise JoinTokenError(f"{stale}, and the API at {url} cannot be reached from here ({why}). {ways_out}")
+        raise JoinTokenError(f"{stale}, but the API at {url} cannot be reached from here: the site has no floating IP and "
+                             f"this host is not on {site.network.cidr}. {ways_out}")
     if dry_run:  # no connection: a dry run writes nothing, and a token is a write
         note = f"would create a fresh one (valid {ttl_text}) for {count} through {url}"
         say(f"join token: {note}")
@@ -778,16 +775,16 @@ def _join_token(site: Site, secrets: Secrets, st: _State, work: dict[str, Any], 
     try:
         fresh = create_join_token(site, secrets, str(address), ttl, now)
     except APIUnreachableError as exc:
-        raise JoinTokenError(f"{stale}, and {exc}. {ways_out}") from None
+        raise JoinTokenError(f"{stale}, but {exc}. {ways_out}") from None
     except JoinTokenError as exc:
-        raise JoinTokenError(f"{stale}, and {exc}. Nothing was created.") from None
+        raise JoinTokenError(f"{stale}, but {exc}. Nothing was created.") from None
     note = f"a fresh one (valid {ttl_text}) for {count}, created through {url}"
     say(f"join token: {note}")
     return fresh, note
 
 
 def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # -- entry points ------------------------------------------------------------------------------

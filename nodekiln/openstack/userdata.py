@@ -24,5 +24,9 @@ def render_user_data(site: Site, secrets: Secrets, renderer: Renderer | None = N
 
 
 def digest(user_data: bytes) -> str:
-    """What the server's metadata records of its user-data (Nova does not give user-data back to users)."""
+    """What the server's metadata records of its user-data (Nova does not give user-data back to users).
+
+    site-deploy takes it of the user-data rendered with the stored secrets, also for a server that
+    boots with a fresh join token (nodekiln.jointoken): the token must not read as drift later.
+    """
     return hashlib.sha256(user_data).hexdigest()[:16]

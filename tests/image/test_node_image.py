@@ -221,6 +221,17 @@ def test_upstream_host_paths_exist_or_are_writable(host, test_site):
     assert host.run(f"sudo mkdir -p {contract.UPSTREAM_FLEX_VOLUME_DIR}").rc != 0
 
 
+def test_mounts_that_pods_propagate_into_are_shared(host):
+    """calico-csi mounts the kubelet's root with Bidirectional propagation (tigera/operator
+    pkg/render/csi.go) and containerd refuses it unless the host mount is shared (containerd
+    internal/cri/opts/spec_linux_opts.go, ensureShared). /var is mounted by the initramfs, before
+    systemd makes the tree shared: check that it ends up shared all the same."""
+    for path in contract.SHARED_MOUNTS:
+        propagation = host.check_output(f"findmnt -n -o PROPAGATION --target {path}")
+        assert propagation.startswith("shared"), (path, propagation)
+    assert host.file(contract.BPFFS).is_directory  # calico-node's bpffs volume (type Directory)
+
+
 def test_var_survives_a_reboot(uefi_vm, host):
     """After the other UEFI checks: reboots the shared UEFI VM."""
     assert host.check_output("test -d /sys/firmware/efi && echo uefi || echo bios") == "uefi"

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import signal
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from nodekiln import run
+from nodekiln.jointoken import JoinTokenError
+from nodekiln.openstack import deploy
 from nodekiln.openstack.cloud import count_calls
 from nodekiln.openstack.deploy import CheckError, DeployError, site_deploy, site_destroy, tagged_leftovers
 from nodekiln.openstack.images import ImageChecksumError, image_name, upload_image, verify
 from nodekiln.openstack.resources import Names
-from nodekiln.openstack.userdata import render_user_data
+from nodekiln.openstack.userdata import digest, render_user_data
 from nodekiln.secrets import SecretStore
 from nodekiln.site import load_site
 
@@ -210,6 +214,49 @@ def test_a_failure_half_way_is_fixed_by_a_rerun(make_site, user, boot_image):
     assert [m for m, _ in calls.write_calls()[before:] if m != "GET"] == ["DELETE", "POST"]
     site_destroy(fixed, conn=user)
     assert tagged_leftovers(user, fixed) == []
+
+
+def test_a_node_added_after_the_join_token_expired(make_site, user, admin, boot_image, monkeypatch):
+    """The init server is older than kubernetes.bootstrapTokenTTL (the clock moved on 25 h): with
+    the API unreachable from here the deploy fails before it creates anything; with it reachable
+    the new server boots with a fresh token, while its metadata digest stays the stored token's,
+    so the next run sees no drift and writes nothing."""
+    site, secrets = _load(make_site(_three_plus_two, image={"name": boot_image}))
+    site_deploy(site, secrets, conn=user, progress=False)
+
+    def later() -> datetime:  # the clock of a deploy 25 h after the first
+        return datetime.now(UTC) + timedelta(hours=25)
+
+    added, _ = _load(make_site(name=site.name, image={"name": boot_image}))
+
+    monkeypatch.setattr(deploy, "_local_networks", list)  # no addresses: not on the site network, and no floating IP
+    calls = count_calls(user)
+    before = calls.writes
+    for dry_run in (True, False):
+        with pytest.raises(JoinTokenError, match=r"worker03 would join the running cluster, but the server of its init node master01 "
+                                                 r"was created 25\.\d h ago: .* cannot be reached from here: .* Nothing was created\."):
+            site_deploy(added, secrets, dry_run=dry_run, conn=user, progress=False, now=later)
+    assert calls.writes == before, calls.write_calls()[before:]
+    assert "worker03" not in {s.name for s in user.compute.servers(details=True) if (s.metadata or {}).get("nodekiln-site") == site.name}
+
+    # On the site network: the token is created through the API (here a stand-in that returns it).
+    monkeypatch.setattr(deploy, "_local_networks", lambda: [site.network.cidr])
+    minted: list[str] = []
+    monkeypatch.setattr(deploy, "create_join_token", lambda s, sec, address, ttl, now: minted.append(address) or "zyxwvu.0123456789abcdef")
+    result = site_deploy(added, secrets, conn=user, progress=False, now=later)
+    assert minted == [str(site.endpoint_address)] and result.servers["worker03"] == "ACTIVE"
+    assert result.join_token == f"a fresh one (valid 24h) for 1 new node, created through https://{site.endpoint}"
+    server = next(s for s in admin.compute.servers(details=True, all_projects=True) if s.name == "worker03" and (s.metadata or {}).get("nodekiln-site") == site.name)
+    booted = base64.b64decode(admin.compute.get_server(server.id).user_data)
+    text = (gzip.decompress(booted) if booted[:2] == b"\x1f\x8b" else booted).decode()
+    assert "zyxwvu.0123456789abcdef" in text and secrets.bootstrapToken not in text
+    assert server.metadata["nodekiln-user-data"] == digest(render_user_data(added, secrets)["worker03"])
+
+    again = site_deploy(added, secrets, conn=user, progress=False, now=later)
+    assert again.calls.writes == 0 and again.plan.changes == [] and len(minted) == 1
+    assert not any("differs" in s.detail for s in again.plan.steps), [s.detail for s in again.plan.steps]
+    site_destroy(added, conn=user)
+    assert tagged_leftovers(user, added) == []
 
 
 def test_missing_flavor_and_image_are_reported_before_anything_is_created(make_site, user):
