@@ -11,17 +11,13 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nodekiln import jointoken
 from nodekiln.jointoken import (
@@ -37,6 +33,7 @@ from nodekiln.openstack.resources import ROLES, Names
 from nodekiln.openstack.userdata import digest
 from nodekiln.secrets import Secrets, generate
 from nodekiln.site import Site, load_site
+from tests.tls import serving_cert
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 H = dt.timedelta(hours=1)
@@ -126,22 +123,7 @@ def test_an_init_server_of_unknown_age_gets_a_fresh_token():
 # -- a stand-in API server ---------------------------------------------------------------------
 
 def _serving_cert(ca: Any, directory: Path) -> tuple[Path, Path]:
-    ca_cert = x509.load_pem_x509_certificate(ca.cert.encode())
-    ca_key = serialization.load_pem_private_key(ca.key.encode(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    cert_file, key_file = directory / "apiserver.crt", directory / "apiserver.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_file, key_file
+    return serving_cert(ca.cert, ca.key, directory, "apiserver")
 
 
 def _rfc3339_future(value: str) -> bool:
