@@ -82,7 +82,8 @@ def kubeconfig(c, site=None, out=None, days=365):
     },
     iterable=["format"],
 )
-@handled
+@handled(interrupted="interrupted outside the build itself (tool and source checks): no work folder, mount or "
+                     "partial artifact is left (an interrupted build cleans up and says so itself)")
 def build_image(c, site=None, out=None, kubernetes_source=None, format=None, builder="dib"):
     """Bake the site's immutable node image; prints its path last."""
     from nodekiln.images.build import build_image as build
@@ -102,7 +103,8 @@ def build_image(c, site=None, out=None, kubernetes_source=None, format=None, bui
 
 
 @task(help={**SITE_HELP, "image": "the image to boot and check (a qcow2 from build-image)"})
-@handled
+@handled(interrupted="interrupted: the image is unchanged (its VM runs on a copy-on-write overlay); a VM the checks "
+                     "had booted may outlive them: a qemu-system process, a nodekiln-vm-* folder in the temporary directory")
 def test_image(c, image, site=None):
     """Boot an image in qemu and run the node checks on it."""
     from nodekiln.images.check import test_image as check
@@ -132,7 +134,8 @@ def render(c, site=None, out=None):
         "tree": "use this root tree (a directory or diskimage-builder's tar) instead of building one",
     }
 )
-@handled
+@handled(interrupted="interrupted: no ISO was finished (it is renamed into place only when complete); its work folder "
+                     "under <out>/work/ stays, and the next build-iso starts over in it")
 def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
     """Make the site's appliance ISO (UEFI+BIOS, CD or USB)."""
     from nodekiln.images.iso import build_iso as build
@@ -155,7 +158,9 @@ def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
         "kubeconfig": "cluster to install into (default: <site dir>/.nodekiln/<site>-admin.conf)",
     }
 )
-@handled
+@handled(interrupted="interrupted: the releases before the current one are installed; the current one may be mid-install: "
+                     "helm --atomic rolls it back (if helm was killed first it stays pending: helm rollback it); "
+                     "run addons again, it skips unchanged releases")
 def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None):
     """Install the site's Helm addons in order (--dry-run: plan)."""
     from rich.table import Table
@@ -193,7 +198,8 @@ def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None)
 
 
 @task(help={**SITE_HELP, "image": "the image file (default: the newest build/images/<site>-<hash>.qcow2, its .manifest.json beside it)"})
-@handled
+@handled(interrupted="interrupted: the unfinished Glance image was deleted or, if that did not get through, is left "
+                     "queued/saving and the next upload-image deletes it; run upload-image again")
 def upload_image(c, site=None, image=None):
     """Upload the node image to Glance (reused by content hash)."""
     from nodekiln.openstack.images import newest_artifact, upload_image as upload
@@ -215,7 +221,8 @@ def upload_image(c, site=None, image=None):
 
 @task(help={**SITE_HELP, "dry_run": "print the plan (create / keep / delete per resource) and change nothing",
             "prune": "also delete servers and ports of nodes no longer in the site"})
-@handled
+@handled(interrupted="interrupted: what site-deploy created so far stays, tagged as the site's (but for a resource caught "
+                     "between its create and its tag call: README, OpenStack); run site-deploy again to converge, or site-destroy")
 def site_deploy(c, site=None, dry_run=False, prune=False):
     """Create or converge the site's OpenStack servers and network."""
     from nodekiln.openstack.deploy import site_deploy as deploy
@@ -230,7 +237,8 @@ def site_deploy(c, site=None, dry_run=False, prune=False):
 
 
 @task(help=SITE_HELP)
-@handled
+@handled(interrupted="interrupted: some of the site's resources may be deleted, the rest are still there and still "
+                     "the site's; run site-destroy again to delete them")
 def site_destroy(c, site=None):
     """Delete every OpenStack resource nodekiln made for the site."""
     from nodekiln.openstack.deploy import site_destroy as destroy
@@ -262,21 +270,19 @@ def test(c, site=None, fast=False, k=None, all=False):
     """Run the test suite; --fast runs the quick tests alone."""
     import os
 
+    from nodekiln.cli import pytest_command
+
     # helm and other helper tools that .ci/install puts under build/tools/bin
     tools = Path(__file__).resolve().parent / "build" / "tools" / "bin"
-    args = ["python", "-m", "pytest"]
-    if fast:
-        args += ["-m", "not slow"]
-    if k:
-        args += ["-k", k]
     env = {"PATH": f"{tools}:{os.environ.get('PATH', '')}"}
     if all:
         env["NODEKILN_TEST_ALL"] = "1"
-    c.run(" ".join(f"'{a}'" for a in args), pty=False, env=env)
+    c.run(pytest_command(fast, k), pty=False, env=env)
 
 
 @task(help={**SITE_HELP, "only": "run only this figure (repeatable)", "json": "also write the figures to this JSON file"}, iterable=["only"])
-@handled
+@handled(interrupted="interrupted: no figures were reported or written; the benchmarks' VMs and services stop as they "
+                     "unwind, but one cut short may leave a nodekiln-bench-* folder in the temporary directory")
 def bench(c, site=None, only=None, json=None):
     """Measure the project's figures against their goals."""
     from nodekiln import bench as benchmarks

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from invoke.exceptions import Exit
 from rich.console import Console
@@ -18,8 +19,25 @@ F = TypeVar("F", bound=Callable[..., object])
 console = Console(highlight=False, soft_wrap=True)
 
 
-def handled(fn: F) -> F:
-    """Turn NodekilnError into its message on stderr and exit code 2 (no traceback)."""
+# True of the tasks that only write files: each is written to a temporary name and renamed.
+NOTHING_HALF_WRITTEN = "interrupted: nothing half-written was left behind"
+
+
+@overload
+def handled(fn: F, *, interrupted: str = NOTHING_HALF_WRITTEN) -> F: ...
+@overload
+def handled(fn: None = None, *, interrupted: str = NOTHING_HALF_WRITTEN) -> Callable[[F], F]: ...
+
+
+def handled(fn: F | None = None, *, interrupted: str = NOTHING_HALF_WRITTEN) -> F | Callable[[F], F]:
+    """Turn NodekilnError into its message on stderr and exit code 2 (no traceback), and Ctrl-C
+    into `interrupted` and exit code 130.
+
+    `@handled` alone is for tasks that only write files atomically; a task that changes more
+    (a cloud, a cluster) says what an interruption leaves: `@handled(interrupted="...")`.
+    """
+    if fn is None:
+        return functools.partial(handled, interrupted=interrupted)  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -29,10 +47,22 @@ def handled(fn: F) -> F:
             print(f"error: {exc}", file=sys.stderr)
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
-            print("interrupted: nothing half-written was left behind", file=sys.stderr)
+            print(interrupted, file=sys.stderr)
             raise Exit(code=130) from None
 
+    wrapper.interrupted = interrupted  # type: ignore[attr-defined]  # each task's own: tests check it
     return wrapper  # type: ignore[return-value]
+
+
+def pytest_command(fast: bool = False, k: str | None = None) -> str:
+    """The shell command `invoke test` runs: every argument quoted by shlex, so a -k expression
+    with quotes or spaces (`not 'slow and x'`) reaches pytest as typed."""
+    args = ["python", "-m", "pytest"]
+    if fast:
+        args += ["-m", "not slow"]
+    if k:
+        args += ["-k", k]
+    return shlex.join(args)
 
 
 def figures_table(figures) -> Table:

@@ -58,6 +58,27 @@ class ToolError(NodekilnError):
         super().__init__("\n".join(lines))
 
 
+class ToolTimeoutError(NodekilnError, TimeoutError):
+    """An external program ran past its timeout and was stopped; the message ends with its
+    last lines of output. Also a TimeoutError, so callers that treat a timeout as "no" (qemu's
+    accelerator probe, the addons stage) keep catching it."""
+
+    def __init__(self, argv: list[str], timeout: float, tail: list[str], log: Path | None = None):
+        self.argv = argv
+        self.timeout = timeout
+        self.tail = tail
+        self.log = log
+        lines = [f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped: {' '.join(argv)}"]
+        if tail:
+            lines.append("last lines of its output:")
+            lines.extend(f"  | {line}" for line in tail)
+        else:
+            lines.append("it printed nothing")
+        if log is not None:
+            lines.append(f"full log: {log}")
+        super().__init__("\n".join(lines))
+
+
 class MissingToolError(NodekilnError):
     """A program nodekiln needs is not installed."""
 
