@@ -175,9 +175,13 @@ terminal_output serial console
 set timeout=1
 set default=0
 menuentry "nodekiln node" {{
+    # a boot that stops shows where on the serial console, even with `quiet` on the kernel line
+    echo "nodekiln: loading the kernel"
     search --no-floppy --label {ROOT_LABEL} --set=root
     linux /boot/{kernel} root=LABEL={ROOT_LABEL} {cmdline}
+    echo "nodekiln: loading the initramfs"
     initrd /boot/{initrd}
+    echo "nodekiln: starting the kernel"
 }}
 """
 
