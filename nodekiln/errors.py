@@ -41,6 +41,19 @@ class SecretsError(NodekilnError):
     """The secrets store is missing, corrupt or would be overwritten."""
 
 
+def _tool_message(headline: str, tail: list[str], log: Path | None, silent: str | None = None) -> str:
+    """An external program's failure: what happened, its last lines of output, its log."""
+    lines = [headline]
+    if tail:
+        lines.append("last lines of its output:")
+        lines.extend(f"  | {line}" for line in tail)
+    elif silent:
+        lines.append(silent)
+    if log is not None:
+        lines.append(f"full log: {log}")
+    return "\n".join(lines)
+
+
 class ToolError(NodekilnError):
     """An external program failed; the message ends with its last lines of output."""
 
@@ -49,13 +62,7 @@ class ToolError(NodekilnError):
         self.returncode = returncode
         self.tail = tail
         self.log = log
-        lines = [f"{Path(argv[0]).name} failed (exit {returncode}): {' '.join(argv)}"]
-        if tail:
-            lines.append("last lines of its output:")
-            lines.extend(f"  | {line}" for line in tail)
-        if log is not None:
-            lines.append(f"full log: {log}")
-        super().__init__("\n".join(lines))
+        super().__init__(_tool_message(f"{Path(argv[0]).name} failed (exit {returncode}): {' '.join(argv)}", tail, log))
 
 
 class ToolTimeoutError(NodekilnError, TimeoutError):
@@ -68,15 +75,9 @@ class ToolTimeoutError(NodekilnError, TimeoutError):
         self.timeout = timeout
         self.tail = tail
         self.log = log
-        lines = [f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped: {' '.join(argv)}"]
-        if tail:
-            lines.append("last lines of its output:")
-            lines.extend(f"  | {line}" for line in tail)
-        else:
-            lines.append("it printed nothing")
-        if log is not None:
-            lines.append(f"full log: {log}")
-        super().__init__("\n".join(lines))
+        super().__init__(_tool_message(
+            f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped: {' '.join(argv)}",
+            tail, log, silent="it printed nothing"))
 
 
 class MissingToolError(NodekilnError):
