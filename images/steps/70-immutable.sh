@@ -49,11 +49,14 @@ case "\$1" in prereqs) prereqs; exit 0 ;; esac
 data=/dev/disk/by-label/${data_label}
 i=0
 while [ ! -e "\$data" ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done
+# Each step says so on the console (<6>: shown unless `quiet`; <3>: always), so a boot that
+# stops here shows where.
 if [ -e "\$data" ]; then
     mount -t ext4 -o rw,noatime "\$data" "\${rootmnt}/var"
+    echo "<6>nodekiln: /var on \$data (waited \$i x 0.1 s)" >/dev/kmsg
 else
     # No data partition (e.g. a live boot): keep the node usable, state is lost at reboot.
-    echo "nodekiln: no partition labelled ${data_label}, /var is a tmpfs" >/dev/kmsg
+    echo "<3>nodekiln: no partition labelled ${data_label}, /var is a tmpfs" >/dev/kmsg
     mount -t tmpfs -o mode=0755 tmpfs "\${rootmnt}/var"
 fi
 modprobe overlay 2>/dev/null || true
@@ -61,6 +64,7 @@ upper="\${rootmnt}/var/lib/nodekiln/etc-overlay"
 mkdir -p "\$upper/upper" "\$upper/work"
 mount -t overlay overlay \
     -o "lowerdir=\${rootmnt}/etc,upperdir=\$upper/upper,workdir=\$upper/work" "\${rootmnt}/etc"
+echo "<6>nodekiln: /etc is an overlay, its changes on /var" >/dev/kmsg
 CONF
 
 # /root, /home and /opt live on /var: cloud-init writes /root/.ssh, CNI add-ons /opt/cni/bin.

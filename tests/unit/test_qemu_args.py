@@ -45,3 +45,52 @@ def test_disk_format_from_the_magic(tmp_path):
     (tmp_path / "b").write_bytes(bytes(64))
     assert qemu.disk_format(tmp_path / "a") == "qcow2" and qemu.disk_format(tmp_path / "b") == "raw"
     assert f"serial={isoboot.DATA_SERIAL}" in " ".join(isoboot.data_disk_args(tmp_path / "a"))
+
+
+def test_under_tcg_a_guest_reboot_ends_qemu_and_the_console_is_kept_across_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(qemu, "accelerator", lambda: "tcg")
+    args = qemu.machine_args(memory_mib=512, cpus=1, console=tmp_path / "c.log")
+    assert "-no-reboot" in args
+    assert f"file,id=console,path={tmp_path / 'c.log'},append=on" in args
+    monkeypatch.setattr(qemu, "accelerator", lambda: "kvm")
+    assert "-no-reboot" not in qemu.machine_args(memory_mib=512, cpus=1, console=tmp_path / "c.log")
+
+
+class _FakeGuest(qemu.VM):
+    """A VM whose 'qemu' is a sleep: the first one ends by itself as a guest's reboot ends qemu
+    under -no-reboot; the boot id changes once the machine was started again."""
+
+    def boot_id(self) -> str:
+        return "second" if self.proc.args[0] == "/bin/sh" else "first"
+
+    def _ask_reboot(self) -> None:
+        self.asked = getattr(self, "asked", 0) + 1
+
+
+def test_a_power_cycling_reboot_starts_the_same_machine_again(tmp_path):
+    from nodekiln.run import spawn, stop
+
+    console = tmp_path / "console.log"
+    console.write_text("first boot\n")
+    first = spawn(["/bin/sleep", "0.5"], log=tmp_path / "qemu.log")
+    vm = _FakeGuest(first, tmp_path, console, 0, "u", tmp_path / "k", "10.0.0.2", "uefi", 0.0,
+                    argv=["/bin/sh", "-c", "exec /bin/sleep 30", "-no-reboot"])
+    try:
+        vm.reboot(timeout=30)
+        assert vm.proc is not first and vm.alive() and vm.asked == 1
+        assert "first boot" in console.read_text() and "power cycle" in console.read_text()
+        assert {"shutdown_s", "reboot_s"} <= vm.timings.keys()
+    finally:
+        stop(vm.proc)
+
+
+def test_a_vm_without_no_reboot_cannot_be_power_cycled(tmp_path):
+    from nodekiln.run import spawn, stop
+
+    proc = spawn(["/bin/sleep", "30"], log=tmp_path / "qemu.log")
+    vm = qemu.VM(proc, tmp_path, tmp_path / "c", 0, "u", tmp_path / "k", "10.0.0.2", "uefi", 0.0, argv=["/bin/sleep", "30"])
+    try:
+        with pytest.raises(ValueError, match="-no-reboot"):
+            vm.reboot(power_cycle=True)
+    finally:
+        stop(proc)
