@@ -18,7 +18,7 @@ SITE_HELP = {"site": "site file (default: $NODEKILN_SITE, else sites/example/sit
 
 
 def _site(path: str | None):
-    from nodekiln.site import load_site
+    from nodekiln.config.site import load_site
 
     return load_site(path)
 
@@ -64,7 +64,7 @@ def secrets(c, site=None, regenerate=False):
 def kubeconfig(c, site=None, out=None, days=365):
     """Write an admin kubeconfig signed by the site CA."""
     from nodekiln.files import write_atomic
-    from nodekiln.kubeconfig import admin_kubeconfig
+    from nodekiln.bootstrap.kubeconfig import admin_kubeconfig
 
     loaded = _site(site)
     target = Path(out) if out else loaded.directory / ".nodekiln" / f"{loaded.name}-admin.conf"
@@ -118,7 +118,7 @@ def test_image(c, image, site=None):
 @handled
 def render(c, site=None, out=None):
     """Write every node's cloud-init data (NoCloud files)."""
-    from nodekiln.render import write_site
+    from nodekiln.bootstrap.render import write_site
 
     loaded = _site(site)
     target = Path(out) if out else Path("build/render") / loaded.name
@@ -255,7 +255,7 @@ def site_destroy(c, site=None):
 def schema(c, site=None, out=None):
     """Print the site file's JSON Schema (for editors)."""
     from nodekiln.files import write_atomic
-    from nodekiln.site import json_schema
+    from nodekiln.config.site import json_schema
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if out:
@@ -285,7 +285,7 @@ def test(c, site=None, fast=False, k=None, all=False):
                      "unwind, but one cut short may leave a nodekiln-bench-* folder in the temporary directory")
 def bench(c, site=None, only=None, json=None):
     """Measure the project's figures against their goals."""
-    from nodekiln import bench as benchmarks
+    from bench import figures as benchmarks
 
     figures = benchmarks.run(only or None)
     console.print(figures_table(figures))

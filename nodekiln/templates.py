@@ -1,21 +1,21 @@
-"""Jinja2 rendering of the asset folders (bootstrap/, cloudinit/, addons/, images/)."""
+"""Jinja2 rendering of the asset folders (bootstrap/, addons/, images/)."""
 
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jinja2
 
-ROOT = Path(__file__).resolve().parent.parent
+from nodekiln import assets
+
 
 
 @cache
 def environment(folder: str) -> jinja2.Environment:
     """One strict environment per asset folder: a missing variable is an error, never ''."""
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(ROOT / folder),
+        loader=jinja2.FileSystemLoader(assets.folder(folder)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

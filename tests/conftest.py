@@ -78,7 +78,7 @@ SITE_VARIANTS: dict[str, Callable[[dict[str, Any]], None] | None] = {
 def variant_site(request, site_file):
     """Each fixture site in turn, with its secrets: (Site, Secrets)."""
     from nodekiln.secrets import SecretStore
-    from nodekiln.site import load_site
+    from nodekiln.config.site import load_site
 
     site = load_site(site_file(SITE_VARIANTS[request.param]))
     secrets, _ = SecretStore(site.directory, site.name).ensure()
@@ -91,7 +91,7 @@ def pytest_collection_modifyitems(config, items):
     kvm_only = [item for item in items if item.get_closest_marker("kvm_only")]
     if not kvm_only or os.environ.get("NODEKILN_TEST_ALL") == "1":
         return
-    from nodekiln.qemu import accelerator
+    from testing.qemu import accelerator
 
     if accelerator() == "kvm":
         return

@@ -12,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nodekiln.addons.spec import AddonsSpec, check_addons
+from nodekiln.config.addons import AddonsSpec, check_addons
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from nodekiln.addons.apply import Outcome
     from nodekiln.addons.plan import Plan
-    from nodekiln.site import Site
+    from nodekiln.config.site import Site
 
 __all__ = ["AddonsSpec", "check_addons", "plan_release_files", "images", "install", "default_kubeconfig"]
 

@@ -15,10 +15,10 @@ import yaml
 from pydantic import Field, ValidationError
 
 from nodekiln.errors import NodekilnError
-from nodekiln.model import Strict
-from nodekiln.templates import ROOT
+from nodekiln.config.model import Strict
+from nodekiln import assets
 
-FOLDER = ROOT / "addons"
+FOLDER = assets.folder("addons")
 
 
 class GitSource(Strict):

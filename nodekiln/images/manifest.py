@@ -22,14 +22,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from nodekiln.images.recipe import ImageRecipe
+from nodekiln import assets
+from nodekiln.config.recipe import ImageRecipe
 
 SCHEMA = "nodekiln/image-manifest/v1"
 IMAGE_MANIFEST_PATH = "usr/share/nodekiln/manifest.json"  # inside the image, relative to /
 HASH_CHARS = 16  # of the sha256 hex digest, in artifact names
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGES_DIR = REPO / "images"
+IMAGES_DIR = assets.folder("images")
 # Code whose changes change the image's bytes, beyond images/ itself.
 ASSEMBLY_CODE = [Path(__file__).with_name("disk.py")]
 

@@ -213,7 +213,7 @@ def check_templates(work: Path, only: str, version: PackerVersion | None = None,
     (work / "nodekiln-stage").mkdir(exist_ok=True)
     for name in ("base.qcow2", "seed.iso"):
         (work / name).touch()
-    from nodekiln.qemu import generate_ssh_key
+    from nodekiln.images.machine import generate_ssh_key
 
     generate_ssh_key(work)
     variables = {

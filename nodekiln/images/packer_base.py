@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nodekiln.images import dib, disk
 from nodekiln.images.manifest import IMAGES_DIR, input_hash, sha256_file, short, tree_digests
-from nodekiln.images.recipe import ImageRecipe
+from nodekiln.config.recipe import ImageRecipe
 
 BASE_ELEMENT = "nodekiln-base"
 # Room on the base's root file system for what the bake steps install (containerd, Kubernetes).

@@ -29,11 +29,11 @@ from nodekiln.images.build import (DEFAULT_OUT, GIB, BuildResult, Plan, _cleanup
                                    _stop_on_sigterm, report_cache_hit, resolve_recipe, start_build,
                                    tool_versions)
 from nodekiln.images.packer_base import build_base_image
-from nodekiln.images.recipe import ImageRecipe
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.run import output, run
 
 if TYPE_CHECKING:
-    from nodekiln.site import Site
+    from nodekiln.config.site import Site
 
 BUILDERS = tuple(packer.SOURCES)
 # Host programs of a Packer build: Packer, qemu (packer-qemu), zstd (the tree comes back as
@@ -105,7 +105,7 @@ def packer_variables(plan: Plan, builder: str, work: Path, base_image: Path | No
         "image_name": plan.stem,
     }
     if builder == "packer-qemu":
-        from nodekiln.qemu import accelerator
+        from nodekiln.images.machine import accelerator
 
         assert base_image is not None and key is not None and seed is not None
         accel = accelerator()
@@ -320,8 +320,8 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
     key = seed = None
     public_key = None
     if builder == "packer-qemu":
-        from nodekiln.qemu import generate_ssh_key
-        from nodekiln.seed import write_seed_iso
+        from nodekiln.images.machine import generate_ssh_key
+        from nodekiln.images.seed import write_seed_iso
 
         key, public_key = generate_ssh_key(work)
         public_key = public_key.rsplit(" ", 1)[0] + f" {BUILD_KEY_COMMENT}"  # recognisable if ever left

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nodekiln.errors import NodekilnError
 from nodekiln.images.manifest import IMAGES_DIR
-from nodekiln.images.recipe import ImageRecipe
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.run import run
 
 # program or file the build needs -> Debian package that provides it

@@ -13,7 +13,7 @@ from nodekiln.errors import NodekilnError
 if TYPE_CHECKING:
     from openstack.connection import Connection
 
-    from nodekiln.openstack.spec import OpenStackSpec
+    from nodekiln.config.openstack import OpenStackSpec
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

@@ -14,7 +14,7 @@ node removed from the site is deleted only with `prune`. A server that differs f
 
 Servers created for a cluster that is already running join with the token `kubeadm init` made,
 while it lasts (kubernetes.bootstrapTokenTTL from the init node's creation, less the time a
-join takes); later they get a fresh token created through the API (nodekiln.jointoken), and a
+join takes); later they get a fresh token created through the API (nodekiln.bootstrap.jointoken), and a
 run that cannot reach the API fails before it creates anything.
 """
 
@@ -33,7 +33,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodekiln.jointoken import JOIN_MARGIN, APIUnreachableError, JoinTokenError, api_url, create_join_token, needs_fresh_token, parse_ttl
+from nodekiln.bootstrap.jointoken import JOIN_MARGIN, APIUnreachableError, JoinTokenError, api_url, create_join_token, needs_fresh_token, parse_ttl
 from nodekiln.openstack.cloud import CallCounter, OpenStackError, about, connect, count_calls, one_line
 from nodekiln.openstack.images import BUILD_DIR, image_name, load_manifest, newest_artifact
 from nodekiln.openstack.resources import ROLES, Names, allocation_pool, observed_rule, rules
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from openstack.connection import Connection
 
     from nodekiln.secrets import Secrets
-    from nodekiln.site import Node, Site
+    from nodekiln.config.site import Node, Site
 
 POLL_SECONDS = 2.0
 # Server statuses that end by themselves; others (SHUTOFF, PAUSED...) are an operator's doing: reported, not waited for.

@@ -23,7 +23,7 @@ from nodekiln.openstack.cloud import OpenStackError, about, connect
 if TYPE_CHECKING:
     from openstack.connection import Connection
 
-    from nodekiln.site import Site
+    from nodekiln.config.site import Site
 
 BUILD_DIR = Path("build/images")
 # Statuses of an image whose upload did not finish (or failed): safe to delete on the next run.

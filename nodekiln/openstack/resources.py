@@ -1,6 +1,6 @@
 """What a site needs on OpenStack, as data: resource names, the ownership tag, security-group rules.
 
-Security groups mirror the nodes' own nftables firewall (nodekiln/firewall.py): the cloud
+Security groups mirror the nodes' own nftables firewall (nodekiln/bootstrap/firewall.py): the cloud
 drops what the node would drop anyway, and lets through what the node lets through — with
 one addition nftables cannot express, the VIP in the control planes' allowed address pairs.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, summarize_address_range
 
-from nodekiln.firewall import CALICO, NODE_PORTS
-from nodekiln.site import Node, Site
+from nodekiln.bootstrap.firewall import CALICO, NODE_PORTS
+from nodekiln.config.site import Node, Site
 
 ROLES = ("control-plane", "worker")
 KUBELET = 10250

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from nodekiln.nodefiles import NodeFile
+from nodekiln.bootstrap.nodefiles import NodeFile
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).with_name("kubeadm_standin.py")

@@ -24,9 +24,9 @@ import shutil
 import pytest
 
 from nodekiln import contract
-from nodekiln.render import kubeadm_config, node_files
+from nodekiln.bootstrap.render import kubeadm_config, node_files
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 from .harness import Node, seed_cluster
 

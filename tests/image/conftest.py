@@ -9,7 +9,7 @@
   copy-on-write overlay with a NoCloud seed, SSH and cloud-init done, killed at session end.
 
 The seed's user-data comes from `seed_files()`; it is a minimal cloud-config of our own until
-the tests switch to `nodekiln.render` output (one line: see the comment in seed_files).
+the tests switch to `nodekiln.bootstrap.render` output (one line: see the comment in seed_files).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln import qemu
+from testing import qemu
 from nodekiln.images.build import BuildResult, build_image
 from .oci_archive import PRELOAD_IMAGE, write_oci_archive
 
@@ -62,7 +62,7 @@ class TestImage:
 
 
 def load_test_site():
-    from nodekiln.site import load_site
+    from nodekiln.config.site import load_site
 
     return load_site(Path(os.environ.get("NODEKILN_SITE") or EXAMPLE))
 
@@ -100,9 +100,9 @@ def seed_files(site, node, public_key: str) -> dict[str, bytes | str]:
 
     import yaml
 
-    from nodekiln.render import render_site
+    from nodekiln.bootstrap.render import render_site
     from nodekiln.secrets import SecretStore
-    from nodekiln.site import load_site
+    from nodekiln.config.site import load_site
 
     doc = yaml.safe_load(site.file.read_text())
     doc["ssh"]["authorizedKeys"] = [*doc["ssh"]["authorizedKeys"], public_key]

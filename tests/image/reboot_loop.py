@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodekiln import qemu
+from testing import qemu
 
 MARKERS = {
     "firmware": "nodekiln: loading the kernel",

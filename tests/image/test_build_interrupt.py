@@ -25,7 +25,7 @@ from pathlib import Path
 # A shell that starts jobs in the background hands them SIGINT ignored; a terminal does not.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from nodekiln.images.build import build_image
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 build_image(load_site(sys.argv[1]), Path(sys.argv[2]), kubernetes_source_override=sys.argv[3])
 """
 # A line diskimage-builder logs once it runs hooks inside the chroot (proc/sys/dev mounted).

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln.bench_iso import LAB_CIDR, LAB_CP, LAB_GATEWAY, LAB_USER, LAB_WORKER, lab_site
+from bench.iso import LAB_CIDR, LAB_CP, LAB_GATEWAY, LAB_USER, LAB_WORKER, lab_site
 from nodekiln.images import iso
-from nodekiln.images.isoboot import boot_iso, wait_console
-from nodekiln.qemu import generate_ssh_key
-from nodekiln.render import render_site
+from testing.isoboot import boot_iso, wait_console
+from testing.qemu import generate_ssh_key
+from nodekiln.bootstrap.render import render_site
 from nodekiln.run import run
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 pytestmark = [pytest.mark.slow]
 

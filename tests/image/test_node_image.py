@@ -192,7 +192,7 @@ def upstream_host_paths(site, exists) -> list[contract.HostPath]:
     import yaml
 
     from nodekiln.addons.plan import build_plan
-    from nodekiln.render import kubeadm_config
+    from nodekiln.bootstrap.render import kubeadm_config
     from nodekiln.secrets import generate
 
     docs = {d["kind"]: d for d in yaml.safe_load_all(kubeadm_config(site, generate(), site.init_node)) if d}

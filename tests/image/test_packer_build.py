@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln import qemu
+from testing import qemu
 from nodekiln.images.build import BuildResult
 from nodekiln.images.packer_build import BUILD_KEY_COMMENT, build_image_packer
 from tests.image import test_node_image as node_tests

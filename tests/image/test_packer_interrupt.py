@@ -28,7 +28,7 @@ from pathlib import Path
 # A shell that starts jobs in the background hands them SIGINT ignored; a terminal does not.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from nodekiln.images.packer_build import build_image_packer
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 build_image_packer(load_site(sys.argv[1]), "packer-qemu", Path(sys.argv[2]), base_image=Path(sys.argv[3]))
 """
 

@@ -1,7 +1,7 @@
 """The HA endpoint, proven in network namespaces with the real keepalived, HAProxy and nftables.
 
 Three control planes and one worker of the example site run as network namespaces on a bridge
-(nodekiln.testbed), each control plane with its rendered nftables ruleset, HAProxy and
+(testing.testbed), each control plane with its rendered nftables ruleset, HAProxy and
 keepalived started from the rendered files byte for byte, with the static pods' (or the systemd
 drop-ins') command lines.
 
@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
-from nodekiln.testbed import Testbed
+from nodekiln.config.site import load_site
+from testing.testbed import Testbed
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """A real local OpenStack (Keystone, Glance, Neutron, Placement, Nova with the fake virt driver,
 MariaDB, RabbitMQ) for the whole session, on 127.0.0.1 with fresh databases.
 
-Installed by `bash tests/openstack/install.sh` (cached); started by nodekiln.openstack.devcloud,
+Installed by `bash tests/openstack/install.sh` (cached); started by testing.devcloud,
 the same code `invoke bench` uses. Without the install the tests are skipped locally and fail
 in CI (CI=true), where a missing install is a broken pipeline, not a reason to skip.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nodekiln.openstack import devcloud
+from testing import devcloud
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "sites" / "example" / "site.yaml"
@@ -131,7 +131,7 @@ def write_build(directory: Path, site_name: str, *, size_mib: int = 8, suffix: s
 def boot_image(cloud: devcloud.DevCloud, tmp_path_factory: pytest.TempPathFactory) -> str:
     """One uploaded image the deploy tests boot (the fake driver never reads it)."""
     from nodekiln.openstack.images import upload_image
-    from nodekiln.site import load_site
+    from nodekiln.config.site import load_site
 
     directory = tmp_path_factory.mktemp("boot-image")
     doc = yaml.safe_load(EXAMPLE.read_text())

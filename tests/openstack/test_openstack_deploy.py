@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nodekiln import run
-from nodekiln.jointoken import JoinTokenError
+from nodekiln.bootstrap.jointoken import JoinTokenError
 from nodekiln.openstack import deploy
 from nodekiln.openstack.cloud import count_calls
 from nodekiln.openstack.deploy import CheckError, DeployError, site_deploy, site_destroy, tagged_leftovers
@@ -22,7 +22,7 @@ from nodekiln.openstack.images import ImageChecksumError, image_name, upload_ima
 from nodekiln.openstack.resources import Names
 from nodekiln.openstack.userdata import digest, render_user_data
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_interrupted_upload_is_cleaned_up_on_the_next_run(make_site, build_artif
     script.write_text(
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from nodekiln.site import load_site\n"
+        "from nodekiln.config.site import load_site\n"
         "from nodekiln.openstack.images import upload_image\n"
         "sent = 0\n"
         "def on_bytes(n):\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln.render import write_site
+from nodekiln.bootstrap.render import write_site
 
 APT = {"cloud-init": "cloud-init", "haproxy": "haproxy", "keepalived": "keepalived", "nft": "nftables", "unshare": "util-linux", "ip": "iproute2"}
 

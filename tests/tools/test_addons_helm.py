@@ -22,7 +22,7 @@ from nodekiln.addons import plan_release_files as make_plan
 from nodekiln.addons.apply import apply, images
 from nodekiln.addons.helm import TOOLS_BIN, Helm
 from nodekiln.addons.plan import AddonsError
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 pytestmark = pytest.mark.tools
 

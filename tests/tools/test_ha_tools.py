@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln.firewall import firewall_files
-from nodekiln.ha import ha_files
+from nodekiln.bootstrap.firewall import firewall_files
+from nodekiln.bootstrap.ha import ha_files
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 pytestmark = pytest.mark.tools
 

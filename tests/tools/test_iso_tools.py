@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nodekiln.images import iso
-from nodekiln.images.appliance import Appliance, DataDisk
+from nodekiln.config.appliance import Appliance, DataDisk
 from nodekiln.run import output, run
 
 TOOLS = ("xorriso", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "unsquashfs")

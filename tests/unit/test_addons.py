@@ -13,7 +13,7 @@ from nodekiln.addons import plan_release_files as make_plan
 from nodekiln.addons.graph import CycleError, order
 from nodekiln.addons.plan import build_plan, split_image
 from nodekiln.errors import SiteError
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "sites" / "example" / "site.yaml"

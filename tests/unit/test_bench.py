@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln import bench
+from bench import figures as bench
 from nodekiln.errors import NodekilnError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def test_every_registered_benchmark_resolves():
 
 
 def test_figure_details_say_what_each_figure_includes():
-    from nodekiln.bench import Figure
+    from bench.figures import Figure
     from nodekiln.cli import figure_details
 
     figures = [Figure("a_s", 1.0, "s", "<= 2", "stages: dib 100 s"), Figure("b_mb", 3.0, "MB", "<= 4")]

@@ -12,9 +12,9 @@ from nodekiln import contract
 from nodekiln.addons.plan import build_plan
 from nodekiln.errors import SiteError
 from nodekiln.images import dib
-from nodekiln.render import kubeadm_config
+from nodekiln.bootstrap.render import kubeadm_config
 from nodekiln.secrets import generate
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 # What the image itself provides outside the writable places (checked on the booted image by
 # tests/image/test_node_image.py::test_upstream_host_paths_exist_or_are_writable).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nodekiln.firewall import firewall_files, ruleset
-from nodekiln.site import load_site
-from nodekiln.synthetic import site_yaml
+from nodekiln.bootstrap.firewall import firewall_files, ruleset
+from nodekiln.config.site import load_site
+from testing.synthetic import site_yaml
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import re
 import pytest
 import yaml
 
-from nodekiln import ha
+from nodekiln.bootstrap import ha
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 
 def _load(path):

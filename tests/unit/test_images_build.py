@@ -16,8 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from nodekiln.images import build, dib, disk, manifest, preflight
-from nodekiln.images.recipe import ImageRecipe
-from nodekiln.seed import read_seed_iso, write_seed_iso
+from nodekiln.config.recipe import ImageRecipe
+from nodekiln.images.seed import read_seed_iso, write_seed_iso
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"

@@ -13,8 +13,8 @@ import pytest
 
 from nodekiln.errors import SiteError
 from nodekiln.images import iso
-from nodekiln.images.appliance import Appliance, DataDisk
-from nodekiln.site import load_site
+from nodekiln.config.appliance import Appliance, DataDisk
+from nodekiln.config.site import load_site
 
 NODES = [
     iso.MenuNode("cp1", "control-plane", "10.0.0.11", "52:54:00:AA:00:01"),

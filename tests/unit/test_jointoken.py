@@ -1,4 +1,4 @@
-"""Join tokens for nodes added to a running cluster (nodekiln.jointoken) and site-deploy's use of them."""
+"""Join tokens for nodes added to a running cluster (nodekiln.bootstrap.jointoken) and site-deploy's use of them."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from nodekiln import jointoken
-from nodekiln.jointoken import (
+from nodekiln.bootstrap import jointoken
+from nodekiln.bootstrap.jointoken import (
     APIUnreachableError,
     JoinTokenError,
     create_join_token,
@@ -32,7 +32,7 @@ from nodekiln.openstack import deploy
 from nodekiln.openstack.resources import ROLES, Names
 from nodekiln.openstack.userdata import digest
 from nodekiln.secrets import Secrets, generate
-from nodekiln.site import Site, load_site
+from nodekiln.config.site import Site, load_site
 from tests.tls import serving_cert
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

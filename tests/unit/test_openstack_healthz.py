@@ -11,7 +11,7 @@ import pytest
 
 from nodekiln.openstack import deploy
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 from tests.tls import serving_cert
 
 

@@ -10,7 +10,7 @@ import pytest
 from nodekiln.errors import SiteError
 from nodekiln.openstack.cloud import CallCounter
 from nodekiln.openstack.resources import Names, Rule, allocation_pool, rules
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 SECTION = {"cloud": "lab", "flavors": {"control-plane": "m1.large", "worker": "m1.xlarge"}}
 

@@ -11,7 +11,7 @@ import yaml
 
 from nodekiln.images import packer
 from nodekiln.images.packer_build import Progress, packer_inputs, remove_build_access, seed_files
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 
 @pytest.mark.parametrize("text, expected, plugins", [

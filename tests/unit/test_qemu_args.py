@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln import qemu
-from nodekiln.images import isoboot
+from testing import qemu
+from testing import isoboot
 
 
 def test_network_forwards_ssh_to_the_sites_own_address():

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from nodekiln.errors import SiteError
-from nodekiln.render import USER_DATA_LIMIT, RenderError, render_site, user_data, write_site
+from nodekiln.bootstrap.render import USER_DATA_LIMIT, RenderError, render_site, user_data, write_site
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
-from nodekiln.synthetic import site_yaml
+from nodekiln.config.site import load_site
+from testing.synthetic import site_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -202,8 +202,8 @@ def test_render_task_writes_nodes(example_site, tmp_path):
 
 def test_large_user_data_is_gzipped_and_too_large_fails(example, monkeypatch):
     site, secrets = example
-    from nodekiln import render
-    from nodekiln.nodefiles import NodeFile
+    from nodekiln.bootstrap import render
+    from nodekiln.bootstrap.nodefiles import NodeFile
 
     real = render.node_files
     import random

@@ -12,9 +12,9 @@ import yaml
 from cryptography import x509
 
 from nodekiln.errors import SecretsError
-from nodekiln.kubeconfig import admin_kubeconfig
+from nodekiln.bootstrap.kubeconfig import admin_kubeconfig
 from nodekiln.secrets import SecretStore, ca_cert_hash
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 
 REPO = Path(__file__).resolve().parents[2]
 

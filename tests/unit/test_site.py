@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from nodekiln.errors import SiteError
-from nodekiln.site import json_schema, load_site
-from nodekiln.synthetic import site_yaml
+from nodekiln.config.site import json_schema, load_site
+from testing.synthetic import site_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 

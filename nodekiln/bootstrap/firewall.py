@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nodekiln import templates
-from nodekiln.nodefiles import NodeFile
-from nodekiln.site import Node, Site
+from nodekiln.bootstrap.nodefiles import NodeFile
+from nodekiln.config.site import Node, Site
 
 PATH = "/etc/nftables.conf"
 NODE_PORTS = (30000, 32767)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from nodekiln.model import Strict
+from nodekiln.config.model import Strict
 
 
 class DataDisk(Strict):

@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nodekiln import templates
-from nodekiln.nodefiles import NodeFile
+from nodekiln.bootstrap.nodefiles import NodeFile
 from nodekiln.secrets import Secrets
-from nodekiln.site import APISERVER_PORT, Node, Site
+from nodekiln.config.site import APISERVER_PORT, Node, Site
 
 # --- VRRP (keepalived) ---------------------------------------------------------------------
 ADVERT_INT = 1  # seconds; VRRPv2 only allows whole seconds

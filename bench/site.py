@@ -5,9 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from nodekiln.bench import Figure, best_of
-from nodekiln.site import load_site
-from nodekiln.synthetic import site_yaml
+from bench.figures import Figure, best_of
+from nodekiln.config.site import load_site
+from testing.synthetic import site_yaml
 
 
 def validate_1000_nodes_s() -> Figure:

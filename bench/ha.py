@@ -8,11 +8,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from nodekiln.bench import Figure
+from bench.figures import Figure
 from nodekiln.errors import NodekilnError
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
-from nodekiln.testbed import Testbed
+from nodekiln.config.site import load_site
+from testing.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILOVERS = 5

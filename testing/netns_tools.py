@@ -1,11 +1,11 @@
 """Small programs the netns test bed runs inside its namespaces (standard library only: they
 start in ~50 ms, which matters when measuring a fail-over).
 
-    python -m nodekiln.netns_tools standin NAME CERT KEY [PORT]   kube-apiserver stand-in
-    python -m nodekiln.netns_tools listen PORT...                 accept and close on TCP ports
-    python -m nodekiln.netns_tools get URL COUNT                  COUNT GETs, one body a line
-    python -m nodekiln.netns_tools probe URL                      after 'go' on stdin: first success
-    python -m nodekiln.netns_tools connect HOST TIMEOUT PORT...   'PORT open|closed|filtered'
+    python -m testing.netns_tools standin NAME CERT KEY [PORT]   kube-apiserver stand-in
+    python -m testing.netns_tools listen PORT...                 accept and close on TCP ports
+    python -m testing.netns_tools get URL COUNT                  COUNT GETs, one body a line
+    python -m testing.netns_tools probe URL                      after 'go' on stdin: first success
+    python -m testing.netns_tools connect HOST TIMEOUT PORT...   'PORT open|closed|filtered'
 """
 
 from __future__ import annotations

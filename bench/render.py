@@ -5,11 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from nodekiln.bench import Figure, best_of
-from nodekiln.render import render_site
+from bench.figures import Figure, best_of
+from nodekiln.bootstrap.render import render_site
 from nodekiln.secrets import SecretStore
-from nodekiln.site import load_site
-from nodekiln.synthetic import site_yaml
+from nodekiln.config.site import load_site
+from testing.synthetic import site_yaml
 
 
 def render_1000_nodes_s() -> Figure:

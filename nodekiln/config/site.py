@@ -15,13 +15,14 @@ from typing import Annotated, Any, Literal
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_validator
 
-from nodekiln import contract, yamlsrc
-from nodekiln.addons.spec import AddonsSpec, check_addons
+from nodekiln import contract
+from nodekiln.config import yamlsrc
+from nodekiln.config.addons import AddonsSpec, check_addons
 from nodekiln.errors import Problem, SiteError
-from nodekiln.images.appliance import Appliance
-from nodekiln.images.recipe import ImageRecipe
-from nodekiln.model import Strict
-from nodekiln.openstack.spec import OpenStackSpec
+from nodekiln.config.appliance import Appliance
+from nodekiln.config.recipe import ImageRecipe
+from nodekiln.config.model import Strict
+from nodekiln.config.openstack import OpenStackSpec
 
 API_VERSION = "nodekiln/v1alpha1"
 # kubeadm's v1beta4 configuration API (what nodekiln renders) exists from 1.31 on; 1.35 is

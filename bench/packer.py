@@ -1,6 +1,6 @@
 """`packer_qemu_build_s`: a cold Packer build (qemu builder; KVM where it works, TCG here) of
 the same recipe `image_cold_build_s` builds with diskimage-builder (the example site, the
-local kubectl + helm source of nodekiln.bench_image), on the same machine.
+local kubectl + helm source of bench.image), on the same machine.
 
 Cold for the node image: a fresh output directory. The base image (nodekiln-base, the disk
 Packer boots) is an input like the cloud image a site names: built once and kept under
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nodekiln.bench import Figure
+from bench.figures import Figure
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_CACHE = REPO / "build" / "bench" / "packer-base"
@@ -23,10 +23,10 @@ BASE_CACHE = REPO / "build" / "bench" / "packer-base"
 def packer_qemu_build_s() -> Figure:
     from rich.console import Console
 
-    from nodekiln.bench_image import EXAMPLE, _local_source
+    from bench.image import EXAMPLE, _local_source
     from nodekiln.images.packer_base import build_base_image
     from nodekiln.images.packer_build import build_image_packer
-    from nodekiln.site import load_site
+    from nodekiln.config.site import load_site
 
     site = load_site(EXAMPLE)
     base = build_base_image(site.image, BASE_CACHE)

@@ -1,6 +1,6 @@
 """Boot an appliance ISO in qemu the way a machine would: the ISO as a CD or a USB stick, a
 local data disk (kept across guest reboots), a NIC with a chosen MAC, optionally a NoCloud
-seed. Uses the disk-image harness (nodekiln.qemu) for acceleration, SSH and testinfra.
+seed. Uses the disk-image harness (testing.qemu) for acceleration, SSH and testinfra.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from nodekiln.qemu import (VM, BootError, disk_format, firmware_args, free_port, launch, machine_args,
+from testing.qemu import (VM, BootError, disk_format, firmware_args, free_port, launch, machine_args,
                            network_args, seed_args, vm_workdir)
 from nodekiln.run import run
-from nodekiln.seed import write_seed_iso
+from nodekiln.images.seed import write_seed_iso
 
 DATA_SERIAL = "NKDATA0001"
 

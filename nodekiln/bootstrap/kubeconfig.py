@@ -7,7 +7,7 @@ import base64
 import yaml
 
 from nodekiln.secrets import Secrets, make_client_cert
-from nodekiln.site import Site
+from nodekiln.config.site import Site
 
 # kubeadm (1.29+) binds this group to cluster-admin; unlike system:masters it can be revoked.
 ADMIN_GROUP = "kubeadm:cluster-admins"

@@ -15,7 +15,7 @@ import time
 from functools import cache
 from pathlib import Path
 
-from nodekiln.bench import Figure
+from bench.figures import Figure
 from nodekiln.errors import NodekilnError
 
 LAB_CIDR = "10.20.0.0/24"
@@ -66,9 +66,9 @@ def root_tree() -> Path:
 def _lab_build() -> tuple[Path, float, Path, Path]:
     """(ISO, seconds from an existing tree, private key, work dir) for the lab site."""
     from nodekiln.images import iso
-    from nodekiln.qemu import generate_ssh_key
+    from testing.qemu import generate_ssh_key
     from nodekiln.secrets import SecretStore
-    from nodekiln.site import load_site
+    from nodekiln.config.site import load_site
 
     work = Path(tempfile.mkdtemp(prefix="nodekiln-bench-iso-", dir="build" if Path("build").is_dir() else None))
     atexit.register(shutil.rmtree, work, True)  # the ISO and the lab site's secrets
@@ -97,7 +97,7 @@ def iso_build_s() -> Figure:
 
 
 def iso_boot_s() -> Figure:
-    from nodekiln.images.isoboot import boot_iso
+    from testing.isoboot import boot_iso
 
     path, _, key, work = _lab_build()
     cp, address, mac = LAB_CP

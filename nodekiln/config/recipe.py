@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from nodekiln import contract
-from nodekiln.model import Strict
+from nodekiln.config.model import Strict
 
 DISTRIBUTIONS = {"debian": {"12": "bookworm"}, "ubuntu": {"24.04": "noble"}}
 # (main, security) archives when the recipe names none

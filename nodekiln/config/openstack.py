@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from nodekiln.model import Strict
+from nodekiln.config.model import Strict
 
 Role = Literal["control-plane", "worker"]
 

@@ -36,11 +36,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from nodekiln.errors import NodekilnError
-from nodekiln.firewall import firewall_files
-from nodekiln.ha import MANIFESTS, ha_files
+from nodekiln.bootstrap.firewall import firewall_files
+from nodekiln.bootstrap.ha import MANIFESTS, ha_files
 from nodekiln.run import run, which
 from nodekiln.secrets import Secrets
-from nodekiln.site import Node, Site
+from nodekiln.config.site import Node, Site
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "nkt"
@@ -208,9 +208,9 @@ class Testbed:
         if argv is not None:
             pass
         elif program == "standin":
-            argv = [sys.executable, "-m", "nodekiln.netns_tools", "standin", node.name, str(self.cert), str(self.key)]
+            argv = [sys.executable, "-m", "testing.netns_tools", "standin", node.name, str(self.cert), str(self.key)]
         elif program == "listen":
-            argv = [sys.executable, "-m", "nodekiln.netns_tools", "listen", *[str(p) for p in self.listen_ports[node.name]]]
+            argv = [sys.executable, "-m", "testing.netns_tools", "listen", *[str(p) for p in self.listen_ports[node.name]]]
         else:
             argv = self.command(node, program)
         # a mount namespace per process (ip netns exec makes one): the rendered folders appear
@@ -285,7 +285,7 @@ class Testbed:
         return run(["ip", "netns", "exec", self.ns(node), *argv], env=env, timeout=timeout, check=False).output
 
     def tool(self, node: Node, *args: str, timeout: float = 60) -> str:
-        return self.exec(node, sys.executable, "-m", "nodekiln.netns_tools", *args, timeout=timeout)
+        return self.exec(node, sys.executable, "-m", "testing.netns_tools", *args, timeout=timeout)
 
     def holders(self) -> list[str]:
         found = []
@@ -403,7 +403,7 @@ class Testbed:
         old = self.wait_holder()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         prober = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(self.worker), sys.executable, "-m", "nodekiln.netns_tools", "probe", self.url()],
+            ["ip", "netns", "exec", self.ns(self.worker), sys.executable, "-m", "testing.netns_tools", "probe", self.url()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         assert prober.stdin is not None and prober.stdout is not None

@@ -15,11 +15,11 @@ import yaml
 from nodekiln import contract, templates
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
-from nodekiln.firewall import firewall_files
-from nodekiln.ha import ha_files, ha_services
-from nodekiln.nodefiles import NodeFile
+from nodekiln.bootstrap.firewall import firewall_files
+from nodekiln.bootstrap.ha import ha_files, ha_services
+from nodekiln.bootstrap.nodefiles import NodeFile
 from nodekiln.secrets import Secrets
-from nodekiln.site import Node, Site
+from nodekiln.config.site import Node, Site
 
 # OpenStack (Nova) refuses user_data over 64 KiB; cloud-init takes gzip'ed user-data as is.
 USER_DATA_LIMIT = 65_535
@@ -152,7 +152,7 @@ _BlockDumper.add_representer(str, _str)
 def user_data(site: Site, secrets: Secrets, node: Node) -> bytes:
     fqdn = f"{node.name}.{site.name}.{site.kubernetes.clusterDomain}"
     # The template gives the readable head of the file; write_files is dumped after it.
-    head = templates.render("cloudinit", "user-data.yaml.j2", site=site, node=node, fqdn=fqdn)
+    head = templates.render("bootstrap", "cloudinit/user-data.yaml.j2", site=site, node=node, fqdn=fqdn)
     write_files = [
         {"path": f.path, "owner": "root:root", "permissions": f"{f.mode:04o}", "content": f.content}
         for f in node_files(site, secrets, node)
@@ -175,8 +175,8 @@ def render_node(site: Site, secrets: Secrets, node: Node) -> RenderedNode:
     return RenderedNode(
         name=node.name,
         user_data=user_data(site, secrets, node),
-        meta_data=templates.render("cloudinit", "meta-data.yaml.j2", node=node, instance_id=f"nodekiln-{site.name}-{node.name}"),
-        network_config=templates.render("cloudinit", "network-config.yaml.j2", site=site, node=node, interface=site.controlPlane.interface),
+        meta_data=templates.render("bootstrap", "cloudinit/meta-data.yaml.j2", node=node, instance_id=f"nodekiln-{site.name}-{node.name}"),
+        network_config=templates.render("bootstrap", "cloudinit/network-config.yaml.j2", site=site, node=node, interface=site.controlPlane.interface),
     )
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_atomic
 
+REPO = Path(__file__).resolve().parent.parent  # benchmarks run from a checkout
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -36,23 +38,23 @@ class Figure:
 
 
 BENCHMARKS: dict[str, str] = {
-    "validate_1000_nodes_s": "nodekiln.bench_site:validate_1000_nodes_s",
-    "image_cold_build_s": "nodekiln.bench_image:image_cold_build_s",
-    "image_cache_hit_s": "nodekiln.bench_image:image_cache_hit_s",
-    "image_qcow2_mb": "nodekiln.bench_image:image_qcow2_mb",
-    "boot_to_cloudinit_s": "nodekiln.bench_image:boot_to_cloudinit_s",
-    "deploy_50_nodes_calls": "nodekiln.bench_openstack:deploy_50_nodes_calls",
-    "deploy_50_nodes_s": "nodekiln.bench_openstack:deploy_50_nodes_s",
-    "redeploy_nochange_writes": "nodekiln.bench_openstack:redeploy_nochange_writes",
-    "upload_1gib_peak_rss_mb": "nodekiln.bench_openstack:upload_1gib_peak_rss_mb",
-    "upload_1gib_mb_per_s": "nodekiln.bench_openstack:upload_1gib_mb_per_s",
-    "render_1000_nodes_s": "nodekiln.bench_render:render_1000_nodes_s",
-    "addons_plan_s": "nodekiln.bench_addons:addons_plan_s",
-    "vip_failover_s": "nodekiln.bench_ha:vip_failover_s",
-    "packer_qemu_build_s": "nodekiln.bench_packer:packer_qemu_build_s",
-    "iso_mb": "nodekiln.bench_iso:iso_mb",
-    "iso_build_s": "nodekiln.bench_iso:iso_build_s",
-    "iso_boot_s": "nodekiln.bench_iso:iso_boot_s",
+    "validate_1000_nodes_s": "bench.site:validate_1000_nodes_s",
+    "image_cold_build_s": "bench.image:image_cold_build_s",
+    "image_cache_hit_s": "bench.image:image_cache_hit_s",
+    "image_qcow2_mb": "bench.image:image_qcow2_mb",
+    "boot_to_cloudinit_s": "bench.image:boot_to_cloudinit_s",
+    "deploy_50_nodes_calls": "bench.openstack:deploy_50_nodes_calls",
+    "deploy_50_nodes_s": "bench.openstack:deploy_50_nodes_s",
+    "redeploy_nochange_writes": "bench.openstack:redeploy_nochange_writes",
+    "upload_1gib_peak_rss_mb": "bench.openstack:upload_1gib_peak_rss_mb",
+    "upload_1gib_mb_per_s": "bench.openstack:upload_1gib_mb_per_s",
+    "render_1000_nodes_s": "bench.render:render_1000_nodes_s",
+    "addons_plan_s": "bench.addons:addons_plan_s",
+    "vip_failover_s": "bench.ha:vip_failover_s",
+    "packer_qemu_build_s": "bench.packer:packer_qemu_build_s",
+    "iso_mb": "bench.iso:iso_mb",
+    "iso_build_s": "bench.iso:iso_build_s",
+    "iso_boot_s": "bench.iso:iso_boot_s",
 }
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodekiln.errors import NodekilnError
-from nodekiln.kubeconfig import ADMIN_GROUP
+from nodekiln.bootstrap.kubeconfig import ADMIN_GROUP
 from nodekiln.secrets import bootstrap_token, make_client_cert
 
 if TYPE_CHECKING:
     from nodekiln.secrets import Secrets
-    from nodekiln.site import Site
+    from nodekiln.config.site import Site
 
 # The bootstrap-token Secret, as kubernetes/cluster-bootstrap token/api/types.go defines it:
 # name "bootstrap-token-<token-id>" in kube-system, type "bootstrap.kubernetes.io/token".
@@ -48,7 +48,7 @@ NODE_BOOTSTRAP_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 # Time a node added later needs from its server create to `kubeadm join`: boot, cloud-init,
 # image pulls are all in the image. A token closer than this to its end is treated as gone.
 JOIN_MARGIN = dt.timedelta(hours=1)
-# The site's duration syntax (nodekiln.site.DURATION): a subset of Go's time.ParseDuration.
+# The site's duration syntax (nodekiln.config.site.DURATION): a subset of Go's time.ParseDuration.
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _CLIENT_USER = "nodekiln-join-token"
 
@@ -139,7 +139,7 @@ def _client_context(secrets: Secrets) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=secrets.ca.cert)
     context.check_hostname = False
     # A short-lived admin certificate (group kubeadm:cluster-admins, bound to cluster-admin by
-    # kubeadm >= 1.29), as nodekiln.kubeconfig.admin_kubeconfig signs it.
+    # kubeadm >= 1.29), as nodekiln.bootstrap.kubeconfig.admin_kubeconfig signs it.
     client = make_client_cert(secrets.ca, _CLIENT_USER, ADMIN_GROUP, 1)
     # ssl reads a certificate chain from files only: a 0600 file in a 0700 folder, gone as soon
     # as it is loaded.

@@ -13,10 +13,10 @@ from functools import cache
 from pathlib import Path
 
 from nodekiln import run
-from nodekiln.bench import Figure
-from nodekiln.images import bench as image_bench
+from bench.figures import Figure
+from bench import image_boot as image_bench
 from nodekiln.images.build import BuildResult
-from nodekiln.site import Site, load_site
+from nodekiln.config.site import Site, load_site
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "sites" / "example" / "site.yaml"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nodekiln import qemu
+from testing import qemu
 from nodekiln.images.build import BuildResult, SiteLike, build_image
 
 GOALS = {"image_cold_build_s": 300, "image_cache_hit_s": 2, "image_qcow2_mb": 300, "boot_to_cloudinit_s": 90}

@@ -18,12 +18,12 @@ from pathlib import Path
 import yaml
 
 from nodekiln import run
-from nodekiln.bench import Figure
+from bench.figures import Figure
 
 
 @cache
 def _cloud():
-    from nodekiln.openstack import devcloud
+    from testing import devcloud
 
     if os.environ.get("NODEKILN_DEVCLOUD"):
         cloud = devcloud.DevCloud.attach(Path(os.environ["NODEKILN_DEVCLOUD"]))
@@ -50,8 +50,8 @@ def _deploy_50() -> dict[str, float]:
     from nodekiln.openstack.deploy import site_deploy, site_destroy
     from nodekiln.openstack.images import upload_image
     from nodekiln.secrets import SecretStore
-    from nodekiln.site import load_site
-    from nodekiln.synthetic import site_document
+    from nodekiln.config.site import load_site
+    from testing.synthetic import site_document
 
     cloud = _cloud()
     doc = site_document(50, name="bench50")
@@ -92,7 +92,7 @@ def redeploy_nochange_writes() -> Figure:
 UPLOAD_CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from nodekiln.site import load_site
+from nodekiln.config.site import load_site
 from nodekiln.openstack.images import upload_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = upload_image(load_site(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), progress=False)
@@ -103,8 +103,8 @@ print(json.dumps({"before_mb": before / 1024, "peak_mb": peak / 1024, "mb_per_s"
 
 @cache
 def _upload_1gib() -> dict[str, float]:
-    from nodekiln.site import load_site
-    from nodekiln.synthetic import site_document
+    from nodekiln.config.site import load_site
+    from testing.synthetic import site_document
 
     cloud = _cloud()
     doc = site_document(3, name="bench-upload")

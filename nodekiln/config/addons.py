@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import yaml
 from pydantic import Field
 
-from nodekiln.model import Strict
+from nodekiln.config.model import Strict
 
 if TYPE_CHECKING:  # the site imports this module: no import back at run time
-    from nodekiln.site import Site
+    from nodekiln.config.site import Site
 
 PathKey = tuple[str | int, ...]
 

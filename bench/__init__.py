@@ -1,0 +1,1 @@
+"""`invoke bench`: the measured figures (not installed with nodekiln)."""

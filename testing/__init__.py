@@ -1,0 +1,1 @@
+"""Test scaffolding shared by the tests and the benchmarks (not installed with nodekiln)."""
