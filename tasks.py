@@ -1,105 +1,34 @@
-"""nodekiln's Invoke tasks: options in, a call into nodekiln, results out.
+"""Invoke tasks of this checkout: every task nodekiln ships (nodekiln/tasks.py, also installed as
+the `nodekiln` command) and the developer tasks that need the repository (test, test-image, bench).
 
 Every task takes --site PATH (default: $NODEKILN_SITE, else sites/example/site.yaml).
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import os
+import shlex
 from pathlib import Path
 
-from invoke import task
+from invoke import Collection, task
 from invoke.exceptions import Exit
 
-from nodekiln.cli import console, figure_details, figures_table, handled
+from nodekiln import tasks as shipped
+from nodekiln.cli import console, handled
+from nodekiln.tasks import SITE_HELP, _site
 
-SITE_HELP = {"site": "site file (default: $NODEKILN_SITE, else sites/example/site.yaml)"}
-
-
-def _site(path: str | None):
-    from nodekiln.config.site import load_site
-
-    return load_site(path)
+REPO = Path(__file__).resolve().parent
 
 
-def _secrets(site):
-    from nodekiln.secrets import SecretStore
-
-    secrets, created = SecretStore(site.directory, site.name).ensure()
-    if created:
-        console.print(f"created the secrets of site {site.name} in {SecretStore(site.directory, site.name).path} (mode 0600)")
-    return secrets
-
-
-@task(help=SITE_HELP)
-@handled
-def validate(c, site=None):
-    """Check the site file: every problem with its line and field."""
-    loaded = _site(site)
-    console.print(f"{loaded.file}: site {loaded.name} is valid: {len(loaded.control_planes)} control planes, {len(loaded.workers)} workers, endpoint {loaded.endpoint}")
-
-
-@task(help={**SITE_HELP, "regenerate": "replace existing (or lost) secrets: only for a site whose nodes are all gone"})
-@handled
-def secrets(c, site=None, regenerate=False):
-    """Create the site's CAs, keys, token, VRRP password (once)."""
-    from nodekiln.secrets import SecretStore
-
-    loaded = _site(site)
-    store = SecretStore(loaded.directory, loaded.name)
-    if regenerate:
-        store.create(regenerate=True)
-        console.print(f"regenerated the secrets of site {loaded.name} in {store.path}")
-    elif store.exists():
-        store.load()
-        console.print(f"secrets of site {loaded.name} are in place: {store.path}")
-    else:
-        store.create()
-        console.print(f"created the secrets of site {loaded.name} in {store.path} (mode 0600)")
-
-
-@task(help={**SITE_HELP, "out": "where to write it (default: <site dir>/.nodekiln/<site>-admin.conf)", "days": "validity of the client certificate"})
-@handled
-def kubeconfig(c, site=None, out=None, days=365):
-    """Write an admin kubeconfig signed by the site CA."""
-    from nodekiln.files import write_atomic
-    from nodekiln.bootstrap.kubeconfig import admin_kubeconfig
-
-    loaded = _site(site)
-    target = Path(out) if out else loaded.directory / ".nodekiln" / f"{loaded.name}-admin.conf"
-    write_atomic(target, admin_kubeconfig(loaded, _secrets(loaded), days=int(days)), mode=0o600)
-    console.print(str(target))
-
-
-@task(
-    help={
-        **SITE_HELP,
-        "out": "artifact folder (default: build/images)",
-        "kubernetes_source": "override the recipe: upstream, none or local:DIR",
-        "format": "output format, repeatable: qcow2, raw (default: the recipe's)",
-        "builder": "dib (default), packer-qemu or packer-openstack",
-    },
-    iterable=["format"],
-)
-@handled(interrupted="interrupted outside the build itself (tool and source checks): no work folder, mount or "
-                     "partial artifact is left (an interrupted build cleans up and says so itself)")
-def build_image(c, site=None, out=None, kubernetes_source=None, format=None, builder="dib"):
-    """Bake the site's immutable node image; prints its path last."""
-    from nodekiln.images.build import build_image as build
-    from nodekiln.images.packer_build import BUILDERS, build_image_packer
-
-    if builder != "dib" and builder not in BUILDERS:
-        raise Exit(f"error: --builder {builder}: expected dib, {', '.join(BUILDERS)}", code=2)
-    loaded = _site(site)
-    target = Path(out) if out else Path("build/images")
-    if builder == "dib":
-        result = build(loaded, target, kubernetes_source, format or None)
-    else:
-        result = build_image_packer(loaded, builder, target, kubernetes_source, format or None)
-    state = "cache hit: inputs unchanged" if result.cache_hit else f"built in {result.seconds:.0f} s"
-    console.print(f"{state}; manifest {result.manifest_path}")
-    print(result.image)
+def pytest_command(fast: bool = False, k: str | None = None) -> str:
+    """The shell command `invoke test` runs: every argument quoted by shlex, so a -k expression
+    with quotes or spaces (`not 'slow and x'`) reaches pytest as typed."""
+    args = ["python", "-m", "pytest"]
+    if fast:
+        args += ["-m", "not slow"]
+    if k:
+        args += ["-k", k]
+    return shlex.join(args)
 
 
 @task(help={**SITE_HELP, "image": "the image to boot and check (a qcow2 from build-image)"})
@@ -107,173 +36,20 @@ def build_image(c, site=None, out=None, kubernetes_source=None, format=None, bui
                      "had booted may outlive them: a qemu-system process, a nodekiln-vm-* folder in the temporary directory")
 def test_image(c, image, site=None):
     """Boot an image in qemu and run the node checks on it."""
-    from nodekiln.images.check import test_image as check
+    from testing.check_image import test_image as check
 
     code = check(Path(image), _site(site))
     if code:
         raise Exit(code=code)
 
 
-@task(help={**SITE_HELP, "out": "output folder (default: build/render/<site>)"})
-@handled
-def render(c, site=None, out=None):
-    """Write every node's cloud-init data (NoCloud files)."""
-    from nodekiln.bootstrap.render import write_site
-
-    loaded = _site(site)
-    target = Path(out) if out else Path("build/render") / loaded.name
-    written = write_site(loaded, _secrets(loaded), target)
-    console.print(f"rendered {len(written)} nodes of site {loaded.name} into {target}")
-
-
-@task(
-    help={
-        **SITE_HELP,
-        "out": "output folder (default: build/iso)",
-        "kubernetes_source": "override image.kubernetesSource: upstream, none or local:DIR",
-        "tree": "use this root tree (a directory or diskimage-builder's tar) instead of building one",
-    }
-)
-@handled(interrupted="interrupted: no ISO was finished (it is renamed into place only when complete); its work folder "
-                     "under <out>/work/ stays, and the next build-iso starts over in it")
-def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
-    """Make the site's appliance ISO (UEFI+BIOS, CD or USB)."""
-    from nodekiln.images.iso import build_iso as build
-
-    loaded = _site(site)
-    result = build(loaded, _secrets(loaded), Path(out) if out else Path("build/iso"),
-                   kubernetes_source=kubernetes_source, tree=Path(tree) if tree else None,
-                   on_stage=lambda name: console.print(f"[dim]… {name}[/]"))
-    how = "cache hit (inputs unchanged)" if result.cached else f"built in {result.seconds:.0f} s"
-    console.print(f"{how}; manifest {result.manifest}; the ISO holds the site's credentials (mode 0600)")
-    print(result.path)
-
-
-@task(
-    help={
-        **SITE_HELP,
-        "dry_run": "print the ordered plan and write the values files and plan.json; touch no cluster",
-        "out": "folder of plan.json and the values files (default: build/addons/<site>)",
-        "images": "print every container image the addons run (to bake into air-gapped images)",
-        "kubeconfig": "cluster to install into (default: <site dir>/.nodekiln/<site>-admin.conf)",
-    }
-)
-@handled(interrupted="interrupted: the releases before the current one are installed; the current one may be mid-install: "
-                     "helm --atomic rolls it back (if helm was killed first it stays pending: helm rollback it); "
-                     "run addons again, it skips unchanged releases")
-def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None):
-    """Install the site's Helm addons in order (--dry-run: plan)."""
-    from rich.table import Table
-
-    from nodekiln import addons as stage
-
-    loaded = _site(site)
-    target = Path(out) if out else None
-    if images:
-        found, notes = stage.images(loaded, target)
-        for image in found:
-            sys.stdout.write(image + "\n")
-        for note in notes:
-            console.print(f"note: {note}", style="yellow")
-        return
-    if dry_run:
-        plan, plan_file = stage.plan_release_files(loaded, target)
-        table = Table(title=f"addons of site {loaded.name} (install order)")
-        for column in ("#", "release", "namespace", "chart@version"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("waits for")
-        for i, release in enumerate(plan.releases, 1):
-            table.add_row(str(i), release.name, release.namespace, release.label, release.wait_for)
-        console.print(table)
-        for name, env in plan.missing_secrets:
-            console.print(f"note: secret {name} is not in the store yet: set {env} for the real run", style="yellow")
-        console.print(f"wrote {plan_file} and {len(plan.releases)} values files (no cluster touched)")
-        return
-    outcomes = stage.install(loaded, target, Path(kubeconfig) if kubeconfig else None)
-    changed = [o for o in outcomes if o.action != "unchanged"]
-    if not changed:
-        console.print(f"nothing changed: all {len(outcomes)} releases are as planned")
-    else:
-        console.print(", ".join(f"{o.name} {o.action}" for o in changed) + f"; {len(outcomes) - len(changed)} unchanged")
-
-
-@task(help={**SITE_HELP, "image": "the image file (default: the newest build/images/<site>-<hash>.qcow2, its .manifest.json beside it)"})
-@handled(interrupted="interrupted: the unfinished Glance image was deleted or, if that did not get through, is left "
-                     "queued/saving and the next upload-image deletes it; run upload-image again")
-def upload_image(c, site=None, image=None):
-    """Upload the node image to Glance (reused by content hash)."""
-    from nodekiln.openstack.images import newest_artifact, upload_image as upload
-
-    loaded = _site(site)
-    if image:
-        path = Path(image)
-        manifest = path.with_name(path.name.rsplit(".", 1)[0] + ".manifest.json")
-    else:
-        path, manifest = newest_artifact(loaded)
-    result = upload(loaded, path, manifest)
-    for orphan in result.cleaned:
-        console.print(f"deleted image {orphan}, left behind by an interrupted upload")
-    if result.reused:
-        console.print(f"image {result.name} ({result.image_id}) is already in Glance: nothing uploaded")
-    else:
-        console.print(f"uploaded {result.name} ({result.image_id}): {result.bytes / 2**20:.0f} MiB in {result.seconds:.1f} s, sha512 verified")
-
-
-@task(help={**SITE_HELP, "dry_run": "print the plan (create / keep / delete per resource) and change nothing",
-            "prune": "also delete servers and ports of nodes no longer in the site"})
-@handled(interrupted="interrupted: what site-deploy created so far stays, tagged as the site's (but for a resource caught "
-                     "between its create and its tag call: README, OpenStack); run site-deploy again to converge, or site-destroy")
-def site_deploy(c, site=None, dry_run=False, prune=False):
-    """Create or converge the site's OpenStack servers and network."""
-    from nodekiln.openstack.deploy import site_deploy as deploy
-
-    loaded = _site(site)
-    result = deploy(loaded, _secrets(loaded), dry_run=dry_run, prune=prune, echo=console.print)
-    console.print(result.plan.table())
-    verb = "would change" if dry_run else "changed"
-    console.print(f"site {loaded.name}: {verb}: {result.plan.summary()} ({result.calls.writes} write calls, {result.calls.total} in all, {result.seconds:.1f} s)")
-    if not dry_run:
-        console.print(f"API endpoint: {result.healthz}")
-
-
-@task(help=SITE_HELP)
-@handled(interrupted="interrupted: some of the site's resources may be deleted, the rest are still there and still "
-                     "the site's; run site-destroy again to delete them")
-def site_destroy(c, site=None):
-    """Delete every OpenStack resource nodekiln made for the site."""
-    from nodekiln.openstack.deploy import site_destroy as destroy
-
-    loaded = _site(site)
-    result = destroy(loaded, echo=console.print)
-    for line in result.deleted:
-        console.print(f"deleted {line}")
-    console.print(f"site {loaded.name}: {len(result.deleted)} resources deleted")
-
-
-@task(help={**SITE_HELP, "out": "write the schema to this file instead of standard output"})
-@handled
-def schema(c, site=None, out=None):
-    """Print the site file's JSON Schema (for editors)."""
-    from nodekiln.files import write_atomic
-    from nodekiln.config.site import json_schema
-
-    text = json.dumps(json_schema(), indent=2) + "\n"
-    if out:
-        write_atomic(Path(out), text)
-        console.print(out)
-    else:
-        sys.stdout.write(text)
 
 
 @task(help={**SITE_HELP, "fast": "leave out the slow tests (image builds and boots, services)", "k": "only tests matching this pytest expression", "all": "also the kvm_only tests where KVM does not work (the real Packer build: ~40 min under TCG)"})
 def test(c, site=None, fast=False, k=None, all=False):
     """Run the test suite; --fast runs the quick tests alone."""
-    import os
-
-    from nodekiln.cli import pytest_command
-
     # helm and other helper tools that .ci/install puts under build/tools/bin
-    tools = Path(__file__).resolve().parent / "build" / "tools" / "bin"
+    tools = REPO / "build" / "tools" / "bin"
     env = {"PATH": f"{tools}:{os.environ.get('PATH', '')}"}
     if all:
         env["NODEKILN_TEST_ALL"] = "1"
@@ -286,6 +62,7 @@ def test(c, site=None, fast=False, k=None, all=False):
 def bench(c, site=None, only=None, json=None):
     """Measure the project's figures against their goals."""
     from bench import figures as benchmarks
+    from bench.figures import figure_details, figures_table
 
     figures = benchmarks.run(only or None)
     console.print(figures_table(figures))
@@ -294,3 +71,8 @@ def bench(c, site=None, only=None, json=None):
         console.print(details, highlight=False)
     if json:
         benchmarks.write_json(figures, Path(json))
+
+
+ns = Collection.from_module(shipped)
+for developer_task in (test, test_image, bench):
+    ns.add_task(developer_task)

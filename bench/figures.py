@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_atomic
 
@@ -83,3 +85,16 @@ def run(only: list[str] | None = None) -> list[Figure]:
 
 def write_json(figures: list[Figure], path: Path) -> None:
     write_atomic(path, json.dumps([asdict(f) for f in figures], indent=2) + "\n")
+
+
+def figures_table(figures: list[Figure]) -> Table:
+    table = Table("figure", "value", "unit", "goal", "met")
+    for f in figures:
+        met = {True: "yes", False: "NO", None: "-"}[f.met]
+        table.add_row(f.name, f"{f.value:g}", f.unit, f.goal, met)
+    return table
+
+
+def figure_details(figures: list[Figure]) -> str:
+    """What each figure includes (where the time went), one paragraph per figure."""
+    return "\n".join(f"{f.name}: {f.detail}" for f in figures if f.detail)

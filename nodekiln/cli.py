@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import shlex
 import sys
 from collections.abc import Callable
 from typing import TypeVar, overload
 
 from invoke.exceptions import Exit
 from rich.console import Console
-from rich.table import Table
 
 from nodekiln.errors import NodekilnError
 
@@ -52,27 +50,3 @@ def handled(fn: F | None = None, *, interrupted: str = NOTHING_HALF_WRITTEN) -> 
 
     wrapper.interrupted = interrupted  # type: ignore[attr-defined]  # each task's own: tests check it
     return wrapper  # type: ignore[return-value]
-
-
-def pytest_command(fast: bool = False, k: str | None = None) -> str:
-    """The shell command `invoke test` runs: every argument quoted by shlex, so a -k expression
-    with quotes or spaces (`not 'slow and x'`) reaches pytest as typed."""
-    args = ["python", "-m", "pytest"]
-    if fast:
-        args += ["-m", "not slow"]
-    if k:
-        args += ["-k", k]
-    return shlex.join(args)
-
-
-def figures_table(figures) -> Table:
-    table = Table("figure", "value", "unit", "goal", "met")
-    for f in figures:
-        met = {True: "yes", False: "NO", None: "-"}[f.met]
-        table.add_row(f.name, f"{f.value:g}", f.unit, f.goal, met)
-    return table
-
-
-def figure_details(figures) -> str:
-    """What each figure includes (where the time went), one paragraph per figure."""
-    return "\n".join(f"{f.name}: {f.detail}" for f in figures if f.detail)

@@ -48,7 +48,7 @@ def test_every_registered_benchmark_resolves():
 
 def test_figure_details_say_what_each_figure_includes():
     from bench.figures import Figure
-    from nodekiln.cli import figure_details
+    from bench.figures import figure_details
 
     figures = [Figure("a_s", 1.0, "s", "<= 2", "stages: dib 100 s"), Figure("b_mb", 3.0, "MB", "<= 4")]
     assert figure_details(figures) == "a_s: stages: dib 100 s"

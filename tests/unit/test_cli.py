@@ -11,7 +11,8 @@ from types import ModuleType
 import pytest
 from invoke.exceptions import Exit
 
-from nodekiln.cli import NOTHING_HALF_WRITTEN, handled, pytest_command
+from nodekiln.cli import NOTHING_HALF_WRITTEN, handled
+from tasks import pytest_command
 from nodekiln.errors import NodekilnError
 from nodekiln.run import run
 
@@ -70,10 +71,11 @@ def test_a_timed_out_program_is_a_message_not_a_traceback(capsys: pytest.Capture
 
 def test_site_deploy_says_what_an_interruption_leaves(monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    tasks = _tasks()
-    monkeypatch.setattr(tasks, "_site", lambda path: _interrupted())  # Ctrl-C as the task starts
+    import nodekiln.tasks as shipped
+
+    monkeypatch.setattr(shipped, "_site", lambda path: _interrupted())  # Ctrl-C as the task starts
     with pytest.raises(Exit) as caught:
-        tasks.site_deploy.body(None)
+        _tasks().ns["site-deploy"].body(None)
     assert caught.value.code == 130
     err = capsys.readouterr().err
     assert err != NOTHING_HALF_WRITTEN + "\n"
@@ -81,12 +83,12 @@ def test_site_deploy_says_what_an_interruption_leaves(monkeypatch: pytest.Monkey
 
 
 def test_tasks_that_change_more_than_files_have_their_own_interrupt_message() -> None:
-    tasks = _tasks()
+    ns = _tasks().ns  # the checkout's collection: the shipped tasks and the developer tasks
     own = ("build_image", "build_iso", "test_image", "upload_image", "site_deploy", "site_destroy", "addons", "bench")
     for name in own:
-        assert getattr(tasks, name).body.interrupted != NOTHING_HALF_WRITTEN, name
+        assert ns[name.replace("_", "-")].body.interrupted != NOTHING_HALF_WRITTEN, name
     for name in ("validate", "schema", "render", "secrets", "kubeconfig"):  # atomic writes only
-        assert getattr(tasks, name).body.interrupted == NOTHING_HALF_WRITTEN, name
+        assert ns[name.replace("_", "-")].body.interrupted == NOTHING_HALF_WRITTEN, name
 
 
 @pytest.mark.parametrize("k", ["not 'x'", 'name and "y"', "a b; rm -rf /", "it's $HOME `x`", None])

@@ -14,7 +14,7 @@ from typing import Any
 from nodekiln.errors import NodekilnError
 from nodekiln.run import run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHECKS = REPO / "tests" / "image" / "test_node_image.py"
 
 
