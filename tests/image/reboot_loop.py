@@ -93,7 +93,7 @@ def split_boot(clock: ConsoleClock, asked: float, shutdown_s: float | None, back
         points.append(clock.first_after(MARKERS[name], points[0] or asked))
     points.append(back)
     phases: dict[str, float | None] = {"shutdown": shutdown_s}
-    for name, start, end in zip(PHASES[1:], points, points[1:], strict=True):
+    for name, start, end in zip(PHASES[1:], points[:-1], points[1:], strict=True):
         phases[name] = round(end - start, 1) if start is not None and end is not None else None
     phases["total"] = round(back - asked, 1)
     return phases
