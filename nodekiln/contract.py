@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nodekiln.config import ports
+
 K8S = "kubernetes/kubernetes"
 TIGERA = "tigera/operator"
 CALICO = "projectcalico/calico"
@@ -315,11 +317,11 @@ _ALL = ("init", "control-plane", "worker")
 # runs RunJoinNodeChecks and then RunInitNodeChecks(isSecondaryControlPlane=true); the CA file
 # check is for workers only (cfg.ControlPlane == nil).
 PREFLIGHT_CHECKS: tuple[Check, ...] = (
-    *(Check("Port", str(port), _CP, "a listener is on it") for port in (6443, 10259, 10257)),
+    *(Check("Port", str(port), _CP, "a listener is on it") for port in (ports.APISERVER, ports.KUBE_SCHEDULER, ports.KUBE_CONTROLLER_MANAGER)),
     *(Check("FileAvailable", f"{STATIC_POD_PATH}/{c}.yaml", _CP, "it exists")
       for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")),
-    Check("Port", "10250", _ALL, "a listener is on it"),
-    *(Check("Port", str(port), _CP, "a listener is on it") for port in (2379, 2380)),
+    Check("Port", str(ports.KUBELET), _ALL, "a listener is on it"),
+    *(Check("Port", str(port), _CP, "a listener is on it") for port in ports.ETCD),
     Check("DirAvailable", ETCD_DATA_DIR, _CP, "it is not empty"),
     Check("FileAvailable", "/etc/kubernetes/kubelet.conf", ("control-plane", "worker"), "it exists"),
     Check("FileAvailable", "/etc/kubernetes/bootstrap-kubelet.conf", ("control-plane", "worker"), "it exists"),

@@ -16,19 +16,20 @@ from dataclasses import dataclass
 
 from nodekiln import templates
 from nodekiln.bootstrap.nodefiles import NodeFile
+from nodekiln.config import ports
 from nodekiln.config.site import Node, Site
 
 PATH = "/etc/nftables.conf"
-NODE_PORTS = (30000, 32767)
+NODE_PORTS = ports.NODE_PORTS
 
 
 @dataclass(frozen=True)
 class CniPorts:
     """What the CNI needs between nodes (Calico: BGP, VXLAN, Typha, IP-in-IP)."""
 
-    tcp: tuple[int, ...] = (179, 5473)  # BGP, Typha
-    udp: tuple[int, ...] = (4789,)  # VXLAN
-    protocols: tuple[int, ...] = (4,)  # IP-in-IP (by number: /etc/protocols calls 94 "ipip")
+    tcp: tuple[int, ...] = ports.CALICO_TCP
+    udp: tuple[int, ...] = ports.CALICO_UDP
+    protocols: tuple[int, ...] = ports.CALICO_PROTOCOLS
 
 
 CALICO = CniPorts()
@@ -46,11 +47,11 @@ def ruleset(site: Site, role: str) -> str:
         role=role,
         control_planes=[cp.address for cp in site.control_planes],
         api_ports=sorted({site.apiserver_port, site.endpoint_port}),
-        kubelet_port=10250,
+        kubelet_port=ports.KUBELET,
         cni=CALICO,
         node_ports=NODE_PORTS if role == "worker" and site.firewall.nodePorts else None,
         extra_tcp=sorted(set(site.firewall.extraTCPPorts)),
         vrrp=site.load_balanced and role == "control-plane",
-        etcd=(2379, 2380),
-        components=(10250, 10259),
+        etcd=ports.ETCD,
+        components=ports.COMPONENTS,
     )

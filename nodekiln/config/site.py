@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_validator
 
 from nodekiln import contract
-from nodekiln.config import yamlsrc
+from nodekiln.config import ports, yamlsrc
 from nodekiln.config.addons import AddonsSpec, check_addons
 from nodekiln.errors import Problem, SiteError
 from nodekiln.config.appliance import Appliance
@@ -28,9 +28,9 @@ API_VERSION = "nodekiln/v1alpha1"
 # kubeadm's v1beta4 configuration API (what nodekiln renders) exists from 1.31 on; 1.35 is
 # the newest release whose facts nodekiln.contract holds. Documented in the README.
 SUPPORTED_MINORS = contract.SUPPORTED_MINORS
-APISERVER_PORT = 6443
+APISERVER_PORT = ports.APISERVER
 # Ports of control-plane components that the endpoint must not take over.
-RESERVED_PORTS = {2379: "etcd", 2380: "etcd", 10250: "kubelet", 10257: "kube-controller-manager", 10259: "kube-scheduler"}
+RESERVED_PORTS = ports.RESERVED
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -209,7 +209,7 @@ class Site(Strict):
     @property
     def endpoint_port(self) -> int:
         port = self.controlPlane.endpoint.port
-        return port if port is not None else (7443 if self.load_balanced else APISERVER_PORT)
+        return port if port is not None else (ports.LOAD_BALANCER if self.load_balanced else APISERVER_PORT)
 
     @property
     def apiserver_port(self) -> int:

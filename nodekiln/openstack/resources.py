@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, summarize_address_range
 
-from nodekiln.bootstrap.firewall import CALICO, NODE_PORTS
+from nodekiln.bootstrap.firewall import CALICO
+from nodekiln.config import ports
+from nodekiln.config.ports import NODE_PORTS
 from nodekiln.config.site import Node, Site
 
 ROLES = ("control-plane", "worker")
-KUBELET = 10250
-ETCD = (2379, 2380)
-COMPONENTS = (10250, 10259)
+KUBELET = ports.KUBELET
+ETCD = ports.ETCD
+COMPONENTS = ports.COMPONENTS
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,34 @@
+"""Every port nodekiln renders, opens or checks: one table, each with where its number comes from.
+
+The rulesets (bootstrap/firewall.py), the security groups (openstack/resources.py) and the site
+checks (config/site.py) read these names; no port number is written anywhere else in the code.
+"""
+
+from __future__ import annotations
+
+# kubeadm's defaults: cmd/kubeadm/app/constants/constants.go (KubeAPIServerPort,
+# EtcdListenClientPort, EtcdListenPeerPort, KubeSchedulerPort, KubeControllerManagerPort).
+APISERVER = 6443
+ETCD_CLIENT = 2379
+ETCD_PEER = 2380
+KUBE_SCHEDULER = 10259
+KUBE_CONTROLLER_MANAGER = 10257
+# kubernetes pkg/cluster/ports/ports.go, KubeletPort.
+KUBELET = 10250
+# kube-apiserver's default --service-node-port-range (pkg/kubeapiserver/options, DefaultServiceNodePortRange).
+NODE_PORTS = (30000, 32767)
+# nodekiln's own: HAProxy's frontend on the control planes, beside the kube-apiserver it balances.
+LOAD_BALANCER = 7443
+
+# Calico between nodes (docs.tigera.io "Network requirements"): BGP, Typha; VXLAN; IP-in-IP.
+CALICO_TCP = (179, 5473)
+CALICO_UDP = (4789,)
+CALICO_PROTOCOLS = (4,)  # IP-in-IP, by number: /etc/protocols calls 94 "ipip"
+
+ETCD = (ETCD_CLIENT, ETCD_PEER)
+# kubelet, controller manager, scheduler: one contiguous range, as the rulesets open it.
+COMPONENTS = (KUBELET, KUBE_SCHEDULER)
+
+# What a control plane already listens on: the endpoint port may not be one of them.
+RESERVED = {ETCD_CLIENT: "etcd", ETCD_PEER: "etcd", KUBELET: "kubelet",
+            KUBE_CONTROLLER_MANAGER: "kube-controller-manager", KUBE_SCHEDULER: "kube-scheduler"}
