@@ -32,8 +32,10 @@ def pytest_command(fast: bool = False, k: str | None = None) -> str:
 
 
 @task(help={**SITE_HELP, "image": "the image to boot and check (a qcow2 from build-image)"})
-@handled(interrupted="interrupted: the image is unchanged (its VM runs on a copy-on-write overlay); a VM the checks "
-                     "had booted may outlive them: a qemu-system process, a nodekiln-vm-* folder in the temporary directory")
+@handled(
+    interrupted="interrupted: the image is unchanged (its VM runs on a copy-on-write overlay); a VM the checks "
+    "had booted may outlive them: a qemu-system process, a nodekiln-vm-* folder in the temporary directory"
+)
 def test_image(c, image, site=None):
     """Boot an image in qemu and run the node checks on it."""
     from testing.check_image import test_image as check
@@ -43,9 +45,14 @@ def test_image(c, image, site=None):
         raise Exit(code=code)
 
 
-
-
-@task(help={**SITE_HELP, "fast": "leave out the slow tests (image builds and boots, services)", "k": "only tests matching this pytest expression", "all": "also the kvm_only tests where KVM does not work (the real Packer build: ~40 min under TCG)"})
+@task(
+    help={
+        **SITE_HELP,
+        "fast": "leave out the slow tests (image builds and boots, services)",
+        "k": "only tests matching this pytest expression",
+        "all": "also the kvm_only tests where KVM does not work (the real Packer build: ~40 min under TCG)",
+    }
+)
 def test(c, site=None, fast=False, k=None, all=False):
     """Run the test suite; --fast runs the quick tests alone."""
     # helm and other helper tools that .ci/install puts under build/tools/bin
@@ -56,9 +63,14 @@ def test(c, site=None, fast=False, k=None, all=False):
     c.run(pytest_command(fast, k), pty=False, env=env)
 
 
-@task(help={**SITE_HELP, "only": "run only this figure (repeatable)", "json": "also write the figures to this JSON file"}, iterable=["only"])
-@handled(interrupted="interrupted: no figures were reported or written; the benchmarks' VMs and services stop as they "
-                     "unwind, but one cut short may leave a nodekiln-bench-* folder in the temporary directory")
+@task(
+    help={**SITE_HELP, "only": "run only this figure (repeatable)", "json": "also write the figures to this JSON file"},
+    iterable=["only"],
+)
+@handled(
+    interrupted="interrupted: no figures were reported or written; the benchmarks' VMs and services stop as they "
+    "unwind, but one cut short may leave a nodekiln-bench-* folder in the temporary directory"
+)
 def bench(c, site=None, only=None, json=None):
     """Measure the project's figures against their goals."""
     from bench import figures as benchmarks

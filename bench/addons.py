@@ -6,9 +6,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bench.figures import REPO as ROOT
 from bench.figures import Figure, best_of
 from nodekiln.config.site import load_site
-from bench.figures import REPO as ROOT
 
 
 def addons_plan_s() -> Figure:

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from bench.figures import Figure
+from nodekiln.config.site import load_site
 from nodekiln.errors import NodekilnError
 from nodekiln.secrets import SecretStore
-from nodekiln.config.site import load_site
 from testing.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,5 +42,7 @@ def vip_failover_s() -> Figure:
                 time.sleep(SETTLE_S)
             moves = tb.count_moves(files)
             if moves or tb.holders() != [holder]:
-                raise NodekilnError(f"the VIP moved {moves} times in the {SETTLE_S} s after the fail-overs (flapping); fail-overs took {times}")
+                raise NodekilnError(
+                    f"the VIP moved {moves} times in the {SETTLE_S} s after the fail-overs (flapping); fail-overs took {times}"
+                )
     return Figure("vip_failover_s", round(statistics.median(times), 3), "s", "<= 1.5")

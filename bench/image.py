@@ -12,11 +12,11 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-from nodekiln import run
-from bench.figures import Figure
 from bench import image_boot as image_bench
-from nodekiln.images.build import BuildResult
+from bench.figures import Figure
+from nodekiln import run
 from nodekiln.config.site import Site, load_site
+from nodekiln.images.build import BuildResult
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "sites" / "example" / "site.yaml"

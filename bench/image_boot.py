@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testing import qemu
 from nodekiln.images.build import BuildResult, SiteLike, build_image
+from testing import qemu
 
 GOALS = {"image_cold_build_s": 300, "image_cache_hit_s": 2, "image_qcow2_mb": 300, "boot_to_cloudinit_s": 90}
 
@@ -22,8 +22,9 @@ def _figure(name: str, value: float, unit: str, detail: str) -> dict[str, Any]:
     return {"name": name, "value": round(value, 1), "unit": unit, "goal": GOALS[name], "detail": detail}
 
 
-def image_cold_build_s(site: SiteLike, out_dir: Path | None = None,
-                       kubernetes_source_override: str | None = None) -> tuple[dict[str, Any], BuildResult]:
+def image_cold_build_s(
+    site: SiteLike, out_dir: Path | None = None, kubernetes_source_override: str | None = None
+) -> tuple[dict[str, Any], BuildResult]:
     """Build with an empty artifact cache (a fresh output directory). Returns (figure, result)
     so the other figures can use the image without building it again.
 
@@ -65,25 +66,39 @@ def boot_to_cloudinit_s(image: Path, site: Any, firmware: str = "uefi") -> dict[
         seed = {
             "user-data": qemu.cloud_config(node.name, site.ssh.user, public),
             "meta-data": f"instance-id: {node.name}\nlocal-hostname: {node.name}\n",
-            "network-config": qemu.network_config(str(node.address), str(site.network.cidr),
-                                                  str(site.network.gateway), [str(d) for d in site.network.dns]),
+            "network-config": qemu.network_config(
+                str(node.address), str(site.network.cidr), str(site.network.gateway), [str(d) for d in site.network.dns]
+            ),
         }
-        with qemu.boot(image, seed, address=str(node.address), cidr=str(site.network.cidr),
-                       gateway=str(site.network.gateway), user=site.ssh.user, key=key,
-                       firmware=firmware) as vm:
+        with qemu.boot(
+            image,
+            seed,
+            address=str(node.address),
+            cidr=str(site.network.cidr),
+            gateway=str(site.network.gateway),
+            user=site.ssh.user,
+            key=key,
+            firmware=firmware,
+        ) as vm:
             timings = dict(vm.timings)
             _, analyze = vm.ssh("systemd-analyze || true")
-    detail = (f"{qemu.accelerator().upper()}, {firmware}, SSH up at {timings.get('ssh_s')} s; "
-              f"guest: {analyze.strip().splitlines()[0] if analyze.strip() else '?'}")
+    detail = (
+        f"{qemu.accelerator().upper()}, {firmware}, SSH up at {timings.get('ssh_s')} s; "
+        f"guest: {analyze.strip().splitlines()[0] if analyze.strip() else '?'}"
+    )
     return _figure("boot_to_cloudinit_s", timings["cloud_init_s"], "s", detail)
 
 
-def image_figures(site: SiteLike, kubernetes_source_override: str | None = None,
-                  out_dir: Path | None = None, boot: bool = True) -> list[dict[str, Any]]:
+def image_figures(
+    site: SiteLike, kubernetes_source_override: str | None = None, out_dir: Path | None = None, boot: bool = True
+) -> list[dict[str, Any]]:
     """All four figures, building once."""
     cold, result = image_cold_build_s(site, out_dir, kubernetes_source_override)
-    figures = [cold, image_cache_hit_s(site, result.manifest_path.parent, kubernetes_source_override),
-               image_qcow2_mb(result.image)]
+    figures = [
+        cold,
+        image_cache_hit_s(site, result.manifest_path.parent, kubernetes_source_override),
+        image_qcow2_mb(result.image),
+    ]
     if boot:
         figures.append(boot_to_cloudinit_s(result.image, site))
     return figures

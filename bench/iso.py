@@ -65,10 +65,10 @@ def root_tree() -> Path:
 @cache
 def _lab_build() -> tuple[Path, float, Path, Path]:
     """(ISO, seconds from an existing tree, private key, work dir) for the lab site."""
-    from nodekiln.images import iso
-    from testing.qemu import generate_ssh_key
-    from nodekiln.secrets import SecretStore
     from nodekiln.config.site import load_site
+    from nodekiln.images import iso
+    from nodekiln.secrets import SecretStore
+    from testing.qemu import generate_ssh_key
 
     work = Path(tempfile.mkdtemp(prefix="nodekiln-bench-iso-", dir="build" if Path("build").is_dir() else None))
     atexit.register(shutil.rmtree, work, True)  # the ISO and the lab site's secrets
@@ -100,9 +100,19 @@ def iso_boot_s() -> Figure:
     from testing.isoboot import boot_iso
 
     path, _, key, work = _lab_build()
-    cp, address, mac = LAB_CP
-    with boot_iso(path, firmware="uefi", medium="usb", mac=mac, address=address, cidr=LAB_CIDR,
-                  gateway=LAB_GATEWAY, user=LAB_USER, key=key, wait_cloud_init=False,
-                  workdir=work) as vm:
+    _cp, address, mac = LAB_CP
+    with boot_iso(
+        path,
+        firmware="uefi",
+        medium="usb",
+        mac=mac,
+        address=address,
+        cidr=LAB_CIDR,
+        gateway=LAB_GATEWAY,
+        user=LAB_USER,
+        key=key,
+        wait_cloud_init=False,
+        workdir=work,
+    ) as vm:
         seconds = vm.timings["ssh_s"]
     return Figure("iso_boot_s", seconds, "s", "<= 240")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from nodekiln import run
 from bench.figures import Figure
+from nodekiln import run
 
 
 @cache
@@ -41,16 +41,21 @@ def _site_dir(doc: dict) -> Path:
     return directory / "site.yaml"
 
 
-OPENSTACK = {"cloud": "nodekiln", "flavors": {"control-plane": "m1.small", "worker": "m1.small"}, "waitHealthz": False, "parallelism": 8,
-             "bootTimeout": 1200}
+OPENSTACK = {
+    "cloud": "nodekiln",
+    "flavors": {"control-plane": "m1.small", "worker": "m1.small"},
+    "waitHealthz": False,
+    "parallelism": 8,
+    "bootTimeout": 1200,
+}
 
 
 @cache
 def _deploy_50() -> dict[str, float]:
+    from nodekiln.config.site import load_site
     from nodekiln.openstack.deploy import site_deploy, site_destroy
     from nodekiln.openstack.images import upload_image
     from nodekiln.secrets import SecretStore
-    from nodekiln.config.site import load_site
     from testing.synthetic import site_document
 
     cloud = _cloud()

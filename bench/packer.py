@@ -24,17 +24,23 @@ def packer_qemu_build_s() -> Figure:
     from rich.console import Console
 
     from bench.image import EXAMPLE, _local_source
+    from nodekiln.config.site import load_site
     from nodekiln.images.packer_base import build_base_image
     from nodekiln.images.packer_build import build_image_packer
-    from nodekiln.config.site import load_site
 
     site = load_site(EXAMPLE)
     base = build_base_image(site.image, BASE_CACHE)
     out = Path(tempfile.mkdtemp(prefix="nodekiln-bench-packer-"))
     try:
         started = time.perf_counter()
-        result = build_image_packer(site, "packer-qemu", out, kubernetes_source_override=_local_source(),
-                                    console=Console(stderr=True, quiet=True), base_image=base)
+        result = build_image_packer(
+            site,
+            "packer-qemu",
+            out,
+            kubernetes_source_override=_local_source(),
+            console=Console(stderr=True, quiet=True),
+            base_image=base,
+        )
         seconds = time.perf_counter() - started
         assert not result.cache_hit
     finally:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from bench.figures import Figure, best_of
 from nodekiln.bootstrap.render import render_site
-from nodekiln.secrets import SecretStore
 from nodekiln.config.site import load_site
+from nodekiln.secrets import SecretStore
 from testing.synthetic import site_yaml
 
 

@@ -26,5 +26,7 @@ def folder(name: str) -> Path:
     for base in (INSTALLED, PACKAGE.parent):
         if (base / name).is_dir():
             return base / name
-    raise NodekilnError(f"nodekiln's {name}/ assets are missing (looked in {INSTALLED} and {PACKAGE.parent}): "
-                        "reinstall nodekiln (`pip install nodekiln`) or run from a full checkout")
+    raise NodekilnError(
+        f"nodekiln's {name}/ assets are missing (looked in {INSTALLED} and {PACKAGE.parent}): "
+        "reinstall nodekiln (`pip install nodekiln`) or run from a full checkout"
+    )

@@ -97,23 +97,29 @@ def pause_image(version: str) -> str:
 
 
 LABELS_REF = Ref(K8S, "cmd/kubelet/app/options/options.go", "ValidateKubeletFlags")
-KUBELET_LABELS_REF = Ref(K8S, "staging/src/k8s.io/kubelet/pkg/apis/well_known_labels.go", "kubeletLabels, kubeletLabelNamespaces, IsKubeletLabel")
+KUBELET_LABELS_REF = Ref(
+    K8S,
+    "staging/src/k8s.io/kubelet/pkg/apis/well_known_labels.go",
+    "kubeletLabels, kubeletLabelNamespaces, IsKubeletLabel",
+)
 # A --node-labels key whose prefix is kubernetes.io or k8s.io, or a subdomain of either, makes
 # the kubelet exit at start unless IsKubeletLabel allows it.
 RESTRICTED_LABEL_DOMAINS = ("kubernetes.io", "k8s.io")
-KUBELET_LABELS = frozenset({
-    "kubernetes.io/hostname",
-    "topology.kubernetes.io/zone",
-    "topology.kubernetes.io/region",
-    "failure-domain.beta.kubernetes.io/zone",
-    "failure-domain.beta.kubernetes.io/region",
-    "beta.kubernetes.io/instance-type",
-    "node.kubernetes.io/instance-type",
-    "kubernetes.io/os",
-    "kubernetes.io/arch",
-    "beta.kubernetes.io/os",
-    "beta.kubernetes.io/arch",
-})
+KUBELET_LABELS = frozenset(
+    {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "failure-domain.beta.kubernetes.io/region",
+        "beta.kubernetes.io/instance-type",
+        "node.kubernetes.io/instance-type",
+        "kubernetes.io/os",
+        "kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+    }
+)
 KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
 
 
@@ -173,8 +179,13 @@ ETCD_DATA_DIR = "/var/lib/etcd"
 CA_CERTS_DIR = "/etc/ssl/certs"
 # mounted into the API server and controller manager only when they exist on the host
 # (kubernetes#124361, 1.31: /etc/pki/ca-trust and /etc/pki/tls/certs instead of all of /etc/pki)
-CA_CERTS_EXTRA_DIRS = ("/etc/pki/ca-trust", "/etc/pki/tls/certs", "/etc/ca-certificates", "/usr/share/ca-certificates",
-                       "/usr/local/share/ca-certificates")
+CA_CERTS_EXTRA_DIRS = (
+    "/etc/pki/ca-trust",
+    "/etc/pki/tls/certs",
+    "/etc/ca-certificates",
+    "/usr/share/ca-certificates",
+    "/usr/local/share/ca-certificates",
+)
 
 
 def extra_arg(args: Sequence[Mapping[str, str]] | None, name: str) -> str | None:
@@ -186,7 +197,9 @@ def extra_arg(args: Sequence[Mapping[str, str]] | None, name: str) -> str | None
     return found
 
 
-def control_plane_host_paths(cluster: Mapping[str, Any], existing: Iterable[str] = CA_CERTS_EXTRA_DIRS) -> list[HostPath]:
+def control_plane_host_paths(
+    cluster: Mapping[str, Any], existing: Iterable[str] = CA_CERTS_EXTRA_DIRS
+) -> list[HostPath]:
     """The hostPaths kubeadm puts into the control-plane static pods for this ClusterConfiguration.
 
     `existing`: which of CA_CERTS_EXTRA_DIRS exist on the node (kubeadm's
@@ -203,7 +216,10 @@ def control_plane_host_paths(cluster: Mapping[str, Any], existing: Iterable[str]
         HostPath("/etc/kubernetes/scheduler.conf", "kube-scheduler", "exists", VOLUMES_REF),
         # mounted read-write: flex drivers talk to their backends through sockets there
         HostPath(flex, "kube-controller-manager (flexvolume-dir, DirectoryOrCreate)", "exists", VOLUMES_REF),
-        *(HostPath(d, "kube-apiserver, kube-controller-manager (CA certificates)", "exists", VOLUMES_REF) for d in existing),
+        *(
+            HostPath(d, "kube-apiserver, kube-controller-manager (CA certificates)", "exists", VOLUMES_REF)
+            for d in existing
+        ),
         HostPath(data_dir, "etcd (etcd-data, DirectoryOrCreate)", "writable", ETCD_VOLUMES_REF),
         HostPath(f"{certs}/etcd", "etcd (etcd-certs, DirectoryOrCreate)", "exists", ETCD_VOLUMES_REF),
     ]
@@ -215,7 +231,12 @@ def kubelet_host_paths(kubelet: Mapping[str, Any]) -> list[HostPath]:
     plugins = kubelet.get("volumePluginDir", UPSTREAM_FLEX_VOLUME_DIR).rstrip("/")
     static = kubelet.get("staticPodPath", STATIC_POD_PATH)
     return [
-        HostPath(KUBELET_ROOT, "kubelet (root-dir: pods, plugins, plugins_registry, pod-resources, pki)", "writable", KUBELET_DIRS_REF),
+        HostPath(
+            KUBELET_ROOT,
+            "kubelet (root-dir: pods, plugins, plugins_registry, pod-resources, pki)",
+            "writable",
+            KUBELET_DIRS_REF,
+        ),
         HostPath("/var/log/pods", "kubelet (pod logs)", "writable", KUBELET_DIRS_REF),
         HostPath("/var/log/containers", "kubelet (log links)", "writable", KUBELET_DIRS_REF),
         HostPath(static, "kubelet (staticPodPath; kubeadm writes the manifests)", "writable", KUBEADM_KUBELET_REF),
@@ -225,7 +246,11 @@ def kubelet_host_paths(kubelet: Mapping[str, Any]) -> list[HostPath]:
     ]
 
 
-TIGERA_FLEX_REF = Ref(TIGERA, "pkg/controller/installation/core_controller.go", "fillDefaults (FlexVolumePath); validation.go validateCustomResource")
+TIGERA_FLEX_REF = Ref(
+    TIGERA,
+    "pkg/controller/installation/core_controller.go",
+    "fillDefaults (FlexVolumePath); validation.go validateCustomResource",
+)
 TIGERA_NODE_REF = Ref(TIGERA, "pkg/render/node.go", "nodeComponent.nodeVolumes, flexVolumeContainer")
 TIGERA_CNI_REF = Ref(TIGERA, "pkg/render/node.go", "nodeComponent.cniDirectories")
 TIGERA_CSI_REF = Ref(TIGERA, "pkg/render/csi.go", "csiComponent.csiVolumes")
@@ -262,12 +287,26 @@ def calico_host_paths(installation: Mapping[str, Any]) -> list[HostPath]:
     kubelet_dir = installation.get("kubeletVolumePluginPath") or KUBELET_ROOT
     if kubelet_dir != "None":  # csi-node-driver (pkg/render/csi.go, csiVolumes)
         paths += [
-            HostPath(f"{kubelet_dir}/plugins/csi.tigera.io", "csi-node-driver (socket-dir, DirectoryOrCreate)", "writable", TIGERA_CSI_REF),
-            HostPath(f"{kubelet_dir}/plugins_registry", "csi-node-driver-registrar (registration-dir)", "writable", TIGERA_CSI_REF),
+            HostPath(
+                f"{kubelet_dir}/plugins/csi.tigera.io",
+                "csi-node-driver (socket-dir, DirectoryOrCreate)",
+                "writable",
+                TIGERA_CSI_REF,
+            ),
+            HostPath(
+                f"{kubelet_dir}/plugins_registry",
+                "csi-node-driver-registrar (registration-dir)",
+                "writable",
+                TIGERA_CSI_REF,
+            ),
         ]
     if flex != FLEX_VOLUME_NONE:
         # the operator concatenates (FlexVolumePath + "nodeagent~uds"): a path must end in "/"
-        paths.append(HostPath(f"{flex}nodeagent~uds", "calico-node flexvol-driver (writes its driver)", "writable", TIGERA_NODE_REF))
+        paths.append(
+            HostPath(
+                f"{flex}nodeagent~uds", "calico-node flexvol-driver (writes its driver)", "writable", TIGERA_NODE_REF
+            )
+        )
     return paths
 
 
@@ -287,7 +326,7 @@ def check_ignore_list(flags: Iterable[str], config: Iterable[str]) -> list[str] 
     is refused before any phase runs."""
     merged = sorted({item.lower() for item in [*flags, *config]})
     if "all" in merged and len(merged) > 1:
-        return f'ignore-preflight-errors: Invalid value: "{",".join(merged)}": don\'t specify individual checks if \'all\' is used'
+        return f"ignore-preflight-errors: Invalid value: \"{','.join(merged)}\": don't specify individual checks if 'all' is used"
     return merged
 
 
@@ -317,9 +356,14 @@ _ALL = ("init", "control-plane", "worker")
 # runs RunJoinNodeChecks and then RunInitNodeChecks(isSecondaryControlPlane=true); the CA file
 # check is for workers only (cfg.ControlPlane == nil).
 PREFLIGHT_CHECKS: tuple[Check, ...] = (
-    *(Check("Port", str(port), _CP, "a listener is on it") for port in (ports.APISERVER, ports.KUBE_SCHEDULER, ports.KUBE_CONTROLLER_MANAGER)),
-    *(Check("FileAvailable", f"{STATIC_POD_PATH}/{c}.yaml", _CP, "it exists")
-      for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")),
+    *(
+        Check("Port", str(port), _CP, "a listener is on it")
+        for port in (ports.APISERVER, ports.KUBE_SCHEDULER, ports.KUBE_CONTROLLER_MANAGER)
+    ),
+    *(
+        Check("FileAvailable", f"{STATIC_POD_PATH}/{c}.yaml", _CP, "it exists")
+        for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
+    ),
     Check("Port", str(ports.KUBELET), _ALL, "a listener is on it"),
     *(Check("Port", str(port), _CP, "a listener is on it") for port in ports.ETCD),
     Check("DirAvailable", ETCD_DATA_DIR, _CP, "it is not empty"),
@@ -344,8 +388,16 @@ JOIN_PHASES_REF = Ref(K8S, "cmd/kubeadm/app/cmd/join.go", "newCmdJoin (joinRunne
 # and waits for its kubelet's TLS bootstrap in kubelet-wait-bootstrap, after etcd-join;
 # control-plane-join/etcd does nothing. With it off, kubelet-start waits for the TLS bootstrap
 # and control-plane-join/etcd adds the member.
-LOCAL_MODE_REF = Ref(K8S, "cmd/kubeadm/app/cmd/phases/join/controlplanejoin.go", "NewEtcdJoinPhase, getControlPlaneJoinPhaseFlags (RunIf ControlPlaneKubeletLocalMode)")
-SKIP_PHASES_REF = Ref(K8S, "cmd/kubeadm/app/cmd/init.go, join.go", "newInitData/newJoinData: a non-empty --skip-phases replaces the configuration's skipPhases")
+LOCAL_MODE_REF = Ref(
+    K8S,
+    "cmd/kubeadm/app/cmd/phases/join/controlplanejoin.go",
+    "NewEtcdJoinPhase, getControlPlaneJoinPhaseFlags (RunIf ControlPlaneKubeletLocalMode)",
+)
+SKIP_PHASES_REF = Ref(
+    K8S,
+    "cmd/kubeadm/app/cmd/init.go, join.go",
+    "newInitData/newJoinData: a non-empty --skip-phases replaces the configuration's skipPhases",
+)
 
 
 @dataclass(frozen=True)
@@ -371,68 +423,194 @@ KUBELET_FILES = ("/var/lib/kubelet/config.yaml", "/var/lib/kubelet/kubeadm-flags
 INSTANCE_CONFIG = "/var/lib/kubelet/instance-config.yaml"
 LOCAL_MODE_MINORS = range(33, SUPPORTED_MINORS.stop)
 NO_LOCAL_MODE_MINORS = range(SUPPORTED_MINORS.start, 33)
-MANIFESTS = tuple(f"{STATIC_POD_PATH}/{c}.yaml" for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"))
+MANIFESTS = tuple(
+    f"{STATIC_POD_PATH}/{c}.yaml" for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+)
 REUSES = "reuses certificates and kubeconfigs on disk that the CA signed (the pre-generated CAs among them)"
 
 INIT_PHASES: tuple[Phase, ...] = (
-    Phase("preflight", rerun="skip", why="the first attempt's manifests, ports and etcd data fail its checks", ref=PREFLIGHT_REF),
-    Phase("certs", (f"{CERTIFICATES_DIR}/apiserver.crt", f"{CERTIFICATES_DIR}/etcd/server.crt"), roles=("init",),
-          why=REUSES, ref=Ref(K8S, "cmd/kubeadm/app/phases/certs/certs.go", "writeCertificateFilesIfNotExist")),
-    Phase("kubeconfig", (ADMIN_CONF, "/etc/kubernetes/super-admin.conf", KUBELET_CONF,
-                         "/etc/kubernetes/controller-manager.conf", "/etc/kubernetes/scheduler.conf"), roles=("init",),
-          why="reuses a kubeconfig on disk with the same CA", ref=Ref(K8S, "cmd/kubeadm/app/phases/kubeconfig/kubeconfig.go", "createKubeConfigFileIfNotExists")),
-    Phase("etcd", (f"{STATIC_POD_PATH}/etcd.yaml",), roles=("init",), why="writes the manifest again",
-          ref=Ref(K8S, "cmd/kubeadm/app/phases/etcd/local.go", "CreateLocalEtcdStaticPodManifestFile")),
-    Phase("control-plane", MANIFESTS, roles=("init",), why="writes the manifests again",
-          ref=Ref(K8S, "cmd/kubeadm/app/phases/controlplane/manifests.go", "CreateStaticPodFiles")),
-    Phase("kubelet-start", KUBELET_FILES, roles=("init",), why="writes the kubelet's files again and restarts it",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/kubelet.go", "runKubeletStart")),
-    Phase("wait-control-plane", roles=("init",), why="waits again (from 1.33 for every component's health port too)",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/waitcontrolplane.go", "runWaitControlPlanePhase")),
-    Phase("upload-config", roles=("init",), why="creates or updates the kubeadm-config and kubelet-config ConfigMaps",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/uploadconfig.go", "runUploadKubeadmConfig")),
-    Phase("upload-certs", roles=("init",), why="does nothing without --upload-certs (nodekiln ships the PKI itself)",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/uploadcerts.go", "runUploadCerts")),
-    Phase("mark-control-plane", roles=("init",), why="patches the node's label and taints again",
-          ref=Ref(K8S, "cmd/kubeadm/app/phases/markcontrolplane/markcontrolplane.go", "MarkControlPlane")),
-    Phase("bootstrap-token", roles=("init",), why="creates or updates the token Secret and the RBAC rules",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/bootstraptoken.go", "runBootstrapToken (UpdateOrCreateTokens)")),
-    Phase("kubelet-finalize", roles=("init",), why="points kubelet.conf at the rotated client certificate again",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/kubeletfinalize.go", "runKubeletFinalizeCertRotation")),
-    Phase("addon", roles=("init",), why="creates or updates CoreDNS and kube-proxy",
-          ref=Ref(K8S, "cmd/kubeadm/app/phases/addons/dns/dns.go", "EnsureDNSAddon")),
+    Phase(
+        "preflight",
+        rerun="skip",
+        why="the first attempt's manifests, ports and etcd data fail its checks",
+        ref=PREFLIGHT_REF,
+    ),
+    Phase(
+        "certs",
+        (f"{CERTIFICATES_DIR}/apiserver.crt", f"{CERTIFICATES_DIR}/etcd/server.crt"),
+        roles=("init",),
+        why=REUSES,
+        ref=Ref(K8S, "cmd/kubeadm/app/phases/certs/certs.go", "writeCertificateFilesIfNotExist"),
+    ),
+    Phase(
+        "kubeconfig",
+        (
+            ADMIN_CONF,
+            "/etc/kubernetes/super-admin.conf",
+            KUBELET_CONF,
+            "/etc/kubernetes/controller-manager.conf",
+            "/etc/kubernetes/scheduler.conf",
+        ),
+        roles=("init",),
+        why="reuses a kubeconfig on disk with the same CA",
+        ref=Ref(K8S, "cmd/kubeadm/app/phases/kubeconfig/kubeconfig.go", "createKubeConfigFileIfNotExists"),
+    ),
+    Phase(
+        "etcd",
+        (f"{STATIC_POD_PATH}/etcd.yaml",),
+        roles=("init",),
+        why="writes the manifest again",
+        ref=Ref(K8S, "cmd/kubeadm/app/phases/etcd/local.go", "CreateLocalEtcdStaticPodManifestFile"),
+    ),
+    Phase(
+        "control-plane",
+        MANIFESTS,
+        roles=("init",),
+        why="writes the manifests again",
+        ref=Ref(K8S, "cmd/kubeadm/app/phases/controlplane/manifests.go", "CreateStaticPodFiles"),
+    ),
+    Phase(
+        "kubelet-start",
+        KUBELET_FILES,
+        roles=("init",),
+        why="writes the kubelet's files again and restarts it",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/kubelet.go", "runKubeletStart"),
+    ),
+    Phase(
+        "wait-control-plane",
+        roles=("init",),
+        why="waits again (from 1.33 for every component's health port too)",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/waitcontrolplane.go", "runWaitControlPlanePhase"),
+    ),
+    Phase(
+        "upload-config",
+        roles=("init",),
+        why="creates or updates the kubeadm-config and kubelet-config ConfigMaps",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/uploadconfig.go", "runUploadKubeadmConfig"),
+    ),
+    Phase(
+        "upload-certs",
+        roles=("init",),
+        why="does nothing without --upload-certs (nodekiln ships the PKI itself)",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/uploadcerts.go", "runUploadCerts"),
+    ),
+    Phase(
+        "mark-control-plane",
+        roles=("init",),
+        why="patches the node's label and taints again",
+        ref=Ref(K8S, "cmd/kubeadm/app/phases/markcontrolplane/markcontrolplane.go", "MarkControlPlane"),
+    ),
+    Phase(
+        "bootstrap-token",
+        roles=("init",),
+        why="creates or updates the token Secret and the RBAC rules",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/bootstraptoken.go", "runBootstrapToken (UpdateOrCreateTokens)"),
+    ),
+    Phase(
+        "kubelet-finalize",
+        roles=("init",),
+        why="points kubelet.conf at the rotated client certificate again",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/init/kubeletfinalize.go", "runKubeletFinalizeCertRotation"),
+    ),
+    Phase(
+        "addon",
+        roles=("init",),
+        why="creates or updates CoreDNS and kube-proxy",
+        ref=Ref(K8S, "cmd/kubeadm/app/phases/addons/dns/dns.go", "EnsureDNSAddon"),
+    ),
     Phase("show-join-command", roles=("init",), why="prints only"),
 )
 
 ETCD_MANIFEST = f"{STATIC_POD_PATH}/etcd.yaml"
 KUBELET_START_REF = Ref(K8S, "cmd/kubeadm/app/cmd/phases/join/kubelet.go", "runKubeletStartJoinPhase")
-KUBELET_START_RERUN = ('refuses when a Ready node of the same name exists ("a Node with name %q and status %q '
-                       'already exists in the cluster"): once kubelet.conf is there a rerun skips it')
-ETCD_IDEMPOTENT = ("adds the etcd member again: a member with the same peer URL is taken as added "
-                   "(kubernetes#127491, 1.32; backported to 1.31)")
+KUBELET_START_RERUN = (
+    'refuses when a Ready node of the same name exists ("a Node with name %q and status %q '
+    'already exists in the cluster"): once kubelet.conf is there a rerun skips it'
+)
+ETCD_IDEMPOTENT = (
+    "adds the etcd member again: a member with the same peer URL is taken as added "
+    "(kubernetes#127491, 1.32; backported to 1.31)"
+)
 JOIN_PHASES: tuple[Phase, ...] = (
-    Phase("preflight", rerun="skip", roles=("control-plane", "worker"),
-          why="the first attempt's kubelet.conf, manifests, ports and etcd data fail its checks", ref=JOIN_PREFLIGHT_REF),
-    Phase("control-plane-prepare", (f"{CERTIFICATES_DIR}/apiserver.crt", "/etc/kubernetes/controller-manager.conf", *MANIFESTS),
-          roles=("control-plane",), why=REUSES + "; writes the manifests again",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/join/controlplaneprepare.go", "NewControlPlanePreparePhase")),
-    Phase("check-etcd", roles=("control-plane",), why="checks the etcd cluster's health through the API",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/join/checketcd.go", "runCheckEtcdPhase")),
+    Phase(
+        "preflight",
+        rerun="skip",
+        roles=("control-plane", "worker"),
+        why="the first attempt's kubelet.conf, manifests, ports and etcd data fail its checks",
+        ref=JOIN_PREFLIGHT_REF,
+    ),
+    Phase(
+        "control-plane-prepare",
+        (f"{CERTIFICATES_DIR}/apiserver.crt", "/etc/kubernetes/controller-manager.conf", *MANIFESTS),
+        roles=("control-plane",),
+        why=REUSES + "; writes the manifests again",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/join/controlplaneprepare.go", "NewControlPlanePreparePhase"),
+    ),
+    Phase(
+        "check-etcd",
+        roles=("control-plane",),
+        why="checks the etcd cluster's health through the API",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/join/checketcd.go", "runCheckEtcdPhase"),
+    ),
     # kubelet.conf appears once the kubelet's TLS bootstrap has registered the node: within
     # kubelet-start before 1.33, in kubelet-wait-bootstrap from 1.33 (ControlPlaneKubeletLocalMode)
-    Phase("kubelet-start", (KUBELET_CONF, *KUBELET_FILES), rerun="skip", done_when=KUBELET_CONF,
-          roles=("control-plane", "worker"), minors=NO_LOCAL_MODE_MINORS, why=KUBELET_START_RERUN, ref=KUBELET_START_REF),
-    Phase("kubelet-start", KUBELET_FILES, rerun="skip", done_when=KUBELET_CONF,
-          roles=("control-plane", "worker"), minors=LOCAL_MODE_MINORS, why=KUBELET_START_RERUN, ref=KUBELET_START_REF),
-    Phase("etcd-join", (ETCD_MANIFEST,), roles=("control-plane",), minors=LOCAL_MODE_MINORS, why=ETCD_IDEMPOTENT, ref=LOCAL_MODE_REF),
-    Phase("kubelet-wait-bootstrap", (KUBELET_CONF,), roles=("control-plane", "worker"), minors=LOCAL_MODE_MINORS,
-          why="waits for the kubelet's health port and kubelet.conf", ref=LOCAL_MODE_REF),
-    Phase("control-plane-join", (ETCD_MANIFEST,), roles=("control-plane",), minors=NO_LOCAL_MODE_MINORS,
-          why=ETCD_IDEMPOTENT + "; labels and taints the node", ref=LOCAL_MODE_REF),
-    Phase("control-plane-join", roles=("control-plane",), minors=LOCAL_MODE_MINORS,
-          why="labels and taints the node (its etcd sub-phase does nothing)", ref=LOCAL_MODE_REF),
-    Phase("wait-control-plane", roles=("control-plane",), why="waits again (from 1.33 for every component's health port)",
-          ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/join/waitcontrolplane.go", "runWaitControlPlanePhase")),
+    Phase(
+        "kubelet-start",
+        (KUBELET_CONF, *KUBELET_FILES),
+        rerun="skip",
+        done_when=KUBELET_CONF,
+        roles=("control-plane", "worker"),
+        minors=NO_LOCAL_MODE_MINORS,
+        why=KUBELET_START_RERUN,
+        ref=KUBELET_START_REF,
+    ),
+    Phase(
+        "kubelet-start",
+        KUBELET_FILES,
+        rerun="skip",
+        done_when=KUBELET_CONF,
+        roles=("control-plane", "worker"),
+        minors=LOCAL_MODE_MINORS,
+        why=KUBELET_START_RERUN,
+        ref=KUBELET_START_REF,
+    ),
+    Phase(
+        "etcd-join",
+        (ETCD_MANIFEST,),
+        roles=("control-plane",),
+        minors=LOCAL_MODE_MINORS,
+        why=ETCD_IDEMPOTENT,
+        ref=LOCAL_MODE_REF,
+    ),
+    Phase(
+        "kubelet-wait-bootstrap",
+        (KUBELET_CONF,),
+        roles=("control-plane", "worker"),
+        minors=LOCAL_MODE_MINORS,
+        why="waits for the kubelet's health port and kubelet.conf",
+        ref=LOCAL_MODE_REF,
+    ),
+    Phase(
+        "control-plane-join",
+        (ETCD_MANIFEST,),
+        roles=("control-plane",),
+        minors=NO_LOCAL_MODE_MINORS,
+        why=ETCD_IDEMPOTENT + "; labels and taints the node",
+        ref=LOCAL_MODE_REF,
+    ),
+    Phase(
+        "control-plane-join",
+        roles=("control-plane",),
+        minors=LOCAL_MODE_MINORS,
+        why="labels and taints the node (its etcd sub-phase does nothing)",
+        ref=LOCAL_MODE_REF,
+    ),
+    Phase(
+        "wait-control-plane",
+        roles=("control-plane",),
+        why="waits again (from 1.33 for every component's health port)",
+        ref=Ref(K8S, "cmd/kubeadm/app/cmd/phases/join/waitcontrolplane.go", "runWaitControlPlanePhase"),
+    ),
 )
 
 
@@ -477,10 +655,17 @@ class Layout:
 
     # the read-only root, except these (mounted by the initramfs, tmpfs, or links into /var)
     writable: tuple[str, ...] = ("/var", "/etc", "/run", "/tmp", "/opt", "/root", "/home")
-    notes: dict[str, str] = field(default_factory=lambda: {
-        "/var": "the data partition", "/etc": "overlay, upper layer on /var", "/run": "tmpfs",
-        "/tmp": "tmpfs", "/opt": "link to /var/opt", "/root": "link to /var/root", "/home": "link to /var/home",
-    })
+    notes: dict[str, str] = field(
+        default_factory=lambda: {
+            "/var": "the data partition",
+            "/etc": "overlay, upper layer on /var",
+            "/run": "tmpfs",
+            "/tmp": "tmpfs",
+            "/opt": "link to /var/opt",
+            "/root": "link to /var/root",
+            "/home": "link to /var/home",
+        }
+    )
 
     def is_writable(self, path: str) -> bool:
         return any(path == w or path.startswith(w.rstrip("/") + "/") for w in self.writable)

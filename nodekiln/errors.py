@@ -75,9 +75,14 @@ class ToolTimeoutError(NodekilnError, TimeoutError):
         self.timeout = timeout
         self.tail = tail
         self.log = log
-        super().__init__(_tool_message(
-            f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped: {' '.join(argv)}",
-            tail, log, silent="it printed nothing"))
+        super().__init__(
+            _tool_message(
+                f"{Path(argv[0]).name} did not finish within {timeout:g} s and was stopped: {' '.join(argv)}",
+                tail,
+                log,
+                silent="it printed nothing",
+            )
+        )
 
 
 class MissingToolError(NodekilnError):
@@ -86,6 +91,4 @@ class MissingToolError(NodekilnError):
     def __init__(self, tool: str, package: str):
         self.tool = tool
         self.package = package
-        super().__init__(
-            f"{tool} is not installed; install it with: apt-get install -y {package}"
-        )
+        super().__init__(f"{tool} is not installed; install it with: apt-get install -y {package}")

@@ -127,11 +127,13 @@ def run(
     chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
     stopping = threading.Event()
     spill: list[bytes] = []
-    reader = threading.Thread(target=_pump, args=(proc.stdout, chunks, stopping, spill),
-                              name=f"run {Path(args[0]).name}", daemon=True)
+    reader = threading.Thread(
+        target=_pump, args=(proc.stdout, chunks, stopping, spill), name=f"run {Path(args[0]).name}", daemon=True
+    )
     # What text=True would do when reading: the locale's encoding, bad bytes replaced, \r\n and \r as \n.
-    decoder = io.IncrementalNewlineDecoder(codecs.getincrementaldecoder(proc.stdout.encoding)(errors="replace"),
-                                           translate=True)
+    decoder = io.IncrementalNewlineDecoder(
+        codecs.getincrementaldecoder(proc.stdout.encoding)(errors="replace"), translate=True
+    )
     pending = ""  # the start of a line whose end has not come yet
 
     def timed_out() -> ToolTimeoutError:
@@ -200,6 +202,7 @@ def _pump(stream: IO[str], chunks: queue.Queue[bytes | None], stopping: threadin
     """Move a program's output into `chunks` as it comes, then None at its end; once `stopping`
     is set (nobody takes from `chunks` any more), into `spill`. Closes `stream` when done: the
     only thread that reads it (closing it under a blocked read could hand its number to a new file)."""
+
     def put(item: bytes | None) -> bool:
         while not stopping.is_set():
             try:
@@ -260,8 +263,9 @@ def output(argv: Sequence[str | os.PathLike[str]], **kwargs) -> str:
     return run(argv, **kwargs).output.strip()
 
 
-def spawn(argv: Sequence[str | os.PathLike[str]], *, log: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[str]:
+def spawn(
+    argv: Sequence[str | os.PathLike[str]], *, log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[str]:
     """Start a long-running program (a VM) in the background, all its output into `log`.
 
     It runs in its own process group; stop it with `stop()`, which kills the whole group.
@@ -273,8 +277,14 @@ def spawn(argv: Sequence[str | os.PathLike[str]], *, log: Path, env: Mapping[str
         full_env.update(env)
     with open(log, "a", encoding="utf-8") as handle:
         return subprocess.Popen(
-            args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=handle,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            args,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
 
 

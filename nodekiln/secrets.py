@@ -78,12 +78,14 @@ def _key() -> rsa.RSAPrivateKey:
 
 
 def _pem_key(key: rsa.RSAPrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def make_ca(common_name: str, now: dt.datetime | None = None) -> KeyPair:
     """A self-signed CA as kubeadm makes them (RSA 2048, 10 years)."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     key = _key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
@@ -95,9 +97,7 @@ def make_ca(common_name: str, now: dt.datetime | None = None) -> KeyPair:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=365 * CA_YEARS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, True, False, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, True, False, False, True, False, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -109,11 +109,13 @@ def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int
     ca_cert = x509.load_pem_x509_certificate(ca.cert.encode())
     ca_key = serialization.load_pem_private_key(ca.key.encode(), password=None)
     key = _key()
-    now = dt.datetime.now(dt.timezone.utc)
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    now = dt.datetime.now(dt.UTC)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -155,7 +157,9 @@ def generate() -> Secrets:
         etcdCA=make_ca("etcd-ca"),
         frontProxyCA=make_ca("front-proxy-ca"),
         serviceAccount=KeyPair(
-            cert=sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+            cert=sa.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode(),
             key=_pem_key(sa),
         ),
         bootstrapToken=bootstrap_token(),
@@ -186,7 +190,9 @@ class SecretStore:
             raise SecretsError(f"{self.path}: no secrets yet for site {self.site_name}: run `invoke secrets`")
         mode = self.path.stat().st_mode & 0o777
         if mode & 0o077:
-            raise SecretsError(f"{self.path}: mode {mode:04o} lets others read the site's keys: expected 0600 (chmod 600 it)")
+            raise SecretsError(
+                f"{self.path}: mode {mode:04o} lets others read the site's keys: expected 0600 (chmod 600 it)"
+            )
         try:
             data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
             found = Secrets.model_validate(data)
@@ -195,7 +201,9 @@ class SecretStore:
                 serialization.load_pem_private_key(pair.key.encode(), password=None)
         except (yaml.YAMLError, ValidationError, ValueError, TypeError, UnicodeDecodeError):
             # no exception text: it could quote key material
-            raise SecretsError(f"{self.path}: the secrets file is corrupt (not the YAML nodekiln wrote): restore it from your backup") from None
+            raise SecretsError(
+                f"{self.path}: the secrets file is corrupt (not the YAML nodekiln wrote): restore it from your backup"
+            ) from None
         if self.fingerprint_path.exists():
             expected = self.fingerprint_path.read_text().split()[0]
             if expected != found.fingerprint():
@@ -208,13 +216,18 @@ class SecretStore:
     def create(self, *, regenerate: bool = False) -> Secrets:
         """Make the secrets once. An existing or lost store is only replaced with `regenerate`."""
         if not regenerate and (self.path.exists() or self.fingerprint_path.exists()):
-            raise SecretsError(f"{self.path}: secrets exist already for site {self.site_name}; nodekiln never replaces them silently (--regenerate does, for a site whose nodes are all gone)")
+            raise SecretsError(
+                f"{self.path}: secrets exist already for site {self.site_name}; nodekiln never replaces them silently (--regenerate does, for a site whose nodes are all gone)"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
         write_atomic(self.dir / ".gitignore", GITIGNORE)
         fresh = generate()
         write_atomic(self.path, yaml.safe_dump(fresh.model_dump(), sort_keys=True), mode=0o600)
-        write_atomic(self.fingerprint_path, f"{fresh.fingerprint()}  sha256 of the cluster CA certificate of site {self.site_name}\n")
+        write_atomic(
+            self.fingerprint_path,
+            f"{fresh.fingerprint()}  sha256 of the cluster CA certificate of site {self.site_name}\n",
+        )
         return fresh
 
     def named(self, name: str, factory: Callable[[], str]) -> str:

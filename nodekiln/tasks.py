@@ -31,7 +31,9 @@ def _secrets(site):
 
     secrets, created = SecretStore(site.directory, site.name).ensure()
     if created:
-        console.print(f"created the secrets of site {site.name} in {SecretStore(site.directory, site.name).path} (mode 0600)")
+        console.print(
+            f"created the secrets of site {site.name} in {SecretStore(site.directory, site.name).path} (mode 0600)"
+        )
     return secrets
 
 
@@ -40,7 +42,9 @@ def _secrets(site):
 def validate(c, site=None):
     """Check the site file: every problem with its line and field."""
     loaded = _site(site)
-    console.print(f"{loaded.file}: site {loaded.name} is valid: {len(loaded.control_planes)} control planes, {len(loaded.workers)} workers, endpoint {loaded.endpoint}")
+    console.print(
+        f"{loaded.file}: site {loaded.name} is valid: {len(loaded.control_planes)} control planes, {len(loaded.workers)} workers, endpoint {loaded.endpoint}"
+    )
 
 
 @task(help={**SITE_HELP, "regenerate": "replace existing (or lost) secrets: only for a site whose nodes are all gone"})
@@ -62,12 +66,18 @@ def secrets(c, site=None, regenerate=False):
         console.print(f"created the secrets of site {loaded.name} in {store.path} (mode 0600)")
 
 
-@task(help={**SITE_HELP, "out": "where to write it (default: <site dir>/.nodekiln/<site>-admin.conf)", "days": "validity of the client certificate"})
+@task(
+    help={
+        **SITE_HELP,
+        "out": "where to write it (default: <site dir>/.nodekiln/<site>-admin.conf)",
+        "days": "validity of the client certificate",
+    }
+)
 @handled
 def kubeconfig(c, site=None, out=None, days=365):
     """Write an admin kubeconfig signed by the site CA."""
-    from nodekiln.files import write_atomic
     from nodekiln.bootstrap.kubeconfig import admin_kubeconfig
+    from nodekiln.files import write_atomic
 
     loaded = _site(site)
     target = Path(out) if out else loaded.directory / ".nodekiln" / f"{loaded.name}-admin.conf"
@@ -85,8 +95,10 @@ def kubeconfig(c, site=None, out=None, days=365):
     },
     iterable=["format"],
 )
-@handled(interrupted="interrupted outside the build itself (tool and source checks): no work folder, mount or "
-                     "partial artifact is left (an interrupted build cleans up and says so itself)")
+@handled(
+    interrupted="interrupted outside the build itself (tool and source checks): no work folder, mount or "
+    "partial artifact is left (an interrupted build cleans up and says so itself)"
+)
 def build_image(c, site=None, out=None, kubernetes_source=None, format=None, builder="dib"):
     """Bake the site's immutable node image; prints its path last."""
     from nodekiln.images.build import build_image as build
@@ -125,16 +137,23 @@ def render(c, site=None, out=None):
         "tree": "use this root tree (a directory or diskimage-builder's tar) instead of building one",
     }
 )
-@handled(interrupted="interrupted: no ISO was finished (it is renamed into place only when complete); its work folder "
-                     "under <out>/work/ stays, and the next build-iso starts over in it")
+@handled(
+    interrupted="interrupted: no ISO was finished (it is renamed into place only when complete); its work folder "
+    "under <out>/work/ stays, and the next build-iso starts over in it"
+)
 def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
     """Make the site's appliance ISO (UEFI+BIOS, CD or USB)."""
     from nodekiln.images.iso import build_iso as build
 
     loaded = _site(site)
-    result = build(loaded, _secrets(loaded), Path(out) if out else Path("build/iso"),
-                   kubernetes_source=kubernetes_source, tree=Path(tree) if tree else None,
-                   on_stage=lambda name: console.print(f"[dim]… {name}[/]"))
+    result = build(
+        loaded,
+        _secrets(loaded),
+        Path(out) if out else Path("build/iso"),
+        kubernetes_source=kubernetes_source,
+        tree=Path(tree) if tree else None,
+        on_stage=lambda name: console.print(f"[dim]… {name}[/]"),
+    )
     how = "cache hit (inputs unchanged)" if result.cached else f"built in {result.seconds:.0f} s"
     console.print(f"{how}; manifest {result.manifest}; the ISO holds the site's credentials (mode 0600)")
     print(result.path)
@@ -149,9 +168,11 @@ def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
         "kubeconfig": "cluster to install into (default: <site dir>/.nodekiln/<site>-admin.conf)",
     }
 )
-@handled(interrupted="interrupted: the releases before the current one are installed; the current one may be mid-install: "
-                     "helm --atomic rolls it back (if helm was killed first it stays pending: helm rollback it); "
-                     "run addons again, it skips unchanged releases")
+@handled(
+    interrupted="interrupted: the releases before the current one are installed; the current one may be mid-install: "
+    "helm --atomic rolls it back (if helm was killed first it stays pending: helm rollback it); "
+    "run addons again, it skips unchanged releases"
+)
 def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None):
     """Install the site's Helm addons in order (--dry-run: plan)."""
     from rich.table import Table
@@ -185,15 +206,25 @@ def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None)
     if not changed:
         console.print(f"nothing changed: all {len(outcomes)} releases are as planned")
     else:
-        console.print(", ".join(f"{o.name} {o.action}" for o in changed) + f"; {len(outcomes) - len(changed)} unchanged")
+        console.print(
+            ", ".join(f"{o.name} {o.action}" for o in changed) + f"; {len(outcomes) - len(changed)} unchanged"
+        )
 
 
-@task(help={**SITE_HELP, "image": "the image file (default: the newest build/images/<site>-<hash>.qcow2, its .manifest.json beside it)"})
-@handled(interrupted="interrupted: the unfinished Glance image was deleted or, if that did not get through, is left "
-                     "queued/saving and the next upload-image deletes it; run upload-image again")
+@task(
+    help={
+        **SITE_HELP,
+        "image": "the image file (default: the newest build/images/<site>-<hash>.qcow2, its .manifest.json beside it)",
+    }
+)
+@handled(
+    interrupted="interrupted: the unfinished Glance image was deleted or, if that did not get through, is left "
+    "queued/saving and the next upload-image deletes it; run upload-image again"
+)
 def upload_image(c, site=None, image=None):
     """Upload the node image to Glance (reused by content hash)."""
-    from nodekiln.openstack.images import newest_artifact, upload_image as upload
+    from nodekiln.openstack.images import newest_artifact
+    from nodekiln.openstack.images import upload_image as upload
 
     loaded = _site(site)
     if image:
@@ -207,13 +238,22 @@ def upload_image(c, site=None, image=None):
     if result.reused:
         console.print(f"image {result.name} ({result.image_id}) is already in Glance: nothing uploaded")
     else:
-        console.print(f"uploaded {result.name} ({result.image_id}): {result.bytes / 2**20:.0f} MiB in {result.seconds:.1f} s, sha512 verified")
+        console.print(
+            f"uploaded {result.name} ({result.image_id}): {result.bytes / 2**20:.0f} MiB in {result.seconds:.1f} s, sha512 verified"
+        )
 
 
-@task(help={**SITE_HELP, "dry_run": "print the plan (create / keep / delete per resource) and change nothing",
-            "prune": "also delete servers and ports of nodes no longer in the site"})
-@handled(interrupted="interrupted: what site-deploy created so far stays, tagged as the site's (but for a resource caught "
-                     "between its create and its tag call: README, OpenStack); run site-deploy again to converge, or site-destroy")
+@task(
+    help={
+        **SITE_HELP,
+        "dry_run": "print the plan (create / keep / delete per resource) and change nothing",
+        "prune": "also delete servers and ports of nodes no longer in the site",
+    }
+)
+@handled(
+    interrupted="interrupted: what site-deploy created so far stays, tagged as the site's (but for a resource caught "
+    "between its create and its tag call: README, OpenStack); run site-deploy again to converge, or site-destroy"
+)
 def site_deploy(c, site=None, dry_run=False, prune=False):
     """Create or converge the site's OpenStack servers and network."""
     from nodekiln.openstack.deploy import site_deploy as deploy
@@ -222,14 +262,18 @@ def site_deploy(c, site=None, dry_run=False, prune=False):
     result = deploy(loaded, _secrets(loaded), dry_run=dry_run, prune=prune, echo=console.print)
     console.print(result.plan.table())
     verb = "would change" if dry_run else "changed"
-    console.print(f"site {loaded.name}: {verb}: {result.plan.summary()} ({result.calls.writes} write calls, {result.calls.total} in all, {result.seconds:.1f} s)")
+    console.print(
+        f"site {loaded.name}: {verb}: {result.plan.summary()} ({result.calls.writes} write calls, {result.calls.total} in all, {result.seconds:.1f} s)"
+    )
     if not dry_run:
         console.print(f"API endpoint: {result.healthz}")
 
 
 @task(help=SITE_HELP)
-@handled(interrupted="interrupted: some of the site's resources may be deleted, the rest are still there and still "
-                     "the site's; run site-destroy again to delete them")
+@handled(
+    interrupted="interrupted: some of the site's resources may be deleted, the rest are still there and still "
+    "the site's; run site-destroy again to delete them"
+)
 def site_destroy(c, site=None):
     """Delete every OpenStack resource nodekiln made for the site."""
     from nodekiln.openstack.deploy import site_destroy as destroy
@@ -245,8 +289,8 @@ def site_destroy(c, site=None):
 @handled
 def schema(c, site=None, out=None):
     """Print the site file's JSON Schema (for editors)."""
-    from nodekiln.files import write_atomic
     from nodekiln.config.site import json_schema
+    from nodekiln.files import write_atomic
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if out:

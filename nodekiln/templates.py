@@ -10,7 +10,6 @@ import jinja2
 from nodekiln import assets
 
 
-
 @cache
 def environment(folder: str) -> jinja2.Environment:
     """One strict environment per asset folder: a missing variable is an error, never ''."""

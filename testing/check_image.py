@@ -29,9 +29,15 @@ def test_image(image_path: Path, site: Any, *, pytest_args: Sequence[str] = (), 
         raise NodekilnError(f"no image at {image}")
     site_file = Path(site) if isinstance(site, (str, Path)) else Path(site.file)
     env = {"NODEKILN_TEST_IMAGE": str(image), "NODEKILN_SITE": str(site_file.resolve())}
-    result = run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "slow", str(CHECKS),
-                  *pytest_args], cwd=REPO, env=env, check=False, capture=False,
-                 on_line=lambda line: print(line, flush=True), log=log)
+    result = run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "slow", str(CHECKS), *pytest_args],
+        cwd=REPO,
+        env=env,
+        check=False,
+        capture=False,
+        on_line=lambda line: print(line, flush=True),
+        log=log,
+    )
     return result.returncode
 
 

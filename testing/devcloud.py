@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -80,7 +81,9 @@ class Service:
             return []
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, proc: Service | None = None, interval: float = 0.25) -> None:
+def _wait(
+    what: str, check: Callable[[], bool], timeout: float, proc: Service | None = None, interval: float = 0.25
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
@@ -88,11 +91,13 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, proc: Service | 
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             pass
         time.sleep(interval)
     tail = "\n".join(proc.tail()) if proc is not None else ""
-    raise DevCloudError(f"{what} was not ready within {timeout:.0f} s" + (f"; last lines of {proc.log}:\n{tail}" if tail else ""))
+    raise DevCloudError(
+        f"{what} was not ready within {timeout:.0f} s" + (f"; last lines of {proc.log}:\n{tail}" if tail else "")
+    )
 
 
 def _port_open(port: int) -> bool:
@@ -106,7 +111,7 @@ def _http_ok(url: str) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=5) as response:
             return response.status < 500
     except urllib.error.HTTPError as exc:  # 300 Multiple Choices, 401: the service answers
         return exc.code < 500
@@ -225,17 +230,34 @@ class DevCloud:
         data = self.workdir / "mysql"
         self._manage(
             "mariadb-install-db",
-            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db", "--auth-root-authentication-method=normal"],
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={data}",
+                "--user=root",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+            ],
         )
         sock = self.workdir / "mysql.sock"
         # Unix socket only, no grant tables: a throw-away database that nothing else can reach.
         proc = self._spawn(
             "mariadb",
             [
-                "mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}", "--skip-networking",
-                "--skip-grant-tables", "--user=root", f"--pid-file={self.workdir / 'mysql.pid'}",
-                "--max-connections=1000", "--innodb-buffer-pool-size=128M", "--innodb-flush-log-at-trx-commit=0",
-                "--skip-log-bin", "--character-set-server=utf8mb3", "--collation-server=utf8mb3_general_ci",
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={sock}",
+                "--skip-networking",
+                "--skip-grant-tables",
+                "--user=root",
+                f"--pid-file={self.workdir / 'mysql.pid'}",
+                "--max-connections=1000",
+                "--innodb-buffer-pool-size=128M",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--skip-log-bin",
+                "--character-set-server=utf8mb3",
+                "--collation-server=utf8mb3_general_ci",
             ],
         )
         _wait("mariadb", sock.exists, 60, proc)
@@ -276,12 +298,18 @@ class DevCloud:
     def _authtoken(self, user: str) -> dict[str, object]:
         keystone = f"http://127.0.0.1:{self.ports['keystone']}/v3"
         return {
-            "www_authenticate_uri": keystone, "auth_url": keystone, "auth_type": "password",
-            "project_domain_name": "Default", "user_domain_name": "Default", "project_name": "service",
-            "username": user, "password": SERVICE_PASSWORD, "region_name": REGION,
+            "www_authenticate_uri": keystone,
+            "auth_url": keystone,
+            "auth_type": "password",
+            "project_domain_name": "Default",
+            "user_domain_name": "Default",
+            "project_name": "service",
+            "username": user,
+            "password": SERVICE_PASSWORD,
+            "region_name": REGION,
         }
 
-    POLICY = {"enforce_new_defaults": "false", "enforce_scope": "false"}
+    POLICY: ClassVar[dict[str, str]] = {"enforce_new_defaults": "false", "enforce_scope": "false"}
 
     def _serve(self, name: str, module: str, port: int, env: dict[str, str], threads: int = 4) -> Service:
         """Serve a WSGI app with gunicorn through a shim that clears sys.argv (apps parse argv)."""
@@ -291,8 +319,21 @@ class DevCloud:
         return self._spawn(
             name,
             [
-                self._bin("gunicorn"), "--no-control-socket", "-w", "1", "--threads", str(threads), "-b", f"127.0.0.1:{port}",
-                "--timeout", "300", "--keep-alive", "75", "--chdir", str(self.workdir), f"wsgi_{name}:application",
+                self._bin("gunicorn"),
+                "--no-control-socket",
+                "-w",
+                "1",
+                "--threads",
+                str(threads),
+                "-b",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "300",
+                "--keep-alive",
+                "75",
+                "--chdir",
+                str(self.workdir),
+                f"wsgi_{name}:application",
             ],
             env=env,
         )
@@ -302,24 +343,48 @@ class DevCloud:
         conf_dir = self.workdir / "keystone"
         conf_dir.mkdir()
         conf = conf_dir / "keystone.conf"
-        conf.write_text(_ini({
-            "DEFAULT": {"log_file": self.workdir / "logs" / "keystone-app.log"},
-            "database": {"connection": self._db_url("keystone")},
-            "token": {"provider": "fernet"},
-            "fernet_tokens": {"key_repository": conf_dir / "fernet-keys"},
-            "credential": {"key_repository": conf_dir / "credential-keys"},
-            "oslo_policy": self.POLICY,
-        }))
+        conf.write_text(
+            _ini(
+                {
+                    "DEFAULT": {"log_file": self.workdir / "logs" / "keystone-app.log"},
+                    "database": {"connection": self._db_url("keystone")},
+                    "token": {"provider": "fernet"},
+                    "fernet_tokens": {"key_repository": conf_dir / "fernet-keys"},
+                    "credential": {"key_repository": conf_dir / "credential-keys"},
+                    "oslo_policy": self.POLICY,
+                }
+            )
+        )
         manage = [self._bin("keystone-manage"), "--config-file", str(conf)]
         self._manage("keystone-db_sync", [*manage, "db_sync"])
-        self._manage("keystone-fernet_setup", [*manage, "fernet_setup", "--keystone-user", "root", "--keystone-group", "root"])
-        self._manage("keystone-credential_setup", [*manage, "credential_setup", "--keystone-user", "root", "--keystone-group", "root"])
+        self._manage(
+            "keystone-fernet_setup", [*manage, "fernet_setup", "--keystone-user", "root", "--keystone-group", "root"]
+        )
+        self._manage(
+            "keystone-credential_setup",
+            [*manage, "credential_setup", "--keystone-user", "root", "--keystone-group", "root"],
+        )
         url = f"http://127.0.0.1:{self.ports['keystone']}/v3"
-        self._manage("keystone-bootstrap", [
-            *manage, "bootstrap", "--bootstrap-password", ADMIN_PASSWORD, "--bootstrap-admin-url", url,
-            "--bootstrap-public-url", url, "--bootstrap-internal-url", url, "--bootstrap-region-id", REGION,
-        ])
-        proc = self._serve("keystone", "keystone.wsgi.api", self.ports["keystone"], {"OS_KEYSTONE_CONFIG_FILES": str(conf)})
+        self._manage(
+            "keystone-bootstrap",
+            [
+                *manage,
+                "bootstrap",
+                "--bootstrap-password",
+                ADMIN_PASSWORD,
+                "--bootstrap-admin-url",
+                url,
+                "--bootstrap-public-url",
+                url,
+                "--bootstrap-internal-url",
+                url,
+                "--bootstrap-region-id",
+                REGION,
+            ],
+        )
+        proc = self._serve(
+            "keystone", "keystone.wsgi.api", self.ports["keystone"], {"OS_KEYSTONE_CONFIG_FILES": str(conf)}
+        )
         _wait("keystone", lambda: _http_ok(url), 120, proc)
         self._write_clouds_yaml()
 
@@ -330,13 +395,25 @@ class DevCloud:
             "clouds": {
                 "nodekiln-admin": {
                     **common,
-                    "auth": {"auth_url": auth_url, "username": "admin", "password": ADMIN_PASSWORD, "project_name": "admin",
-                             "user_domain_name": "Default", "project_domain_name": "Default"},
+                    "auth": {
+                        "auth_url": auth_url,
+                        "username": "admin",
+                        "password": ADMIN_PASSWORD,
+                        "project_name": "admin",
+                        "user_domain_name": "Default",
+                        "project_domain_name": "Default",
+                    },
                 },
                 "nodekiln": {
                     **common,
-                    "auth": {"auth_url": auth_url, "username": "nodekiln", "password": USER_PASSWORD, "project_name": "nodekiln",
-                             "user_domain_name": "Default", "project_domain_name": "Default"},
+                    "auth": {
+                        "auth_url": auth_url,
+                        "username": "nodekiln",
+                        "password": USER_PASSWORD,
+                        "project_name": "nodekiln",
+                        "user_domain_name": "Default",
+                        "project_domain_name": "Default",
+                    },
                 },
             }
         }
@@ -357,7 +434,9 @@ class DevCloud:
         service_role = ident.find_role("service") or ident.create_role(name="service")  # keystone 26+ bootstraps it
         admin_role = ident.find_role("admin")
         for user in ("glance", "neutron", "placement", "nova"):
-            created = ident.create_user(name=user, password=SERVICE_PASSWORD, domain_id="default", default_project_id=service_project.id)
+            created = ident.create_user(
+                name=user, password=SERVICE_PASSWORD, domain_id="default", default_project_id=service_project.id
+            )
             for role in (admin_role, service_role):
                 conn.identity.assign_project_role_to_user(service_project, created, role)
         catalog = {
@@ -379,70 +458,116 @@ class DevCloud:
         glance = self.workdir / "glance"
         glance.mkdir()
         shutil.copy(share / "glance" / "glance-api-paste.ini", glance / "glance-api-paste.ini")
-        (glance / "glance-api.conf").write_text(_ini({
-            "DEFAULT": {"enabled_backends": "fs:file", "worker_self_reference_url": f"http://127.0.0.1:{self.ports['glance']}",
-                        "log_file": self.workdir / "logs" / "glance-app.log"},
-            "database": {"connection": self._db_url("glance")},
-            "glance_store": {"default_backend": "fs"},
-            "fs": {"filesystem_store_datadir": glance / "images"},
-            "os_glance_staging_store": {"filesystem_store_datadir": glance / "staging"},
-            "os_glance_tasks_store": {"filesystem_store_datadir": glance / "tasks"},
-            "paste_deploy": {"flavor": "keystone"},
-            "keystone_authtoken": self._authtoken("glance"),
-            "oslo_policy": self.POLICY,
-        }))
+        (glance / "glance-api.conf").write_text(
+            _ini(
+                {
+                    "DEFAULT": {
+                        "enabled_backends": "fs:file",
+                        "worker_self_reference_url": f"http://127.0.0.1:{self.ports['glance']}",
+                        "log_file": self.workdir / "logs" / "glance-app.log",
+                    },
+                    "database": {"connection": self._db_url("glance")},
+                    "glance_store": {"default_backend": "fs"},
+                    "fs": {"filesystem_store_datadir": glance / "images"},
+                    "os_glance_staging_store": {"filesystem_store_datadir": glance / "staging"},
+                    "os_glance_tasks_store": {"filesystem_store_datadir": glance / "tasks"},
+                    "paste_deploy": {"flavor": "keystone"},
+                    "keystone_authtoken": self._authtoken("glance"),
+                    "oslo_policy": self.POLICY,
+                }
+            )
+        )
         self._manage("glance-db_sync", [self._bin("glance-manage"), "--config-dir", str(glance), "db_sync"])
 
         placement = self.workdir / "placement"
         placement.mkdir()
-        (placement / "placement.conf").write_text(_ini({
-            "DEFAULT": {"log_file": self.workdir / "logs" / "placement-app.log"},
-            "placement_database": {"connection": self._db_url("placement")},
-            "api": {"auth_strategy": "keystone"},
-            "keystone_authtoken": self._authtoken("placement"),
-            "oslo_policy": self.POLICY,
-        }))
+        (placement / "placement.conf").write_text(
+            _ini(
+                {
+                    "DEFAULT": {"log_file": self.workdir / "logs" / "placement-app.log"},
+                    "placement_database": {"connection": self._db_url("placement")},
+                    "api": {"auth_strategy": "keystone"},
+                    "keystone_authtoken": self._authtoken("placement"),
+                    "oslo_policy": self.POLICY,
+                }
+            )
+        )
         self._manage("placement-db_sync", [self._bin("placement-manage"), "--config-dir", str(placement), "db", "sync"])
 
         neutron = self.workdir / "neutron"
         (neutron / "plugins" / "ml2").mkdir(parents=True)
         shutil.copy(share / "neutron" / "api-paste.ini", neutron / "api-paste.ini")
-        (neutron / "neutron.conf").write_text(_ini({
-            "DEFAULT": {
-                "core_plugin": "ml2", "service_plugins": "router", "auth_strategy": "keystone",
-                "transport_url": "fake://", "notify_nova_on_port_status_changes": "false",
-                "notify_nova_on_port_data_changes": "false", "api_paste_config": neutron / "api-paste.ini",
-                "log_file": self.workdir / "logs" / "neutron-app.log", "state_path": neutron,
-            },
-            "database": {"connection": self._db_url("neutron")},
-            "keystone_authtoken": self._authtoken("neutron"),
-            "oslo_concurrency": {"lock_path": neutron / "lock"},
-            "oslo_policy": self.POLICY,
-        }))
-        (neutron / "plugins" / "ml2" / "ml2_conf.ini").write_text(_ini({
-            # nodekiln_fake (tests/openstack/nodekiln_fake_binding) binds every port, so Nova boots.
-            "ml2": {"type_drivers": "flat,vxlan", "tenant_network_types": "vxlan", "mechanism_drivers": "nodekiln_fake",
-                    "extension_drivers": "port_security"},
-            "ml2_type_vxlan": {"vni_ranges": "1:1000"},
-            "ml2_type_flat": {"flat_networks": "*"},
-        }))
+        (neutron / "neutron.conf").write_text(
+            _ini(
+                {
+                    "DEFAULT": {
+                        "core_plugin": "ml2",
+                        "service_plugins": "router",
+                        "auth_strategy": "keystone",
+                        "transport_url": "fake://",
+                        "notify_nova_on_port_status_changes": "false",
+                        "notify_nova_on_port_data_changes": "false",
+                        "api_paste_config": neutron / "api-paste.ini",
+                        "log_file": self.workdir / "logs" / "neutron-app.log",
+                        "state_path": neutron,
+                    },
+                    "database": {"connection": self._db_url("neutron")},
+                    "keystone_authtoken": self._authtoken("neutron"),
+                    "oslo_concurrency": {"lock_path": neutron / "lock"},
+                    "oslo_policy": self.POLICY,
+                }
+            )
+        )
+        (neutron / "plugins" / "ml2" / "ml2_conf.ini").write_text(
+            _ini(
+                {
+                    # nodekiln_fake (tests/openstack/nodekiln_fake_binding) binds every port, so Nova boots.
+                    "ml2": {
+                        "type_drivers": "flat,vxlan",
+                        "tenant_network_types": "vxlan",
+                        "mechanism_drivers": "nodekiln_fake",
+                        "extension_drivers": "port_security",
+                    },
+                    "ml2_type_vxlan": {"vni_ranges": "1:1000"},
+                    "ml2_type_flat": {"flat_networks": "*"},
+                }
+            )
+        )
         # Neutron's migrations do not run on SQLite and are slow everywhere: create the schema
         # from the models and stamp it as current.
         script = self.workdir / "neutron_schema.py"
-        script.write_text(textwrap.dedent(f"""
+        script.write_text(
+            textwrap.dedent(f"""
             import sqlalchemy
             from neutron.db.migration.models import head
-            engine = sqlalchemy.create_engine({self._db_url('neutron')!r})
+            engine = sqlalchemy.create_engine({self._db_url("neutron")!r})
             head.get_metadata().create_all(engine)
-        """))
+        """)
+        )
         self._manage("neutron-schema", [self._bin("python"), str(script)])
-        self._manage("neutron-stamp", [self._bin("neutron-db-manage"), "--config-file", str(neutron / "neutron.conf"),
-                                       "--config-file", str(neutron / "plugins" / "ml2" / "ml2_conf.ini"), "stamp", "heads"])
+        self._manage(
+            "neutron-stamp",
+            [
+                self._bin("neutron-db-manage"),
+                "--config-file",
+                str(neutron / "neutron.conf"),
+                "--config-file",
+                str(neutron / "plugins" / "ml2" / "ml2_conf.ini"),
+                "stamp",
+                "heads",
+            ],
+        )
 
         procs = {
-            "glance": self._serve("glance", "glance.wsgi.api", self.ports["glance"], {"OS_GLANCE_CONFIG_DIR": str(glance)}),
-            "placement": self._serve("placement", "placement.wsgi.api", self.ports["placement"], {"OS_PLACEMENT_CONFIG_DIR": str(placement)}),
-            "neutron": self._serve("neutron", "neutron.wsgi.api", self.ports["neutron"], {"OS_NEUTRON_CONFIG_DIR": str(neutron)}),
+            "glance": self._serve(
+                "glance", "glance.wsgi.api", self.ports["glance"], {"OS_GLANCE_CONFIG_DIR": str(glance)}
+            ),
+            "placement": self._serve(
+                "placement", "placement.wsgi.api", self.ports["placement"], {"OS_PLACEMENT_CONFIG_DIR": str(placement)}
+            ),
+            "neutron": self._serve(
+                "neutron", "neutron.wsgi.api", self.ports["neutron"], {"OS_NEUTRON_CONFIG_DIR": str(neutron)}
+            ),
         }
         for name, proc in procs.items():
             _wait(name, lambda name=name: _http_ok(f"http://127.0.0.1:{self.ports[name]}/"), 120, proc)
@@ -454,38 +579,53 @@ class DevCloud:
         shutil.copy(self.venv / "etc" / "nova" / "api-paste.ini", nova / "api-paste.ini")
         keystone = f"http://127.0.0.1:{self.ports['keystone']}/v3"
         client = {
-            "auth_url": keystone, "auth_type": "password", "project_domain_name": "Default", "user_domain_name": "Default",
-            "project_name": "service", "password": SERVICE_PASSWORD, "region_name": REGION,
+            "auth_url": keystone,
+            "auth_type": "password",
+            "project_domain_name": "Default",
+            "user_domain_name": "Default",
+            "project_name": "service",
+            "password": SERVICE_PASSWORD,
+            "region_name": REGION,
         }
         conf = nova / "nova.conf"
-        conf.write_text(_ini({
-            "DEFAULT": {
-                "transport_url": f"rabbit://guest:guest@127.0.0.1:{self.ports['rabbit']}/",
-                "compute_driver": "fake.FakeDriver", "my_ip": "127.0.0.1", "host": "nodekiln-compute",
-                "state_path": nova / "state", "instances_path": nova / "instances",
-                "vif_plugging_is_fatal": "false", "vif_plugging_timeout": "0",
-                "log_dir": self.workdir / "logs",
-            },
-            "api": {"auth_strategy": "keystone"},
-            "api_database": {"connection": self._db_url("nova_api")},
-            "database": {"connection": self._db_url("nova")},
-            "keystone_authtoken": self._authtoken("nova"),
-            # Nova -> Neutron answers 401 without the service user token.
-            "service_user": {**client, "username": "nova", "send_service_user_token": "true"},
-            "placement": {**client, "username": "placement"},
-            "neutron": {**client, "username": "neutron"},
-            "glance": {"region_name": REGION},
-            "oslo_concurrency": {"lock_path": nova / "lock"},
-            "oslo_messaging_notifications": {"driver": "noop"},
-            "scheduler": {"discover_hosts_in_cells_interval": "2", "workers": "1"},
-            "conductor": {"workers": "1"},
-            "quota": {"instances": "500", "cores": "-1", "ram": "-1"},
-            "wsgi": {"api_paste_config": nova / "api-paste.ini"},
-            "oslo_policy": self.POLICY,
-        }))
+        conf.write_text(
+            _ini(
+                {
+                    "DEFAULT": {
+                        "transport_url": f"rabbit://guest:guest@127.0.0.1:{self.ports['rabbit']}/",
+                        "compute_driver": "fake.FakeDriver",
+                        "my_ip": "127.0.0.1",
+                        "host": "nodekiln-compute",
+                        "state_path": nova / "state",
+                        "instances_path": nova / "instances",
+                        "vif_plugging_is_fatal": "false",
+                        "vif_plugging_timeout": "0",
+                        "log_dir": self.workdir / "logs",
+                    },
+                    "api": {"auth_strategy": "keystone"},
+                    "api_database": {"connection": self._db_url("nova_api")},
+                    "database": {"connection": self._db_url("nova")},
+                    "keystone_authtoken": self._authtoken("nova"),
+                    # Nova -> Neutron answers 401 without the service user token.
+                    "service_user": {**client, "username": "nova", "send_service_user_token": "true"},
+                    "placement": {**client, "username": "placement"},
+                    "neutron": {**client, "username": "neutron"},
+                    "glance": {"region_name": REGION},
+                    "oslo_concurrency": {"lock_path": nova / "lock"},
+                    "oslo_messaging_notifications": {"driver": "noop"},
+                    "scheduler": {"discover_hosts_in_cells_interval": "2", "workers": "1"},
+                    "conductor": {"workers": "1"},
+                    "quota": {"instances": "500", "cores": "-1", "ram": "-1"},
+                    "wsgi": {"api_paste_config": nova / "api-paste.ini"},
+                    "oslo_policy": self.POLICY,
+                }
+            )
+        )
         manage = [self._bin("nova-manage"), "--config-file", str(conf)]
         self._manage("nova-api_db_sync", [*manage, "api_db", "sync"])
-        self._manage("nova-map_cell0", [*manage, "cell_v2", "map_cell0", "--database_connection", self._db_url("nova_cell0")])
+        self._manage(
+            "nova-map_cell0", [*manage, "cell_v2", "map_cell0", "--database_connection", self._db_url("nova_cell0")]
+        )
         self._manage("nova-create_cell", [*manage, "cell_v2", "create_cell", "--name", "cell1"])
         self._manage("nova-db_sync", [*manage, "db", "sync"])
         env = {"OS_NOVA_CONFIG_DIR": str(nova)}
@@ -507,13 +647,26 @@ class DevCloud:
         """The user nodekiln runs as: a member of its own project; flavors and an external network from the operator."""
         admin = self.connect("nodekiln-admin")
         project = admin.identity.create_project(name="nodekiln", domain_id="default")
-        user = admin.identity.create_user(name="nodekiln", password=USER_PASSWORD, domain_id="default", default_project_id=project.id)
+        user = admin.identity.create_user(
+            name="nodekiln", password=USER_PASSWORD, domain_id="default", default_project_id=project.id
+        )
         admin.identity.assign_project_role_to_user(project, user, admin.identity.find_role("member"))
-        for name, vcpus, ram, disk in (("m1.small", 1, 2048, 20), ("m1.medium", 2, 4096, 40), ("m1.large", 4, 8192, 80),
-                                       ("m1.huge", 64, 4_000_000, 80)):
+        for name, vcpus, ram, disk in (
+            ("m1.small", 1, 2048, 20),
+            ("m1.medium", 2, 4096, 40),
+            ("m1.large", 4, 8192, 80),
+            ("m1.huge", 64, 4_000_000, 80),
+        ):
             admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
-        public = admin.network.create_network(name="public", is_router_external=True, provider_network_type="flat",
-                                              provider_physical_network="public")
-        admin.network.create_subnet(network_id=public.id, name="public-subnet", ip_version=4, cidr="203.0.113.0/24",
-                                    gateway_ip="203.0.113.1", is_dhcp_enabled=False)
+        public = admin.network.create_network(
+            name="public", is_router_external=True, provider_network_type="flat", provider_physical_network="public"
+        )
+        admin.network.create_subnet(
+            network_id=public.id,
+            name="public-subnet",
+            ip_version=4,
+            cidr="203.0.113.0/24",
+            gateway_ip="203.0.113.1",
+            is_dhcp_enabled=False,
+        )
         admin.network.update_quota(project.id, port=1000, security_group_rule=500, floatingip=50)

@@ -10,10 +10,20 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from testing.qemu import (VM, BootError, disk_format, firmware_args, free_port, launch, machine_args,
-                           network_args, seed_args, vm_workdir)
-from nodekiln.run import run
 from nodekiln.images.seed import write_seed_iso
+from nodekiln.run import run
+from testing.qemu import (
+    VM,
+    BootError,
+    disk_format,
+    firmware_args,
+    free_port,
+    launch,
+    machine_args,
+    network_args,
+    seed_args,
+    vm_workdir,
+)
 
 DATA_SERIAL = "NKDATA0001"
 
@@ -24,15 +34,25 @@ def medium_args(iso: Path, medium: str) -> list[str]:
     if medium == "cdrom":
         return ["-drive", drive + ",media=cdrom", "-device", "ide-cd,drive=medium,bootindex=0"]
     if medium == "usb":
-        return ["-drive", drive, "-device", "qemu-xhci,id=xhci",
-                "-device", "usb-storage,bus=xhci.0,drive=medium,bootindex=0,removable=on"]
+        return [
+            "-drive",
+            drive,
+            "-device",
+            "qemu-xhci,id=xhci",
+            "-device",
+            "usb-storage,bus=xhci.0,drive=medium,bootindex=0,removable=on",
+        ]
     raise ValueError("medium must be cdrom or usb")
 
 
 def data_disk_args(data_disk: Path) -> list[str]:
     """The local disk the appliance keeps its state on, with the serial its first boot looks for."""
-    return ["-drive", f"file={data_disk},if=none,id=data,format={disk_format(data_disk)},cache=unsafe,discard=unmap",
-            "-device", f"virtio-blk-pci,drive=data,serial={DATA_SERIAL}"]
+    return [
+        "-drive",
+        f"file={data_disk},if=none,id=data,format={disk_format(data_disk)},cache=unsafe,discard=unmap",
+        "-device",
+        f"virtio-blk-pci,drive=data,serial={DATA_SERIAL}",
+    ]
 
 
 def wait_console(vm: VM, text: str, deadline: float) -> str:
@@ -87,6 +107,17 @@ def boot_iso(
         if seed_files:
             argv += seed_args(write_seed_iso(work / "seed.iso", seed_files))
         argv += firmware_args(firmware, work)
-        with launch(argv, work, console, port=port, user=user, key=key, address=address, firmware=firmware,
-                    timeout=timeout, wait_ssh=wait_ssh, wait_cloud_init=wait_cloud_init) as vm:
+        with launch(
+            argv,
+            work,
+            console,
+            port=port,
+            user=user,
+            key=key,
+            address=address,
+            firmware=firmware,
+            timeout=timeout,
+            wait_ssh=wait_ssh,
+            wait_cloud_init=wait_cloud_init,
+        ) as vm:
             yield vm

@@ -25,7 +25,7 @@ def standin(name: str, cert: str, key: str, port: int = 6443) -> None:
     body = f"ok {name}\n".encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))

@@ -10,7 +10,6 @@ started and watched), else TCG with every host core.
 from __future__ import annotations
 
 import contextlib
-import functools
 import ipaddress
 import os
 import shutil
@@ -23,9 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodekiln.errors import NodekilnError
-from nodekiln.run import run, spawn, stop
-from nodekiln.images.machine import OVMF_CODE, OVMF_VARS, accel_args, accelerator, disk_format, generate_ssh_key
+
+# what a build needs of qemu lives in the product; the harness re-exports it for the tests
+from nodekiln.images.machine import OVMF_CODE, OVMF_VARS, accel_args
+from nodekiln.images.machine import accelerator as accelerator
+from nodekiln.images.machine import disk_format as disk_format
+from nodekiln.images.machine import generate_ssh_key as generate_ssh_key
 from nodekiln.images.seed import write_seed_iso
+from nodekiln.run import run, spawn, stop
 
 
 class BootError(NodekilnError):
@@ -74,9 +78,17 @@ class VM:
         client = paramiko.SSHClient()
         # A fresh VM has fresh host keys every boot: nothing to pin.
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect("127.0.0.1", port=self.ssh_port, username=self.user, key_filename=str(self.key),
-                       timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                       allow_agent=False, look_for_keys=False)
+        client.connect(
+            "127.0.0.1",
+            port=self.ssh_port,
+            username=self.user,
+            key_filename=str(self.key),
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            allow_agent=False,
+            look_for_keys=False,
+        )
         return client
 
     def ssh(self, command: str, timeout: float = 120.0) -> tuple[int, str]:
@@ -111,11 +123,13 @@ class VM:
             try:
                 code, out = self.ssh("cloud-init status --wait --long", timeout=left)
                 break
-            except Exception as exc:  # noqa: BLE001 - paramiko raises several kinds
+            except Exception as exc:
                 # cloud-init restarts sshd on first boot (users, host keys): the connection is
                 # reset right after SSH first answered; ask again while time is left
                 if time.monotonic() >= deadline or not self.alive():
-                    raise BootError(self._why("SSH kept failing while waiting for cloud-init", f"{type(exc).__name__}: {exc}")) from None
+                    raise BootError(
+                        self._why("SSH kept failing while waiting for cloud-init", f"{type(exc).__name__}: {exc}")
+                    ) from None
                 time.sleep(3)
         if code not in (0, 2):  # 2: done with recoverable errors (deprecations)
             raise BootError(self._why(f"cloud-init status exit {code}", out))
@@ -182,7 +196,7 @@ class VM:
                 if self.boot_id() != before:
                     self.timings["reboot_s"] = round(time.monotonic() - started, 1)
                     return
-            except Exception:  # noqa: BLE001 - down or not yet up: paramiko raises several kinds
+            except Exception:
                 continue
             # Still the old boot after two minutes: the reboot request was lost (SSH closed
             # before systemd took it); ask once more.
@@ -252,17 +266,37 @@ def machine_args(*, memory_mib: int, cpus: int | None, console: Path, power_cycl
     `VM.reboot()` starts the machine again (see there for why).
     """
     cycle = accelerator() == "tcg" if power_cycle is None else power_cycle
-    return ["qemu-system-x86_64", *accel_args(), "-m", str(memory_mib), "-smp", str(cpus or os.cpu_count() or 2),
-            "-display", "none", "-nodefaults", "-chardev", f"file,id=console,path={console},append=on",
-            "-serial", "chardev:console", "-monitor", "none", *(["-no-reboot"] if cycle else [])]
+    return [
+        "qemu-system-x86_64",
+        *accel_args(),
+        "-m",
+        str(memory_mib),
+        "-smp",
+        str(cpus or os.cpu_count() or 2),
+        "-display",
+        "none",
+        "-nodefaults",
+        "-chardev",
+        f"file,id=console,path={console},append=on",
+        "-serial",
+        "chardev:console",
+        "-monitor",
+        "none",
+        *(["-no-reboot"] if cycle else []),
+    ]
 
 
 def network_args(*, cidr: str, gateway: str, address: str, port: int, mac: str | None = None) -> list[str]:
     """User-mode networking on the site's own subnet; SSH to `address` forwarded from `port`."""
     net = ipaddress.ip_network(cidr)
-    return ["-netdev", f"user,id=n0,net={net},host={gateway},hostfwd=tcp:127.0.0.1:{port}-{address}:22",
-            "-device", "virtio-net-pci,netdev=n0" + (f",mac={mac}" if mac else ""),
-            "-device", "virtio-rng-pci"]
+    return [
+        "-netdev",
+        f"user,id=n0,net={net},host={gateway},hostfwd=tcp:127.0.0.1:{port}-{address}:22",
+        "-device",
+        "virtio-net-pci,netdev=n0" + (f",mac={mac}" if mac else ""),
+        "-device",
+        "virtio-rng-pci",
+    ]
 
 
 def seed_args(seed: Path) -> list[str]:
@@ -276,9 +310,14 @@ def firmware_args(firmware: str, work: Path) -> list[str]:
     if firmware == "uefi":
         vars_copy = work / "OVMF_VARS.fd"
         shutil.copy(OVMF_VARS, vars_copy)
-        return ["-machine", "q35",
-                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        return [
+            "-machine",
+            "q35",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        ]
     if firmware == "bios":
         return ["-machine", "pc"]
     raise ValueError("firmware must be uefi or bios")
@@ -298,13 +337,35 @@ def vm_workdir(prefix: str, parent: Path | None = None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def launch(argv: list[str], work: Path, console: Path, *, port: int, user: str, key: Path, address: str,
-           firmware: str, timeout: float, wait_ssh: bool = True, wait_cloud_init: bool = True) -> Iterator[VM]:
+def launch(
+    argv: list[str],
+    work: Path,
+    console: Path,
+    *,
+    port: int,
+    user: str,
+    key: Path,
+    address: str,
+    firmware: str,
+    timeout: float,
+    wait_ssh: bool = True,
+    wait_cloud_init: bool = True,
+) -> Iterator[VM]:
     """Start qemu; yield the VM once SSH (and cloud-init) answer, or at once with wait_ssh=False.
     qemu is always stopped."""
     started = time.monotonic()
-    vm = VM(spawn(argv, log=work / "qemu.log"), work, console, port, user, key, address, firmware, started,
-            argv=list(map(str, argv)))
+    vm = VM(
+        spawn(argv, log=work / "qemu.log"),
+        work,
+        console,
+        port,
+        user,
+        key,
+        address,
+        firmware,
+        started,
+        argv=list(map(str, argv)),
+    )
     try:
         deadline = started + timeout
         if wait_ssh:
@@ -345,18 +406,42 @@ def boot(
         raise ValueError("firmware must be uefi or bios")
     with vm_workdir("nodekiln-vm-", workdir) as work:
         overlay = work / "disk.qcow2"
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image.resolve(), "-F", disk_format(image),
-             overlay, *([f"{disk_gib}G"] if disk_gib else [])])
+        run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                image.resolve(),
+                "-F",
+                disk_format(image),
+                overlay,
+                *([f"{disk_gib}G"] if disk_gib else []),
+            ]
+        )
         seed = write_seed_iso(work / "seed.iso", seed_files)
         port = free_port()
         console = work / "console.log"
         argv = [
             *machine_args(memory_mib=memory_mib, cpus=cpus, console=console),
-            "-drive", f"file={overlay},if=virtio,format=qcow2,discard=unmap,cache=unsafe",
+            "-drive",
+            f"file={overlay},if=virtio,format=qcow2,discard=unmap,cache=unsafe",
             *seed_args(seed),
             *network_args(cidr=cidr, gateway=gateway, address=address, port=port),
             *firmware_args(firmware, work),
         ]
-        with launch(argv, work, console, port=port, user=user, key=key, address=address, firmware=firmware,
-                    timeout=timeout, wait_cloud_init=wait_cloud_init) as vm:
+        with launch(
+            argv,
+            work,
+            console,
+            port=port,
+            user=user,
+            key=key,
+            address=address,
+            firmware=firmware,
+            timeout=timeout,
+            wait_cloud_init=wait_cloud_init,
+        ) as vm:
             yield vm

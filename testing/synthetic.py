@@ -18,13 +18,20 @@ def site_document(nodes: int, control_planes: int = 3, ssh_key: str | None = Non
     for i in range(nodes):
         role = "control-plane" if i < control_planes else "worker"
         prefix = "cp" if role == "control-plane" else "w"
-        members.append({"name": f"{prefix}{i:04d}", "role": role, "address": str(next(hosts)), "labels": {"rack": f"r{i % 20}"}})
+        members.append(
+            {"name": f"{prefix}{i:04d}", "role": role, "address": str(next(hosts)), "labels": {"rack": f"r{i % 20}"}}
+        )
     return {
         "apiVersion": "nodekiln/v1alpha1",
         "kind": "Site",
         "metadata": {"name": name},
         "kubernetes": {"version": "1.31.4", "podSubnet": "192.168.0.0/16", "serviceSubnet": "10.96.0.0/12"},
-        "controlPlane": {"endpoint": {"vip": str(vip), "port": 7443}, "loadBalancer": "keepalived-haproxy" if control_planes > 1 else "none"} if control_planes > 1 else {"loadBalancer": "none"},
+        "controlPlane": {
+            "endpoint": {"vip": str(vip), "port": 7443},
+            "loadBalancer": "keepalived-haproxy" if control_planes > 1 else "none",
+        }
+        if control_planes > 1
+        else {"loadBalancer": "none"},
         "network": {"cidr": str(NETWORK), "gateway": str(gateway), "dns": [str(gateway)]},
         "ssh": {"authorizedKeys": [key]},
         "nodes": members,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 from cryptography import x509
@@ -35,12 +36,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nodekiln.errors import NodekilnError
 from nodekiln.bootstrap.firewall import firewall_files
 from nodekiln.bootstrap.ha import MANIFESTS, ha_files
+from nodekiln.config.site import Node, Site
+from nodekiln.errors import NodekilnError
 from nodekiln.run import run, which
 from nodekiln.secrets import Secrets
-from nodekiln.config.site import Node, Site
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "nkt"
@@ -146,7 +147,20 @@ class Testbed:
             ns = self.ns(node)
             self._ip("netns", "add", ns)
             self.namespaces.append(ns)
-            self._ip("link", "add", self.veth(node), "netns", self.bridge, "type", "veth", "peer", "name", self.iface, "netns", ns)
+            self._ip(
+                "link",
+                "add",
+                self.veth(node),
+                "netns",
+                self.bridge,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.iface,
+                "netns",
+                ns,
+            )
             self._ip("-n", ns, "addr", "add", f"{node.address}/{prefix}", "dev", self.iface)
             self._ip("-n", ns, "link", "set", "lo", "up")
             self._ip("-n", ns, "link", "set", self.iface, "up")
@@ -155,17 +169,26 @@ class Testbed:
     def _cert(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver stand-in")])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256())
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256())
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cert = self.workdir / "standin.crt"
         self.key = self.workdir / "standin.key"
         self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        self.key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
 
     def _write_files(self, node: Node) -> None:
         root = self.dir(node)
@@ -188,7 +211,11 @@ class Testbed:
             argv = list(pod["spec"]["containers"][0]["command"])
         else:
             dropin = (root / f"etc/systemd/system/{program}.service.d/10-nodekiln.conf").read_text()
-            exec_start = [line.split("=", 1)[1] for line in dropin.splitlines() if line.startswith("ExecStart=") and line != "ExecStart="][-1]
+            exec_start = [
+                line.split("=", 1)[1]
+                for line in dropin.splitlines()
+                if line.startswith("ExecStart=") and line != "ExecStart="
+            ][-1]
             env: dict[str, str] = {}
             for line in dropin.splitlines():
                 if line.startswith("Environment="):
@@ -201,7 +228,15 @@ class Testbed:
         argv[0] = which(HOST_BINARIES[Path(argv[0]).name])
         return argv
 
-    def start(self, node: Node, program: str, *, root: Path | None = None, argv: list[str] | None = None, key: str | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        node: Node,
+        program: str,
+        *,
+        root: Path | None = None,
+        argv: list[str] | None = None,
+        key: str | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Run `program` in `node`'s namespace with `root`'s folders (default: the node's)."""
         ns, root = self.ns(node), root or self.dir(node)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -210,15 +245,28 @@ class Testbed:
         elif program == "standin":
             argv = [sys.executable, "-m", "testing.netns_tools", "standin", node.name, str(self.cert), str(self.key)]
         elif program == "listen":
-            argv = [sys.executable, "-m", "testing.netns_tools", "listen", *[str(p) for p in self.listen_ports[node.name]]]
+            argv = [
+                sys.executable,
+                "-m",
+                "testing.netns_tools",
+                "listen",
+                *[str(p) for p in self.listen_ports[node.name]],
+            ]
         else:
             argv = self.command(node, program)
         # a mount namespace per process (ip netns exec makes one): the rendered folders appear
         # at the paths the configs name, and /run is private (pid files, sockets)
-        mounts = f"mount --bind {root}/etc/keepalived /etc/keepalived && mount --bind {root}/etc/haproxy /etc/haproxy && mount --bind {root}/run /run && exec \"$@\""
+        mounts = f'mount --bind {root}/etc/keepalived /etc/keepalived && mount --bind {root}/etc/haproxy /etc/haproxy && mount --bind {root}/run /run && exec "$@"'
         (root / "logs").mkdir(parents=True, exist_ok=True)
         log = open(root / "logs" / f"{program}.log", "ab")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, "sh", "-c", mounts, "sh", *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "sh", "-c", mounts, "sh", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         self.procs[(node.name, key or program)] = proc
         if program in ("standin", "listen"):
@@ -235,7 +283,9 @@ class Testbed:
         path.chmod(0o600)
         self.start(node, "keepalived", root=root, argv=self.command(self.control_planes[0], "keepalived"), key=key)
 
-    def rogue_conf(self, address: str, *, priority: int = 254, password: str | None = None, vrid: int | None = None) -> str:
+    def rogue_conf(
+        self, address: str, *, priority: int = 254, password: str | None = None, vrid: int | None = None
+    ) -> str:
         """The init node's rendered keepalived.conf, as another VRRP speaker at `address` would
         run it: highest priority, preempting, no check script, and the VIP on its loopback so that only
         VRRP decides (an L2 neighbour can always squat an address: that is the cloud's port
@@ -272,12 +322,14 @@ class Testbed:
         while text not in self.log(node, program):
             proc = self.procs.get((node.name, program))
             if proc is not None and proc.poll() is not None:
-                raise TestbedError(f"{program} on {node.name} exited {proc.returncode}:\n{self.log(node, program)[-2000:]}")
+                raise TestbedError(
+                    f"{program} on {node.name} exited {proc.returncode}:\n{self.log(node, program)[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 raise TestbedError(f"{program} on {node.name} did not say {text!r} within {timeout} s")
             time.sleep(0.05)
 
-    listen_ports: dict[str, tuple[int, ...]] = {}
+    listen_ports: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     # --- observing and disturbing --------------------------------------------------------
     def exec(self, node: Node, *argv: str, timeout: float = 60) -> str:
@@ -292,7 +344,11 @@ class Testbed:
         for node in self.control_planes:
             if node.name in self.unplugged:
                 continue
-            out = subprocess.run(["ip", "-n", self.ns(node), "-4", "-o", "addr", "show", "dev", self.iface], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["ip", "-n", self.ns(node), "-4", "-o", "addr", "show", "dev", self.iface],
+                capture_output=True,
+                text=True,
+            ).stdout
             if f" {self.vip}/" in out:
                 found.append(node.name)
         return found
@@ -326,7 +382,11 @@ class Testbed:
         """Every control plane up and running again; returns the VIP holder."""
         for node in self.control_planes:
             if not self.running(node, "keepalived"):  # a dead keepalived leaves its VIP behind
-                subprocess.run(["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface], capture_output=True, check=False)
+                subprocess.run(
+                    ["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface],
+                    capture_output=True,
+                    check=False,
+                )
                 self._clear_pid_files(node)
             self.mend(node)
             for program in ("standin", "haproxy", "keepalived"):
@@ -357,7 +417,11 @@ class Testbed:
     def revive(self, name: str) -> None:
         """The dead node comes back as after a reboot: no VIP on it, link up, keepalived anew."""
         node = self.node(name)
-        subprocess.run(["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface], capture_output=True, check=False)
+        subprocess.run(
+            ["ip", "-n", self.ns(node), "addr", "del", f"{self.vip}/32", "dev", self.iface],
+            capture_output=True,
+            check=False,
+        )
         self._clear_pid_files(node)
         self.mend(node)
         self.start(node, "keepalived")
@@ -376,7 +440,14 @@ class Testbed:
         for node in self.control_planes:
             path = self.dir(node) / "logs" / f"monitor-{time.monotonic_ns()}.log"
             out = open(path, "wb")
-            procs.append(subprocess.Popen(["ip", "-n", self.ns(node), "monitor", "address"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "-n", self.ns(node), "monitor", "address"],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             out.close()
             files.append(path)
         self.monitors += procs
@@ -403,8 +474,22 @@ class Testbed:
         old = self.wait_holder()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         prober = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(self.worker), sys.executable, "-m", "testing.netns_tools", "probe", self.url()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns(self.worker),
+                sys.executable,
+                "-m",
+                "testing.netns_tools",
+                "probe",
+                self.url(),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         assert prober.stdin is not None and prober.stdout is not None
         if prober.stdout.readline().strip() != b"ready":  # started and waiting (slow on a busy host)

@@ -77,8 +77,8 @@ SITE_VARIANTS: dict[str, Callable[[dict[str, Any]], None] | None] = {
 @pytest.fixture(params=sorted(SITE_VARIANTS))
 def variant_site(request, site_file):
     """Each fixture site in turn, with its secrets: (Site, Secrets)."""
-    from nodekiln.secrets import SecretStore
     from nodekiln.config.site import load_site
+    from nodekiln.secrets import SecretStore
 
     site = load_site(site_file(SITE_VARIANTS[request.param]))
     secrets, _ = SecretStore(site.directory, site.name).ensure()

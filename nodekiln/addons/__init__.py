@@ -1,10 +1,10 @@
 """The addons stage: the site's Helm releases (CNI, storage, backups, ingress, NaaVRE) in order.
 
-  spec.py     the site file's `addons:` section and its cross-field rules (`check_addons`)
-  catalog.py  the built-in addons, one `addons/<name>.yaml` + values template each
-  plan.py     the ordered plan with rendered values; plan.json
-  helm.py     the helm (and kubectl) calls, through nodekiln.run
-  apply.py    install/upgrade one release at a time, idempotent, resumable
+spec.py     the site file's `addons:` section and its cross-field rules (`check_addons`)
+catalog.py  the built-in addons, one `addons/<name>.yaml` + values template each
+plan.py     the ordered plan with rendered values; plan.json
+helm.py     the helm (and kubectl) calls, through nodekiln.run
+apply.py    install/upgrade one release at a time, idempotent, resumable
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from nodekiln.addons.plan import Plan
     from nodekiln.config.site import Site
 
-__all__ = ["AddonsSpec", "check_addons", "plan_release_files", "images", "install", "default_kubeconfig"]
+__all__ = ["AddonsSpec", "check_addons", "default_kubeconfig", "images", "install", "plan_release_files"]
 
 
 def plan_release_files(site: Site, out: Path | None = None) -> tuple[Plan, Path]:
@@ -50,7 +50,9 @@ def default_kubeconfig(site: Site) -> Path:
     return site.directory / ".nodekiln" / f"{site.name}-admin.conf"
 
 
-def install(site: Site, out: Path | None = None, kubeconfig: Path | None = None, console: Console | None = None) -> list[Outcome]:
+def install(
+    site: Site, out: Path | None = None, kubeconfig: Path | None = None, console: Console | None = None
+) -> list[Outcome]:
     """Render the plan, then install or upgrade its releases in order (idempotent, resumable)."""
     from nodekiln.addons.apply import apply
     from nodekiln.addons.helm import Helm

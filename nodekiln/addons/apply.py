@@ -57,7 +57,9 @@ def values_files(plan: Plan, release: Release, helm: Helm) -> list[Path]:
             f"&& helm dependency build {release.chart_path}"
         )
     assert plan.out is not None
-    return helm.render_values_chart(release.name, release.values_chart, own, release.namespace, plan.out / RENDERED / release.name)
+    return helm.render_values_chart(
+        release.name, release.values_chart, own, release.namespace, plan.out / RENDERED / release.name
+    )
 
 
 def state_path(plan: Plan) -> Path:
@@ -72,14 +74,22 @@ def apply(plan: Plan, helm: Helm, console: Console | None = None) -> list[Outcom
         raise AddonsError("write the plan first (write_plan)")
     if plan.missing_secrets:
         lines = "\n".join(f"  {env}=...   ({name})" for name, env in plan.missing_secrets)
-        raise AddonsError(f"{len(plan.missing_secrets)} secret(s) only you know are not in the secrets store yet; set them once in the environment and rerun:\n{lines}")
+        raise AddonsError(
+            f"{len(plan.missing_secrets)} secret(s) only you know are not in the secrets store yet; set them once in the environment and rerun:\n{lines}"
+        )
     state = state_path(plan)
     previous = _read_state(state)
     if previous.get("failed") and previous["failed"] in {r.name for r in plan.releases}:
         console.print(f"the last run failed at {previous['failed']}: releases before it that are unchanged are skipped")
     deployed = helm.releases()
     outcomes: list[Outcome] = []
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("addons", total=len(plan.releases))
         for release in plan.releases:
@@ -94,11 +104,21 @@ def apply(plan: Plan, helm: Helm, console: Console | None = None) -> list[Outcom
                     progress.console.print(f"  {release.name}: unchanged ({chart_id(release)})")
                     progress.advance(task)
                     continue
-                helm.upgrade(release.name, release.chart_ref, release.namespace, files, version=release.version, repo=release.repo, timeout=release.timeout)
+                helm.upgrade(
+                    release.name,
+                    release.chart_ref,
+                    release.namespace,
+                    files,
+                    version=release.version,
+                    repo=release.repo,
+                    timeout=release.timeout,
+                )
                 for command in release.readiness:
                     helm.kubectl_run(list(command), release.namespace)
             except (ToolError, TimeoutError, AddonsError) as exc:
-                write_atomic(state, json.dumps({"failed": release.name, "done": [o.name for o in outcomes]}, indent=2) + "\n")
+                write_atomic(
+                    state, json.dumps({"failed": release.name, "done": [o.name for o in outcomes]}, indent=2) + "\n"
+                )
                 done = ", ".join(o.name for o in outcomes) or "none"
                 raise AddonsError(
                     f"release {release.name} failed (helm rolled it back); in place before it: {done}.\n"
@@ -138,10 +158,14 @@ def images(plan: Plan, helm: Helm | None = None) -> tuple[list[str], list[str]]:
     for release in plan.releases:
         if release.chart_path is None:
             if not release.builtin:
-                notes.append(f"{release.name}: chart {release.chart} from {release.repo}: images not known without the chart (render it on a connected host)")
+                notes.append(
+                    f"{release.name}: chart {release.chart} from {release.repo}: images not known without the chart (render it on a connected host)"
+                )
             continue
         if helm is None or not release.chart_path.is_dir():
-            notes.append(f"{release.name}: chart {release.chart_path} is not there (or helm is missing): its sub-charts' images are not listed")
+            notes.append(
+                f"{release.name}: chart {release.chart_path} is not there (or helm is missing): its sub-charts' images are not listed"
+            )
             continue
         files = values_files(plan, release, helm)
         text = helm.template(release.name, str(release.chart_path), release.namespace, files)

@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError
 
-from nodekiln.errors import NodekilnError
-from nodekiln.config.model import Strict
 from nodekiln import assets
+from nodekiln.config.model import Strict
+from nodekiln.errors import NodekilnError
 
 FOLDER = assets.folder("addons")
 
@@ -33,17 +33,30 @@ class AddonDef(Strict):
     setting: str = Field(description="the key of this addon's settings under `addons:` in the site file")
     description: str
     chart: str
-    repo: str | None = Field(default=None, description="chart repository (https:// or oci://); none for charts from a Git checkout")
+    repo: str | None = Field(
+        default=None, description="chart repository (https:// or oci://); none for charts from a Git checkout"
+    )
     source: GitSource | None = None
     version: str
     namespace: str
-    sameNamespaceAs: str | None = Field(default=None, description="use that addon's namespace when it is on (operators that watch their own namespace)")
+    sameNamespaceAs: str | None = Field(
+        default=None, description="use that addon's namespace when it is on (operators that watch their own namespace)"
+    )
     dependsOn: list[str] = Field(default_factory=list, description="addons installed first when they are on")
     waitFor: str
-    readiness: list[list[str]] = Field(default_factory=list, description="kubectl commands run after helm --wait, e.g. [wait, --for=condition=Available, tigerastatus/calico]")
+    readiness: list[list[str]] = Field(
+        default_factory=list,
+        description="kubectl commands run after helm --wait, e.g. [wait, --for=condition=Available, tigerastatus/calico]",
+    )
     timeout: str | None = None
-    valuesChart: str | None = Field(default=None, description="a chart (in the same checkout) that renders the sub-charts' values from the root values file first")
-    images: dict[str, str] = Field(default_factory=dict, description="every container image the release runs, pinned; the values template sets them")
+    valuesChart: str | None = Field(
+        default=None,
+        description="a chart (in the same checkout) that renders the sub-charts' values from the root values file first",
+    )
+    images: dict[str, str] = Field(
+        default_factory=dict,
+        description="every container image the release runs, pinned; the values template sets them",
+    )
     notes: str = ""
 
     @property

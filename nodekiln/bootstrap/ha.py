@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 from nodekiln import templates
 from nodekiln.bootstrap.nodefiles import NodeFile
-from nodekiln.secrets import Secrets
 from nodekiln.config.site import APISERVER_PORT, Node, Site
+from nodekiln.secrets import Secrets
 
 # --- VRRP (keepalived) ---------------------------------------------------------------------
 ADVERT_INT = 1  # seconds; VRRPv2 only allows whole seconds
@@ -73,7 +73,14 @@ HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 MANIFESTS = "/etc/kubernetes/manifests"
 # foreground, log to stdout (kubelet's container log / the journal), this config only;
 # haproxy -Ws: master-worker that tells systemd when it is ready (a no-op in a container)
-KEEPALIVED_ARGS = ("keepalived", "--dont-fork", "--log-console", "--log-detail", "--vrrp", f"--use-file={KEEPALIVED_CONF}")
+KEEPALIVED_ARGS = (
+    "keepalived",
+    "--dont-fork",
+    "--log-console",
+    "--log-detail",
+    "--vrrp",
+    f"--use-file={KEEPALIVED_CONF}",
+)
 HAPROXY_ARGS = ("haproxy", "-Ws", "-db", "-f", HAPROXY_CFG)
 HOST_BINARIES = {"keepalived": "/usr/sbin/keepalived", "haproxy": "/usr/sbin/haproxy"}
 
@@ -146,11 +153,21 @@ def _context(site: Site, node: Node) -> dict[str, object]:
         "priority": priority(site, node),
         "advert_int": ADVERT_INT,
         "down_timer_adverts": DOWN_TIMER_ADVERTS,
-        "check": {"interval": CHECK_INTERVAL, "timeout": CHECK_TIMEOUT, "fall": CHECK_FALL, "rise": CHECK_RISE, "max_time": CHECK_MAX_TIME},
+        "check": {
+            "interval": CHECK_INTERVAL,
+            "timeout": CHECK_TIMEOUT,
+            "fall": CHECK_FALL,
+            "rise": CHECK_RISE,
+            "max_time": CHECK_MAX_TIME,
+        },
         "lb": {
-            "inter": HAPROXY_INTER, "fastinter": HAPROXY_FASTINTER, "downinter": HAPROXY_DOWNINTER,
-            "fall": HAPROXY_FALL, "rise": HAPROXY_RISE,
-            "timeout_connect": HAPROXY_TIMEOUT_CONNECT, "timeout_tunnel": HAPROXY_TIMEOUT_TUNNEL,
+            "inter": HAPROXY_INTER,
+            "fastinter": HAPROXY_FASTINTER,
+            "downinter": HAPROXY_DOWNINTER,
+            "fall": HAPROXY_FALL,
+            "rise": HAPROXY_RISE,
+            "timeout_connect": HAPROXY_TIMEOUT_CONNECT,
+            "timeout_tunnel": HAPROXY_TIMEOUT_TUNNEL,
         },
         "paths": {"keepalived_conf": KEEPALIVED_CONF, "check_script": CHECK_SCRIPT, "haproxy_cfg": HAPROXY_CFG},
     }
@@ -158,7 +175,9 @@ def _context(site: Site, node: Node) -> dict[str, object]:
 
 def keepalived_conf(site: Site, secrets: Secrets, node: Node) -> str:
     # keepalived's PASS authentication compares the first 8 characters only.
-    return templates.render("bootstrap", "keepalived.conf.j2", auth_pass=secrets.vrrpPassword[:8], **_context(site, node))
+    return templates.render(
+        "bootstrap", "keepalived.conf.j2", auth_pass=secrets.vrrpPassword[:8], **_context(site, node)
+    )
 
 
 def ha_files(site: Site, secrets: Secrets, node: Node) -> list[NodeFile]:
@@ -173,13 +192,25 @@ def ha_files(site: Site, secrets: Secrets, node: Node) -> list[NodeFile]:
     ]
     if site.controlPlane.loadBalancerMode == "static-pods":
         files += [
-            NodeFile(f"{MANIFESTS}/keepalived.yaml", _manifest("keepalived.pod.yaml.j2", KEEPALIVED_IMAGE, KEEPALIVED_ARGS, ctx), 0o600),
-            NodeFile(f"{MANIFESTS}/haproxy.yaml", _manifest("haproxy.pod.yaml.j2", HAPROXY_IMAGE, HAPROXY_ARGS, ctx), 0o600),
+            NodeFile(
+                f"{MANIFESTS}/keepalived.yaml",
+                _manifest("keepalived.pod.yaml.j2", KEEPALIVED_IMAGE, KEEPALIVED_ARGS, ctx),
+                0o600,
+            ),
+            NodeFile(
+                f"{MANIFESTS}/haproxy.yaml", _manifest("haproxy.pod.yaml.j2", HAPROXY_IMAGE, HAPROXY_ARGS, ctx), 0o600
+            ),
         ]
     else:
         files += [
-            NodeFile("/etc/systemd/system/keepalived.service.d/10-nodekiln.conf", _dropin("keepalived.dropin.conf.j2", KEEPALIVED_ARGS, ctx)),
-            NodeFile("/etc/systemd/system/haproxy.service.d/10-nodekiln.conf", _dropin("haproxy.dropin.conf.j2", HAPROXY_ARGS, ctx)),
+            NodeFile(
+                "/etc/systemd/system/keepalived.service.d/10-nodekiln.conf",
+                _dropin("keepalived.dropin.conf.j2", KEEPALIVED_ARGS, ctx),
+            ),
+            NodeFile(
+                "/etc/systemd/system/haproxy.service.d/10-nodekiln.conf",
+                _dropin("haproxy.dropin.conf.j2", HAPROXY_ARGS, ctx),
+            ),
         ]
     return files
 

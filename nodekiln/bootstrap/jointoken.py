@@ -24,13 +24,13 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nodekiln.errors import NodekilnError
 from nodekiln.bootstrap.kubeconfig import ADMIN_GROUP
+from nodekiln.errors import NodekilnError
 from nodekiln.secrets import bootstrap_token, make_client_cert
 
 if TYPE_CHECKING:
-    from nodekiln.secrets import Secrets
     from nodekiln.config.site import Site
+    from nodekiln.secrets import Secrets
 
 # The bootstrap-token Secret, as kubernetes/cluster-bootstrap token/api/types.go defines it:
 # name "bootstrap-token-<token-id>" in kube-system, type "bootstrap.kubernetes.io/token".
@@ -70,8 +70,9 @@ def parse_ttl(text: str) -> dt.timedelta:
     return dt.timedelta(hours=hours, minutes=minutes, seconds=seconds)
 
 
-def needs_fresh_token(init_created: dt.datetime | None, now: dt.datetime, ttl: dt.timedelta,
-                      margin: dt.timedelta = JOIN_MARGIN) -> bool:
+def needs_fresh_token(
+    init_created: dt.datetime | None, now: dt.datetime, ttl: dt.timedelta, margin: dt.timedelta = JOIN_MARGIN
+) -> bool:
     """Whether nodes created `now` must get a fresh token instead of the one `kubeadm init` made.
 
     `init_created` is when the init node's server was created: `kubeadm init` runs minutes
@@ -157,16 +158,20 @@ def _scrub(text: str, token: str) -> str:
     return text.replace(token, "<token>").replace(secret, "<token-secret>")
 
 
-def create_join_token(site: Site, secrets: Secrets, address: str, ttl: dt.timedelta, now: dt.datetime,
-                      timeout: float = 15.0) -> str:
+def create_join_token(
+    site: Site, secrets: Secrets, address: str, ttl: dt.timedelta, now: dt.datetime, timeout: float = 15.0
+) -> str:
     """Create a fresh bootstrap token in the cluster through the API at `address`; returns `<id>.<secret>`."""
     token = new_token()
     body = json.dumps(token_secret(token, ttl, now, site.name)).encode()
     url = f"{api_url(site, address)}/api/v1/namespaces/{SECRET_NAMESPACE}/secrets"
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "Accept": "application/json"}
+    )
     # Straight to the address, never through an HTTPS_PROXY: the admin certificate is for the site's API alone.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_client_context(secrets)))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_client_context(secrets))
+    )
     try:
         with opener.open(request, timeout=timeout) as response:
             status = response.status
@@ -176,16 +181,31 @@ def create_join_token(site: Site, secrets: Secrets, address: str, ttl: dt.timede
     except (OSError, ssl.SSLError) as exc:  # URLError, refused, timeout, certificate not from the site CA
         reason = getattr(exc, "reason", None) or exc
         if isinstance(reason, ssl.SSLCertVerificationError):
-            raise JoinTokenError(f"the API at {url} is not the site's: its certificate is not signed by the site CA "
-                                 f"({reason.verify_message})") from None
-        raise APIUnreachableError(f"the API at {url} could not be reached from here: {_scrub(str(reason), token)}") from None
+            raise JoinTokenError(
+                f"the API at {url} is not the site's: its certificate is not signed by the site CA "
+                f"({reason.verify_message})"
+            ) from None
+        raise APIUnreachableError(
+            f"the API at {url} could not be reached from here: {_scrub(str(reason), token)}"
+        ) from None
     if status != 201:
         try:
             message = str(json.loads(answer).get("message") or "")
         except (ValueError, AttributeError):
             message = answer[:200].decode(errors="replace")
-        raise JoinTokenError(f"the API at {url} refused the join token's Secret: HTTP {status}: {_scrub(message, token) or 'no message'}")
+        raise JoinTokenError(
+            f"the API at {url} refused the join token's Secret: HTTP {status}: {_scrub(message, token) or 'no message'}"
+        )
     return token
 
 
-__all__ = ["JOIN_MARGIN", "APIUnreachableError", "JoinTokenError", "create_join_token", "needs_fresh_token", "new_token", "parse_ttl", "token_secret"]
+__all__ = [
+    "JOIN_MARGIN",
+    "APIUnreachableError",
+    "JoinTokenError",
+    "create_join_token",
+    "needs_fresh_token",
+    "new_token",
+    "parse_ttl",
+    "token_secret",
+]

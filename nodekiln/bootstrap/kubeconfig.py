@@ -6,8 +6,8 @@ import base64
 
 import yaml
 
-from nodekiln.secrets import Secrets, make_client_cert
 from nodekiln.config.site import Site
+from nodekiln.secrets import Secrets, make_client_cert
 
 # kubeadm (1.29+) binds this group to cluster-admin; unlike system:masters it can be revoked.
 ADMIN_GROUP = "kubeadm:cluster-admins"
@@ -20,8 +20,18 @@ def admin_kubeconfig(site: Site, secrets: Secrets, days: int = 365, user: str = 
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": site.name, "cluster": {"server": f"https://{site.endpoint}", "certificate-authority-data": b64(secrets.ca.cert)}}],
-        "users": [{"name": f"{user}@{site.name}", "user": {"client-certificate-data": b64(client.cert), "client-key-data": b64(client.key)}}],
+        "clusters": [
+            {
+                "name": site.name,
+                "cluster": {"server": f"https://{site.endpoint}", "certificate-authority-data": b64(secrets.ca.cert)},
+            }
+        ],
+        "users": [
+            {
+                "name": f"{user}@{site.name}",
+                "user": {"client-certificate-data": b64(client.cert), "client-key-data": b64(client.key)},
+            }
+        ],
         "contexts": [{"name": context, "context": {"cluster": site.name, "user": f"{user}@{site.name}"}}],
         "current-context": context,
         "preferences": {},

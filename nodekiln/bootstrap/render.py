@@ -13,13 +13,13 @@ from pathlib import Path
 import yaml
 
 from nodekiln import contract, templates
-from nodekiln.errors import NodekilnError
-from nodekiln.files import write_tree_atomic
 from nodekiln.bootstrap.firewall import firewall_files
 from nodekiln.bootstrap.ha import ha_files, ha_services
 from nodekiln.bootstrap.nodefiles import NodeFile
-from nodekiln.secrets import Secrets
 from nodekiln.config.site import Node, Site
+from nodekiln.errors import NodekilnError
+from nodekiln.files import write_tree_atomic
+from nodekiln.secrets import Secrets
 
 # OpenStack (Nova) refuses user_data over 64 KiB; cloud-init takes gzip'ed user-data as is.
 USER_DATA_LIMIT = 65_535
@@ -45,7 +45,11 @@ class RenderedNode:
         return self.user_data[:2] == b"\x1f\x8b"
 
     def files(self) -> dict[str, bytes]:
-        return {"user-data": self.user_data, "meta-data": self.meta_data.encode(), "network-config": self.network_config.encode()}
+        return {
+            "user-data": self.user_data,
+            "meta-data": self.meta_data.encode(),
+            "network-config": self.network_config.encode(),
+        }
 
 
 def role_of(site: Site, node: Node) -> str:
@@ -88,8 +92,14 @@ def pki_files(secrets: Secrets) -> list[NodeFile]:
 
 def kubeadm_config(site: Site, secrets: Secrets, node: Node) -> str:
     role = role_of(site, node)
-    context = {"site": site, "secrets": secrets, "node": node, "taints": taints(node), "cert_sans": cert_sans(site),
-               "contract": contract}
+    context = {
+        "site": site,
+        "secrets": secrets,
+        "node": node,
+        "taints": taints(node),
+        "cert_sans": cert_sans(site),
+        "contract": contract,
+    }
     name = "kubeadm-init.yaml.j2" if role == "init" else "kubeadm-join.yaml.j2"
     return templates.render("bootstrap", name, **context)
 
@@ -115,7 +125,10 @@ def bootstrap_files(site: Site, node: Node) -> list[NodeFile]:
     return [
         NodeFile("/etc/nodekiln/bootstrap.env", env),
         NodeFile("/etc/nodekiln/bootstrap.sh", templates.render("bootstrap", "bootstrap.sh"), 0o755),
-        NodeFile("/etc/systemd/system/nodekiln-bootstrap.service", templates.render("bootstrap", "nodekiln-bootstrap.service")),
+        NodeFile(
+            "/etc/systemd/system/nodekiln-bootstrap.service",
+            templates.render("bootstrap", "nodekiln-bootstrap.service"),
+        ),
     ]
 
 
@@ -157,7 +170,14 @@ def user_data(site: Site, secrets: Secrets, node: Node) -> bytes:
         {"path": f.path, "owner": "root:root", "permissions": f"{f.mode:04o}", "content": f.content}
         for f in node_files(site, secrets, node)
     ]
-    body = yaml.dump({"write_files": write_files}, Dumper=_BlockDumper, sort_keys=False, width=4096, allow_unicode=True, default_flow_style=None)
+    body = yaml.dump(
+        {"write_files": write_files},
+        Dumper=_BlockDumper,
+        sort_keys=False,
+        width=4096,
+        allow_unicode=True,
+        default_flow_style=None,
+    )
     text = f"#cloud-config\n{head}{body}"
     data = text.encode()
     if len(data) <= USER_DATA_LIMIT:
@@ -175,8 +195,12 @@ def render_node(site: Site, secrets: Secrets, node: Node) -> RenderedNode:
     return RenderedNode(
         name=node.name,
         user_data=user_data(site, secrets, node),
-        meta_data=templates.render("bootstrap", "cloudinit/meta-data.yaml.j2", node=node, instance_id=f"nodekiln-{site.name}-{node.name}"),
-        network_config=templates.render("bootstrap", "cloudinit/network-config.yaml.j2", site=site, node=node, interface=site.controlPlane.interface),
+        meta_data=templates.render(
+            "bootstrap", "cloudinit/meta-data.yaml.j2", node=node, instance_id=f"nodekiln-{site.name}-{node.name}"
+        ),
+        network_config=templates.render(
+            "bootstrap", "cloudinit/network-config.yaml.j2", site=site, node=node, interface=site.controlPlane.interface
+        ),
     )
 
 

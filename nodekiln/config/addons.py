@@ -24,25 +24,43 @@ if TYPE_CHECKING:  # the site imports this module: no import back at run time
 PathKey = tuple[str | int, ...]
 
 RELEASE_NAME = r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$"
-ReleaseName = Annotated[str, Field(pattern=RELEASE_NAME, description="Helm release name: lower-case letters, digits and '-', at most 53")]
-Namespace = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Kubernetes namespace (DNS-1123 label)")]
-Duration = Annotated[str, Field(pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", min_length=2, description="a duration like 10m or 1h30m")]
-Cron = Annotated[str, Field(pattern=r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$", description="cron schedule, e.g. \"0 2 * * *\"")]
+ReleaseName = Annotated[
+    str, Field(pattern=RELEASE_NAME, description="Helm release name: lower-case letters, digits and '-', at most 53")
+]
+Namespace = Annotated[
+    str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Kubernetes namespace (DNS-1123 label)")
+]
+Duration = Annotated[
+    str, Field(pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", min_length=2, description="a duration like 10m or 1h30m")
+]
+Cron = Annotated[
+    str,
+    Field(pattern=r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$", description='cron schedule, e.g. "0 2 * * *"'),
+]
 
 
 class AddonBase(Strict):
     enabled: bool = True
-    version: str | None = Field(default=None, description="chart version instead of the pinned one (addons/<name>.yaml)")
+    version: str | None = Field(
+        default=None, description="chart version instead of the pinned one (addons/<name>.yaml)"
+    )
     namespace: Namespace | None = Field(default=None, description="namespace instead of the addon's default")
-    values: str | None = Field(default=None, description="YAML file (beside the site file) merged over the rendered values")
+    values: str | None = Field(
+        default=None, description="YAML file (beside the site file) merged over the rendered values"
+    )
 
 
 class Calico(AddonBase):
-    ipPool: IPv4Network | None = Field(default=None, description="Calico's IP pool; must equal kubernetes.podSubnet (the default)")
+    ipPool: IPv4Network | None = Field(
+        default=None, description="Calico's IP pool; must equal kubernetes.podSubnet (the default)"
+    )
     encapsulation: Literal["VXLANCrossSubnet", "VXLAN", "IPIP", "IPIPCrossSubnet", "None"] = "VXLANCrossSubnet"
     blockSize: int = Field(default=26, ge=20, le=32)
     mtu: int | None = Field(default=None, ge=576, le=9216)
-    apiEndpoint: Literal["vip", "service"] = Field(default="vip", description="vip: Calico reaches the API server at the site endpoint (no kube-proxy needed); service: through the kubernetes Service")
+    apiEndpoint: Literal["vip", "service"] = Field(
+        default="vip",
+        description="vip: Calico reaches the API server at the site endpoint (no kube-proxy needed); service: through the kubernetes Service",
+    )
 
 
 class Nfs(AddonBase):
@@ -64,9 +82,15 @@ class Minio(AddonBase):
     mode: Literal["standalone", "distributed"] = "standalone"
     replicas: int = Field(default=4, ge=4, le=32, description="servers in distributed mode")
     size: str = Field(default="100Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
-    storageClass: str | None = Field(default=None, description="storage class of MinIO's volumes (default: the cluster default)")
-    memory: str = Field(default="1Gi", pattern=r"^[0-9]+(Mi|Gi)$", description="memory request (the chart's default is 16Gi)")
-    buckets: list[Bucket] = Field(default_factory=list, description="extra buckets; Velero's is added when Velero uses MinIO")
+    storageClass: str | None = Field(
+        default=None, description="storage class of MinIO's volumes (default: the cluster default)"
+    )
+    memory: str = Field(
+        default="1Gi", pattern=r"^[0-9]+(Mi|Gi)$", description="memory request (the chart's default is 16Gi)"
+    )
+    buckets: list[Bucket] = Field(
+        default_factory=list, description="extra buckets; Velero's is added when Velero uses MinIO"
+    )
 
 
 class ExternalS3(Strict):
@@ -85,10 +109,16 @@ class Schedule(Strict):
 class Velero(AddonBase):
     s3: Literal["minio", "external"] = "minio"
     bucket: str = "velero"
-    external: ExternalS3 | None = Field(default=None, description="the S3 location when s3: external (keys: secrets velero-s3-access-key/-secret-key)")
-    nodeAgent: bool = Field(default=True, description="node agent with kopia for file-system backups (NFS volumes have no snapshots)")
+    external: ExternalS3 | None = Field(
+        default=None, description="the S3 location when s3: external (keys: secrets velero-s3-access-key/-secret-key)"
+    )
+    nodeAgent: bool = Field(
+        default=True, description="node agent with kopia for file-system backups (NFS volumes have no snapshots)"
+    )
     defaultVolumesToFsBackup: bool = True
-    schedules: dict[Annotated[str, Field(pattern=RELEASE_NAME)], Schedule] = Field(default_factory=lambda: {"daily": Schedule()})
+    schedules: dict[Annotated[str, Field(pattern=RELEASE_NAME)], Schedule] = Field(
+        default_factory=lambda: {"daily": Schedule()}
+    )
 
 
 class NodePorts(Strict):
@@ -129,18 +159,27 @@ class Naavre(AddonBase):
     domain: str | None = Field(default=None, description="DNS name that serves NaaVRE, e.g. naavre.example.org")
     s3Domain: str | None = Field(default=None, description="DNS name of NaaVRE's S3 (SeaweedFS); default s3.<domain>")
     tls: bool = False
-    chartsPath: str = Field(default="NaaVRE-helm", description="checkout of github.com/NaaVRE/NaaVRE-helm at the pinned ref, beside the site file")
+    chartsPath: str = Field(
+        default="NaaVRE-helm",
+        description="checkout of github.com/NaaVRE/NaaVRE-helm at the pinned ref, beside the site file",
+    )
     adminEmail: str = "admin@example.org"
     binderhub: bool = False
-    virtualLabs: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")], VirtualLab] = Field(default_factory=dict)
-    users: list[NaavreUser] = Field(default_factory=list, description="Keycloak users (passwords made in the secrets store)")
+    virtualLabs: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")], VirtualLab] = Field(
+        default_factory=dict
+    )
+    users: list[NaavreUser] = Field(
+        default_factory=list, description="Keycloak users (passwords made in the secrets store)"
+    )
 
 
 class ExtraRelease(Strict):
     name: ReleaseName
     namespace: Namespace
     chart: str = Field(description="chart name (with repo) or a local chart directory beside the site file")
-    repo: str | None = Field(default=None, pattern=r"^(https?|oci)://", description="chart repository URL; leave out for a local chart")
+    repo: str | None = Field(
+        default=None, pattern=r"^(https?|oci)://", description="chart repository URL; leave out for a local chart"
+    )
     version: str | None = Field(default=None, description="chart version (required with repo)")
     values: str | None = Field(default=None, description="values file beside the site file")
     dependsOn: list[str] = Field(default_factory=list, description="releases installed before this one")
@@ -160,7 +199,9 @@ class AddonsSpec(Strict):
     keycloakOperator: KeycloakOperator = Field(default_factory=lambda: KeycloakOperator(enabled=False))
     naavre: Naavre = Field(default_factory=lambda: Naavre(enabled=False))
     timeout: Duration = Field(default="10m", description="default helm --timeout per release")
-    releases: list[ExtraRelease] = Field(default_factory=list, description="the site's own releases, installed after the built-ins they depend on")
+    releases: list[ExtraRelease] = Field(
+        default_factory=list, description="the site's own releases, installed after the built-ins they depend on"
+    )
 
     def builtin(self, key: str) -> AddonBase:
         return getattr(self, key)
@@ -182,50 +223,99 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
         return found
     pod = site.kubernetes.podSubnet
     if spec.calico.enabled and spec.calico.ipPool is not None and spec.calico.ipPool != pod:
-        found.append((("addons", "calico", "ipPool"), f"{spec.calico.ipPool} differs from kubernetes.podSubnet {pod}: Calico's pool must be the pod subnet (leave ipPool out to use it)"))
+        found.append(
+            (
+                ("addons", "calico", "ipPool"),
+                f"{spec.calico.ipPool} differs from kubernetes.podSubnet {pod}: Calico's pool must be the pod subnet (leave ipPool out to use it)",
+            )
+        )
     if spec.nfs.enabled:
         if not spec.nfs.server:
-            found.append((("addons", "nfs", "server"), "required when NFS is on: the NFS server's address, e.g. 10.0.1.10"))
+            found.append(
+                (("addons", "nfs", "server"), "required when NFS is on: the NFS server's address, e.g. 10.0.1.10")
+            )
         if not spec.nfs.path:
-            found.append((("addons", "nfs", "path"), "required when NFS is on: the exported directory, e.g. /export/k8s"))
+            found.append(
+                (("addons", "nfs", "path"), "required when NFS is on: the exported directory, e.g. /export/k8s")
+            )
         elif not spec.nfs.path.startswith("/"):
             found.append((("addons", "nfs", "path"), f"expected an absolute path, got {spec.nfs.path!r}"))
     if spec.velero.enabled:
         if spec.velero.s3 == "minio" and not spec.minio.enabled:
-            found.append((("addons", "velero", "s3"), "minio, but addons.minio is off: turn MinIO on or use s3: external"))
+            found.append(
+                (("addons", "velero", "s3"), "minio, but addons.minio is off: turn MinIO on or use s3: external")
+            )
         if spec.velero.s3 == "external" and spec.velero.external is None:
-            found.append((("addons", "velero", "external"), "required with s3: external: url, region and bucket of the S3 location"))
+            found.append(
+                (
+                    ("addons", "velero", "external"),
+                    "required with s3: external: url, region and bucket of the S3 location",
+                )
+            )
     if spec.ingress.enabled and spec.ingress.serviceType == "NodePort":
         if spec.ingress.nodePorts.http == spec.ingress.nodePorts.https:
             found.append((("addons", "ingress", "nodePorts", "https"), "must differ from nodePorts.http"))
         if not site.firewall.nodePorts:
-            found.append((("addons", "ingress", "serviceType"), "NodePort, but firewall.nodePorts is false: the nodes would drop the traffic (set firewall.nodePorts: true)"))
+            found.append(
+                (
+                    ("addons", "ingress", "serviceType"),
+                    "NodePort, but firewall.nodePorts is false: the nodes would drop the traffic (set firewall.nodePorts: true)",
+                )
+            )
     if spec.naavre.enabled:
         if not spec.naavre.domain:
             found.append((("addons", "naavre", "domain"), "required when NaaVRE is on: the DNS name that serves it"))
         if not spec.ingress.enabled:
-            found.append((("addons", "naavre", "enabled"), "NaaVRE needs the ingress addon (class nginx): turn addons.ingress on"))
+            found.append(
+                (
+                    ("addons", "naavre", "enabled"),
+                    "NaaVRE needs the ingress addon (class nginx): turn addons.ingress on",
+                )
+            )
         elif spec.ingress.className != "nginx":
-            found.append((("addons", "ingress", "className"), f"{spec.ingress.className!r}, but NaaVRE's charts use class nginx"))
+            found.append(
+                (("addons", "ingress", "className"), f"{spec.ingress.className!r}, but NaaVRE's charts use class nginx")
+            )
         if not spec.keycloakOperator.enabled:
-            found.append((("addons", "naavre", "enabled"), "NaaVRE's Keycloak needs the Keycloak operator: turn addons.keycloakOperator on"))
+            found.append(
+                (
+                    ("addons", "naavre", "enabled"),
+                    "NaaVRE's Keycloak needs the Keycloak operator: turn addons.keycloakOperator on",
+                )
+            )
     known = {release_name(k) for k in BUILTIN_KEYS if spec.builtin(k).enabled}
     seen: dict[str, int] = {}
     for i, extra in enumerate(spec.releases):
         if extra.name in seen:
-            found.append((("addons", "releases", i, "name"), f"{extra.name!r} repeats addons.releases[{seen[extra.name]}].name"))
+            found.append(
+                (("addons", "releases", i, "name"), f"{extra.name!r} repeats addons.releases[{seen[extra.name]}].name")
+            )
         elif extra.name in {release_name(k) for k in BUILTIN_KEYS}:
-            found.append((("addons", "releases", i, "name"), f"{extra.name!r} is a built-in addon's release name: choose another"))
+            found.append(
+                (
+                    ("addons", "releases", i, "name"),
+                    f"{extra.name!r} is a built-in addon's release name: choose another",
+                )
+            )
         seen.setdefault(extra.name, i)
         if extra.repo and not extra.version:
             found.append((("addons", "releases", i, "version"), "required with repo: pin the chart version"))
         if not extra.repo and not (site.directory / extra.chart).is_dir():
-            found.append((("addons", "releases", i, "chart"), f"no chart directory {site.directory / extra.chart} (give repo: for a chart from a repository)"))
+            found.append(
+                (
+                    ("addons", "releases", i, "chart"),
+                    f"no chart directory {site.directory / extra.chart} (give repo: for a chart from a repository)",
+                )
+            )
     names = known | {r.name for r in spec.releases}
     for i, extra in enumerate(spec.releases):
         for j, dep in enumerate(extra.dependsOn):
             if dep not in names:
-                hint = f"expected one of {', '.join(sorted(names - {extra.name}))}" if len(names) > 1 else "no other release is on"
+                hint = (
+                    f"expected one of {', '.join(sorted(names - {extra.name}))}"
+                    if len(names) > 1
+                    else "no other release is on"
+                )
                 found.append((("addons", "releases", i, "dependsOn", j), f"unknown addon or release {dep!r}: {hint}"))
             elif dep == extra.name:
                 found.append((("addons", "releases", i, "dependsOn", j), "a release cannot depend on itself"))
@@ -236,7 +326,9 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
             order(dependency_graph(spec))
         except CycleError as exc:
             first = next(i for i, r in enumerate(spec.releases) if r.name in exc.cycle)
-            found.append((("addons", "releases", first, "dependsOn"), f"dependencies form a circle: {' -> '.join(exc.cycle)}"))
+            found.append(
+                (("addons", "releases", first, "dependsOn"), f"dependencies form a circle: {' -> '.join(exc.cycle)}")
+            )
     for key in BUILTIN_KEYS:
         addon = spec.builtin(key)
         if addon.enabled and addon.values:

@@ -1,10 +1,10 @@
 """The site's `appliance` section: how the appliance ISO treats the machines it boots.
 
-    appliance:
-      dataDisk:
-        device: auto            # auto (first local disk) | /dev/PATH | serial:SERIAL
-        wipeForeign: false      # true: a disk holding another partition table is wiped
-      menuTimeout: 5            # seconds the boot menu waits before the automatic entry
+appliance:
+  dataDisk:
+    device: auto            # auto (first local disk) | /dev/PATH | serial:SERIAL
+    wipeForeign: false      # true: a disk holding another partition table is wiped
+  menuTimeout: 5            # seconds the boot menu waits before the automatic entry
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ class DataDisk(Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value == "auto" or (value.startswith("/dev/") and len(value) > 5) or (
-            value.startswith("serial:") and len(value) > 7
+        if (
+            value == "auto"
+            or (value.startswith("/dev/") and len(value) > 5)
+            or (value.startswith("serial:") and len(value) > 7)
         ):
             if any(c.isspace() or c in "'\"$`\\" for c in value):
                 raise ValueError("no spaces or quotes in a device path or serial")

@@ -18,17 +18,25 @@ class ImageSpec(Strict):
     )
     visibility: Literal["private", "shared", "community", "public"] = "private"
     diskFormat: Literal["qcow2", "raw"] = Field(
-        default="qcow2", description="what to store in Glance: raw is converted with qemu-img (Ceph-backed clouds boot raw without copying)"
+        default="qcow2",
+        description="what to store in Glance: raw is converted with qemu-img (Ceph-backed clouds boot raw without copying)",
     )
     hwDiskBus: Literal["virtio", "scsi", "ide", "sata"] = "virtio"
-    firmware: Literal["bios", "uefi"] = Field(default="bios", description="uefi sets hw_firmware_type=uefi (nodekiln's disks boot either way)")
+    firmware: Literal["bios", "uefi"] = Field(
+        default="bios", description="uefi sets hw_firmware_type=uefi (nodekiln's disks boot either way)"
+    )
     tags: list[str] = Field(default_factory=list, description="extra Glance tags")
 
 
 class NetworkSpec(Strict):
     name: str | None = Field(default=None, description="Neutron network; default <site>-net")
-    existing: bool = Field(default=False, description="use the network (and subnet) of that name instead of creating them")
-    subnet: str | None = Field(default=None, description="subnet; default <site>-subnet (with existing: the network's subnet whose CIDR is network.cidr)")
+    existing: bool = Field(
+        default=False, description="use the network (and subnet) of that name instead of creating them"
+    )
+    subnet: str | None = Field(
+        default=None,
+        description="subnet; default <site>-subnet (with existing: the network's subnet whose CIDR is network.cidr)",
+    )
 
 
 class RouterSpec(Strict):
@@ -42,21 +50,36 @@ class OpenStackSpec(Strict):
     cloud: str | None = Field(default=None, description="clouds.yaml entry; default: $OS_CLOUD (or OS_* variables)")
     region: str | None = None
     image: ImageSpec = Field(default_factory=ImageSpec)
-    flavors: dict[Role, str] = Field(description="Nova flavor per role, e.g. {control-plane: m1.large, worker: m1.xlarge}")
-    nodeFlavors: dict[str, str] = Field(default_factory=dict, description="flavor of single nodes, by node name, over their role's")
-    keyName: str | None = Field(default=None, description="Nova key pair (the site's ssh keys reach the nodes through user-data anyway)")
+    flavors: dict[Role, str] = Field(
+        description="Nova flavor per role, e.g. {control-plane: m1.large, worker: m1.xlarge}"
+    )
+    nodeFlavors: dict[str, str] = Field(
+        default_factory=dict, description="flavor of single nodes, by node name, over their role's"
+    )
+    keyName: str | None = Field(
+        default=None, description="Nova key pair (the site's ssh keys reach the nodes through user-data anyway)"
+    )
     network: NetworkSpec = Field(default_factory=NetworkSpec)
     router: RouterSpec = Field(default_factory=RouterSpec)
-    externalNetwork: str | None = Field(default=None, description="external network for the router and the VIP's floating IP")
-    floatingIP: bool = Field(default=False, description="a floating IP for the endpoint VIP (needs externalNetwork and a router)")
-    configDrive: bool = Field(default=False, description="give nodes their user-data on a config drive instead of the metadata service")
+    externalNetwork: str | None = Field(
+        default=None, description="external network for the router and the VIP's floating IP"
+    )
+    floatingIP: bool = Field(
+        default=False, description="a floating IP for the endpoint VIP (needs externalNetwork and a router)"
+    )
+    configDrive: bool = Field(
+        default=False, description="give nodes their user-data on a config drive instead of the metadata service"
+    )
     serverGroupPolicy: Literal["soft-anti-affinity", "anti-affinity", "none"] = Field(
-        default="soft-anti-affinity", description="placement of the control planes (hard anti-affinity needs one hypervisor each)"
+        default="soft-anti-affinity",
+        description="placement of the control planes (hard anti-affinity needs one hypervisor each)",
     )
     availabilityZone: str | None = None
     parallelism: int = Field(default=8, ge=1, le=64, description="servers created at once")
     bootTimeout: int = Field(default=900, ge=10, description="seconds to wait for all servers to be ACTIVE")
-    waitHealthz: bool = Field(default=True, description="after ACTIVE, wait for the endpoint's /healthz when it is reachable from here")
+    waitHealthz: bool = Field(
+        default=True, description="after ACTIVE, wait for the endpoint's /healthz when it is reachable from here"
+    )
     healthzTimeout: int = Field(default=900, ge=1)
 
     @model_validator(mode="after")

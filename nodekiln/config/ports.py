@@ -30,5 +30,10 @@ ETCD = (ETCD_CLIENT, ETCD_PEER)
 COMPONENTS = (KUBELET, KUBE_SCHEDULER)
 
 # What a control plane already listens on: the endpoint port may not be one of them.
-RESERVED = {ETCD_CLIENT: "etcd", ETCD_PEER: "etcd", KUBELET: "kubelet",
-            KUBE_CONTROLLER_MANAGER: "kube-controller-manager", KUBE_SCHEDULER: "kube-scheduler"}
+RESERVED = {
+    ETCD_CLIENT: "etcd",
+    ETCD_PEER: "etcd",
+    KUBELET: "kubelet",
+    KUBE_CONTROLLER_MANAGER: "kube-controller-manager",
+    KUBE_SCHEDULER: "kube-scheduler",
+}

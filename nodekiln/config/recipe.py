@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -25,7 +24,7 @@ class Containerd(Strict):
     sandboxImage: str | None = Field(
         default=None,
         description="the sandbox (pause) image; default: the one kubeadm of the site's Kubernetes minor expects "
-                    "(nodekiln.contract: 3.10 for 1.31-1.33, 3.10.1 for 1.34-1.35); set it for a mirror",
+        "(nodekiln.contract: 3.10 for 1.31-1.33, 3.10.1 for 1.34-1.35); set it for a mirror",
     )
 
 
@@ -33,10 +32,14 @@ class PackerOpenStack(Strict):
     """Where `--builder packer-openstack` bakes: inside the cloud, from the base image it offers."""
 
     cloud: str | None = Field(default=None, description="clouds.yaml entry; default: the OS_* variables")
-    sourceImage: str = Field(description="the cloud's base image (name) with cloud-init and OpenSSH, e.g. its Debian 12")
+    sourceImage: str = Field(
+        description="the cloud's base image (name) with cloud-init and OpenSSH, e.g. its Debian 12"
+    )
     flavor: str = Field(description="flavor of the build server")
     networks: list[str] = Field(default_factory=list, description="network IDs the build server is attached to")
-    floatingIpNetwork: str | None = Field(default=None, description="external network for the build server's floating IP")
+    floatingIpNetwork: str | None = Field(
+        default=None, description="external network for the build server's floating IP"
+    )
     securityGroups: list[str] = Field(default_factory=list)
     sshUser: str = Field(default="debian", description="the base image's login user (it needs sudo)")
 
@@ -47,9 +50,11 @@ class PackerRecipe(Strict):
     baseImage: str | None = Field(
         default=None,
         description="packer-qemu: local qcow2/raw base image with cloud-init and OpenSSH (e.g. a Debian 12 "
-                    "genericcloud file), relative to the site; default: nodekiln builds one with diskimage-builder",
+        "genericcloud file), relative to the site; default: nodekiln builds one with diskimage-builder",
     )
-    sshUser: str = Field(default="root", description="packer-qemu: the user the build key is given to (not root: needs sudo)")
+    sshUser: str = Field(
+        default="root", description="packer-qemu: the user the build key is given to (not root: needs sudo)"
+    )
     memoryMiB: int = Field(default=2048, ge=512)
     cpus: int | None = Field(default=None, ge=1, description="default: every host core")
     openstack: PackerOpenStack | None = None
@@ -60,8 +65,10 @@ class ImageRecipe(Strict):
 
     distribution: Literal["debian", "ubuntu"] = "debian"
     release: str = "12"
-    mirror: str | None = Field(default=None, description="package archive; default: the distribution's own "
-                                                          "(deb.debian.org, archive.ubuntu.com)")
+    mirror: str | None = Field(
+        default=None,
+        description="package archive; default: the distribution's own (deb.debian.org, archive.ubuntu.com)",
+    )
     securityMirror: str | None = Field(
         default=None,
         description="security archive; default: deb.debian.org/debian-security or security.ubuntu.com",
@@ -79,8 +86,8 @@ class ImageRecipe(Strict):
     kernel: Literal["cloud", "generic"] = Field(
         default="cloud",
         description="cloud: the distribution's kernel for virtual machines (virtio, Xen, Hyper-V, ENA, "
-                    "NVMe; 40 % of the generic kernel's modules: smaller image, faster boot); generic: "
-                    "every hardware driver, for disks written to bare metal (build-iso always uses it)",
+        "NVMe; 40 % of the generic kernel's modules: smaller image, faster boot); generic: "
+        "every hardware driver, for disks written to bare metal (build-iso always uses it)",
     )
     extraPackages: list[str] = Field(default_factory=list)
     preloadImages: list[str] = Field(default_factory=list)
@@ -92,8 +99,9 @@ class ImageRecipe(Strict):
     )
     # Not part of model_dump (nor of the diskimage-builder input hash): the Packer backend adds
     # these settings to its own input hash.
-    packer: PackerRecipe = Field(default_factory=PackerRecipe, exclude=True,
-                                 description="settings of the Packer backends")
+    packer: PackerRecipe = Field(
+        default_factory=PackerRecipe, exclude=True, description="settings of the Packer backends"
+    )
 
     def sandbox_image(self, kubernetes_version: str) -> str:
         """The pause image containerd runs pods with: kubeadm's own for the minor, unless set."""
@@ -119,15 +127,19 @@ class ImageRecipe(Strict):
         """(main, security) mirrors, pinned to the snapshot when one is set."""
         if self.snapshot:
             if self.distribution == "ubuntu":
-                return (f"https://snapshot.ubuntu.com/ubuntu/{self.snapshot}",
-                        f"https://snapshot.ubuntu.com/ubuntu/{self.snapshot}")
-            return (f"http://snapshot.debian.org/archive/debian/{self.snapshot}",
-                    f"http://snapshot.debian.org/archive/debian-security/{self.snapshot}")
+                return (
+                    f"https://snapshot.ubuntu.com/ubuntu/{self.snapshot}",
+                    f"https://snapshot.ubuntu.com/ubuntu/{self.snapshot}",
+                )
+            return (
+                f"http://snapshot.debian.org/archive/debian/{self.snapshot}",
+                f"http://snapshot.debian.org/archive/debian-security/{self.snapshot}",
+            )
         main, security = DEFAULT_MIRRORS[self.distribution]
         return self.mirror or main, self.securityMirror or security
 
     @model_validator(mode="after")
-    def _release_known(self) -> "ImageRecipe":
+    def _release_known(self) -> ImageRecipe:
         releases = DISTRIBUTIONS[self.distribution]
         if self.release not in releases:
             raise ValueError(

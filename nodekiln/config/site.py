@@ -18,11 +18,11 @@ from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_
 from nodekiln import contract
 from nodekiln.config import ports, yamlsrc
 from nodekiln.config.addons import AddonsSpec, check_addons
-from nodekiln.errors import Problem, SiteError
 from nodekiln.config.appliance import Appliance
-from nodekiln.config.recipe import ImageRecipe
 from nodekiln.config.model import Strict
 from nodekiln.config.openstack import OpenStackSpec
+from nodekiln.config.recipe import ImageRecipe
+from nodekiln.errors import Problem, SiteError
 
 API_VERSION = "nodekiln/v1alpha1"
 # kubeadm's v1beta4 configuration API (what nodekiln renders) exists from 1.31 on; 1.35 is
@@ -37,7 +37,9 @@ LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 DURATION = re.compile(r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$")
 
-DnsLabel = Annotated[str, Field(pattern=DNS_LABEL.pattern, description="DNS-1123 label: lower-case letters, digits and '-', at most 63")]
+DnsLabel = Annotated[
+    str, Field(pattern=DNS_LABEL.pattern, description="DNS-1123 label: lower-case letters, digits and '-', at most 63")
+]
 
 
 class Metadata(Strict):
@@ -46,7 +48,7 @@ class Metadata(Strict):
 
 
 class Kubernetes(Strict):
-    version: str = Field(description="Kubernetes release, quoted, e.g. \"1.31.4\" (1.31.0 to 1.35.x)")
+    version: str = Field(description='Kubernetes release, quoted, e.g. "1.31.4" (1.31.0 to 1.35.x)')
     podSubnet: IPv4Network = IPv4Network("192.168.0.0/16")
     serviceSubnet: IPv4Network = IPv4Network("10.96.0.0/12")
     clusterDomain: str = "cluster.local"
@@ -57,7 +59,7 @@ class Kubernetes(Strict):
     def _version(cls, value: str) -> str:
         match = re.fullmatch(r"v?1\.(\d+)\.(\d+)", value)
         if not match:
-            raise ValueError(f"expected a release like \"1.31.4\", got {value!r}")
+            raise ValueError(f'expected a release like "1.31.4", got {value!r}')
         if int(match.group(1)) not in SUPPORTED_MINORS:
             lo, hi = SUPPORTED_MINORS.start, SUPPORTED_MINORS.stop - 1
             raise ValueError(f"Kubernetes {value} is not supported: expected 1.{lo}.0 to 1.{hi}.x")
@@ -77,8 +79,15 @@ class Kubernetes(Strict):
 
 class Endpoint(Strict):
     vip: IPv4Address | None = Field(default=None, description="virtual IP that keepalived moves between control planes")
-    port: int | None = Field(default=None, ge=1, le=65535, description="endpoint port (load balancer default 7443; without one the apiserver's, default 6443)")
-    hostname: str | None = Field(default=None, description="DNS name of the endpoint, added to the API server certificate")
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="endpoint port (load balancer default 7443; without one the apiserver's, default 6443)",
+    )
+    hostname: str | None = Field(
+        default=None, description="DNS name of the endpoint, added to the API server certificate"
+    )
 
 
 class ControlPlane(Strict):
@@ -118,7 +127,7 @@ class Firewall(Strict):
     apiFrom: list[IPv4Network] = Field(
         default_factory=list,
         description="networks besides the nodes and pods that may reach the Kubernetes API on the control planes "
-                    "(operators, CI runners, clients of openstack.floatingIP)",
+        "(operators, CI runners, clients of openstack.floatingIP)",
     )
     nodePorts: bool = Field(default=False, description="open 30000-32767 on workers")
     extraTCPPorts: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
@@ -134,7 +143,9 @@ class Node(Strict):
     name: DnsLabel
     role: Literal["control-plane", "worker"]
     address: IPv4Address
-    mac: str | None = Field(default=None, pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", description="match the NIC by MAC instead of by name")
+    mac: str | None = Field(
+        default=None, pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", description="match the NIC by MAC instead of by name"
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[Taint] = Field(default_factory=list)
 
@@ -166,10 +177,21 @@ class Site(Strict):
     ssh: Ssh
     firewall: Firewall = Field(default_factory=Firewall)
     nodes: list[Node] = Field(min_length=1)
-    image: ImageRecipe = Field(default_factory=ImageRecipe, description="the node image recipe, inline or the name of a recipe file beside the site file")
-    addons: AddonsSpec = Field(default_factory=AddonsSpec, description="Helm releases installed by `invoke addons`: CNI, storage, backups, ingress, NaaVRE, the site's own")
-    appliance: Appliance = Field(default_factory=Appliance, description="how the appliance ISO (`invoke build-iso`) prepares the machines it boots: data disk, wiping, boot menu")
-    openstack: OpenStackSpec | None = Field(default=None, description="where `invoke site-deploy` runs the site on OpenStack (cloud, flavors, network)")
+    image: ImageRecipe = Field(
+        default_factory=ImageRecipe,
+        description="the node image recipe, inline or the name of a recipe file beside the site file",
+    )
+    addons: AddonsSpec = Field(
+        default_factory=AddonsSpec,
+        description="Helm releases installed by `invoke addons`: CNI, storage, backups, ingress, NaaVRE, the site's own",
+    )
+    appliance: Appliance = Field(
+        default_factory=Appliance,
+        description="how the appliance ISO (`invoke build-iso`) prepares the machines it boots: data disk, wiping, boot menu",
+    )
+    openstack: OpenStackSpec | None = Field(
+        default=None, description="where `invoke site-deploy` runs the site on OpenStack (cloud, flavors, network)"
+    )
 
     _file: Path = PrivateAttr(default=Path("site.yaml"))
 
@@ -250,7 +272,9 @@ def load_site(path: Path | str | None = None) -> Site:
     return site
 
 
-def _pydantic_problems(exc: ValidationError, source: yamlsrc.Source, image_source: yamlsrc.Source | None) -> list[Problem]:
+def _pydantic_problems(
+    exc: ValidationError, source: yamlsrc.Source, image_source: yamlsrc.Source | None
+) -> list[Problem]:
     problems = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
@@ -272,8 +296,17 @@ def _message(error: dict[str, Any]) -> str:
     if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == DNS_LABEL.pattern:
         return f"expected a DNS-1123 label: lower-case letters, digits and '-', starting and ending alphanumeric, at most 63 (got {given!r})"
     if kind == "string_type" and isinstance(given, float):
-        return f"{msg}: write it in quotes, e.g. \"{given}\""
-    if kind.startswith("ip_v4") or kind in ("string_pattern_mismatch", "literal_error", "int_parsing", "int_type", "bool_parsing", "less_than_equal", "greater_than_equal", "too_short"):
+        return f'{msg}: write it in quotes, e.g. "{given}"'
+    if kind.startswith("ip_v4") or kind in (
+        "string_pattern_mismatch",
+        "literal_error",
+        "int_parsing",
+        "int_type",
+        "bool_parsing",
+        "less_than_equal",
+        "greater_than_equal",
+        "too_short",
+    ):
         return f"{msg} (got {given!r})" if not isinstance(given, (dict, list)) else msg
     return msg
 
@@ -298,10 +331,14 @@ def check_site(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
             found.append((("nodes", i, "name"), f"name {node.name!r} repeats nodes[{names[node.name]}].name"))
         names.setdefault(node.name, i)
         if node.address in addresses:
-            found.append((("nodes", i, "address"), f"address {node.address} repeats nodes[{addresses[node.address]}].address"))
+            found.append(
+                (("nodes", i, "address"), f"address {node.address} repeats nodes[{addresses[node.address]}].address")
+            )
         addresses.setdefault(node.address, i)
         if not usable(node.address):
-            found.append((("nodes", i, "address"), f"address {node.address} is not a host address of network.cidr {cidr}"))
+            found.append(
+                (("nodes", i, "address"), f"address {node.address} is not a host address of network.cidr {cidr}")
+            )
         elif node.address == net.gateway:
             found.append((("nodes", i, "address"), f"address {node.address} is the gateway's"))
 
@@ -314,36 +351,82 @@ def check_site(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
     vip = cp.endpoint.vip
     if site.load_balanced:
         if vip is None:
-            found.append((("controlPlane", "endpoint", "vip"), "required with loadBalancer keepalived-haproxy: a free address of network.cidr"))
+            found.append(
+                (
+                    ("controlPlane", "endpoint", "vip"),
+                    "required with loadBalancer keepalived-haproxy: a free address of network.cidr",
+                )
+            )
         else:
             if not usable(vip):
-                found.append((("controlPlane", "endpoint", "vip"), f"VIP {vip} is not a host address of network.cidr {cidr}"))
+                found.append(
+                    (("controlPlane", "endpoint", "vip"), f"VIP {vip} is not a host address of network.cidr {cidr}")
+                )
             if vip in addresses:
-                found.append((("controlPlane", "endpoint", "vip"), f"VIP {vip} is the address of nodes[{addresses[vip]}] ({site.nodes[addresses[vip]].name}): expected a free address"))
+                found.append(
+                    (
+                        ("controlPlane", "endpoint", "vip"),
+                        f"VIP {vip} is the address of nodes[{addresses[vip]}] ({site.nodes[addresses[vip]].name}): expected a free address",
+                    )
+                )
             if vip == net.gateway:
                 found.append((("controlPlane", "endpoint", "vip"), f"VIP {vip} is the gateway's address"))
         port = site.endpoint_port
         if port == APISERVER_PORT:
-            found.append((("controlPlane", "endpoint", "port"), f"port {port} is kube-apiserver's on the same hosts as HAProxy: expected another, e.g. 7443 or 8443"))
+            found.append(
+                (
+                    ("controlPlane", "endpoint", "port"),
+                    f"port {port} is kube-apiserver's on the same hosts as HAProxy: expected another, e.g. 7443 or 8443",
+                )
+            )
         elif port in RESERVED_PORTS:
-            found.append((("controlPlane", "endpoint", "port"), f"port {port} is {RESERVED_PORTS[port]}'s on control planes: expected another, e.g. 7443"))
+            found.append(
+                (
+                    ("controlPlane", "endpoint", "port"),
+                    f"port {port} is {RESERVED_PORTS[port]}'s on control planes: expected another, e.g. 7443",
+                )
+            )
     else:
         if count > 1:
-            found.append((("controlPlane", "loadBalancer"), f"loadBalancer none allows one control plane, the site has {count}: use keepalived-haproxy"))
+            found.append(
+                (
+                    ("controlPlane", "loadBalancer"),
+                    f"loadBalancer none allows one control plane, the site has {count}: use keepalived-haproxy",
+                )
+            )
         if vip is not None:
-            found.append((("controlPlane", "endpoint", "vip"), "remove it: with loadBalancer none the endpoint is the control plane's own address"))
+            found.append(
+                (
+                    ("controlPlane", "endpoint", "vip"),
+                    "remove it: with loadBalancer none the endpoint is the control plane's own address",
+                )
+            )
         if site.endpoint_port in RESERVED_PORTS:
-            found.append((("controlPlane", "endpoint", "port"), f"port {site.endpoint_port} is {RESERVED_PORTS[site.endpoint_port]}'s"))
+            found.append(
+                (
+                    ("controlPlane", "endpoint", "port"),
+                    f"port {site.endpoint_port} is {RESERVED_PORTS[site.endpoint_port]}'s",
+                )
+            )
 
-    nets = {("kubernetes", "podSubnet"): site.kubernetes.podSubnet, ("kubernetes", "serviceSubnet"): site.kubernetes.serviceSubnet, ("network", "cidr"): cidr}
+    nets = {
+        ("kubernetes", "podSubnet"): site.kubernetes.podSubnet,
+        ("kubernetes", "serviceSubnet"): site.kubernetes.serviceSubnet,
+        ("network", "cidr"): cidr,
+    }
     keys = list(nets)
     for a in range(len(keys)):
         for b in range(a + 1, len(keys)):
             if nets[keys[a]].overlaps(nets[keys[b]]):
                 found.append((keys[b], f"{nets[keys[b]]} overlaps {yamlsrc.dotted(keys[a])} {nets[keys[a]]}"))
     if site.openstack is not None and site.openstack.floatingIP and not site.firewall.apiFrom:
-        found.append((("openstack", "floatingIP"), "the floating IP's clients come from outside the node network and "
-                      "the firewall would drop them: list their networks in firewall.apiFrom (0.0.0.0/0 for anyone)"))
+        found.append(
+            (
+                ("openstack", "floatingIP"),
+                "the floating IP's clients come from outside the node network and "
+                "the firewall would drop them: list their networks in firewall.apiFrom (0.0.0.0/0 for anyone)",
+            )
+        )
     found.extend(check_addons(site))
     return found
 

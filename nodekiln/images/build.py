@@ -28,13 +28,13 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.errors import NodekilnError
 from nodekiln.images import dib, disk, manifest, preflight
-from nodekiln.config.recipe import ImageRecipe
 from nodekiln.run import run
 
 DEFAULT_OUT = Path("build/images")
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 class SiteLike(Protocol):
@@ -44,6 +44,7 @@ class SiteLike(Protocol):
     def name(self) -> str: ...
     @property
     def directory(self) -> Path: ...
+
     image: ImageRecipe
     kubernetes: Any
 
@@ -99,8 +100,12 @@ class Plan:
         return self.out_dir / "logs" / f"{self.stem}.log"
 
 
-def resolve_recipe(site: SiteLike, kubernetes_source_override: str | None,
-                   formats: list[str] | tuple[str, ...] | None, kernel: str | None = None) -> ImageRecipe:
+def resolve_recipe(
+    site: SiteLike,
+    kubernetes_source_override: str | None,
+    formats: list[str] | tuple[str, ...] | None,
+    kernel: str | None = None,
+) -> ImageRecipe:
     """The site's recipe with command-line overrides applied (validated like the site file).
 
     A `local:DIR` given on the command line is relative to the current directory; one in
@@ -119,13 +124,26 @@ def resolve_recipe(site: SiteLike, kubernetes_source_override: str | None,
     return ImageRecipe.model_validate(data)
 
 
-def plan_build(site: SiteLike, out_dir: Path = DEFAULT_OUT, kubernetes_source_override: str | None = None,
-               formats: list[str] | tuple[str, ...] | None = None, kernel: str | None = None) -> Plan:
+def plan_build(
+    site: SiteLike,
+    out_dir: Path = DEFAULT_OUT,
+    kubernetes_source_override: str | None = None,
+    formats: list[str] | tuple[str, ...] | None = None,
+    kernel: str | None = None,
+) -> Plan:
     recipe = resolve_recipe(site, kubernetes_source_override, formats, kernel)
     version = site.kubernetes.version
     data = manifest.inputs(recipe, version, site.directory)
-    return Plan(site.name, recipe, version, site.directory, data, manifest.input_hash(data),
-                Path(out_dir), tuple(recipe.formats))
+    return Plan(
+        site.name,
+        recipe,
+        version,
+        site.directory,
+        data,
+        manifest.input_hash(data),
+        Path(out_dir),
+        tuple(recipe.formats),
+    )
 
 
 def cached(plan: Plan) -> BuildResult | None:
@@ -143,8 +161,9 @@ def cached(plan: Plan) -> BuildResult | None:
         if fmt not in sizes or not path.exists() or path.stat().st_size != sizes[fmt]:
             return None
         artifacts[fmt] = path
-    return BuildResult(plan.site, plan.input_hash, artifacts, plan.manifest_path, data, True, 0.0,
-                       stages=data.get("stages", []))
+    return BuildResult(
+        plan.site, plan.input_hash, artifacts, plan.manifest_path, data, True, 0.0, stages=data.get("stages", [])
+    )
 
 
 def report_cache_hit(plan, started: float, console: Console) -> BuildResult | None:
@@ -195,8 +214,9 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
     stages: list[dict[str, Any]] = []
     times = dib.StepTimes()
     hooks = dib.HookTimes()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False
+    ) as progress:
 
         @contextlib.contextmanager
         def stage(name: str) -> Iterator[Any]:
@@ -215,6 +235,7 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
             dib.write_stage(stage_dir, plan.recipe, plan.kubernetes_version, plan.site_dir)
 
         with stage("diskimage-builder: root tree") as task:
+
             def on_line(line: str) -> None:
                 hooks.feed(line, time.monotonic())
                 step = times.feed(line)
@@ -234,9 +255,14 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
         with stage("manifest"):
             kernel_file, _ = disk.find_kernel(tree)
             inside = manifest.inside_manifest(
-                site=plan.site, hash_hex=plan.input_hash, input_data=plan.inputs, tools=tool_versions(),
-                packages=manifest.installed_packages(tree), kernel=kernel_file[len("vmlinuz-"):],
-                bake_steps=times.steps, kubernetes_source=_source_report(tree),
+                site=plan.site,
+                hash_hex=plan.input_hash,
+                input_data=plan.inputs,
+                tools=tool_versions(),
+                packages=manifest.installed_packages(tree),
+                kernel=kernel_file[len("vmlinuz-") :],
+                bake_steps=times.steps,
+                kubernetes_source=_source_report(tree),
             )
             target = tree / manifest.IMAGE_MANIFEST_PATH
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -244,8 +270,14 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
 
         raw = work / "disk.raw"
         with stage("assemble GPT disk (BIOS + UEFI)"):
-            disk.assemble(tree, raw, plan.recipe.diskSizeGiB * GIB, manifest.short(plan.input_hash),
-                          work / "assembly", log=plan.log)
+            disk.assemble(
+                tree,
+                raw,
+                plan.recipe.diskSizeGiB * GIB,
+                manifest.short(plan.input_hash),
+                work / "assembly",
+                log=plan.log,
+            )
             shutil.rmtree(tree)
 
         artifacts: dict[str, Path] = {}
@@ -268,8 +300,9 @@ def _build(plan: Plan, work: Path, console: Console, started: float) -> BuildRes
     seconds = time.monotonic() - started
     full = manifest.write_beside(plan.manifest_path, inside, stages=stages, artifacts=entries, seconds=seconds)
     _print_time_report(console, stages, times.steps, seconds)
-    return BuildResult(plan.site, plan.input_hash, artifacts, plan.manifest_path, full, False, seconds,
-                       plan.log, stages)
+    return BuildResult(
+        plan.site, plan.input_hash, artifacts, plan.manifest_path, full, False, seconds, plan.log, stages
+    )
 
 
 def _source_report(tree: Path) -> str:
@@ -277,23 +310,27 @@ def _source_report(tree: Path) -> str:
     return report.read_text().strip() if report.exists() else ""
 
 
-def _print_time_report(console: Console, stages: list[dict[str, Any]], steps: list[dict[str, Any]],
-                       seconds: float) -> None:
+def _print_time_report(
+    console: Console, stages: list[dict[str, Any]], steps: list[dict[str, Any]], seconds: float
+) -> None:
     """Where the time went: each stage, DIB's slowest hooks, and the slowest bake steps."""
     console.print(f"built in {seconds:.0f} s:")
     for s in stages:
         console.print(f"  {s['seconds']:7.1f} s  {s['name']}")
         if s.get("slowestHooks"):
-            console.print("             slowest hooks: " +
-                          ", ".join(f"{h['name']} {h['seconds']} s" for h in s["slowestHooks"]))
+            console.print(
+                "             slowest hooks: " + ", ".join(f"{h['name']} {h['seconds']} s" for h in s["slowestHooks"])
+            )
     slow = sorted(steps, key=lambda s: -float(s["seconds"]))[:5]
     if slow:
-        console.print("  bake steps (inside diskimage-builder): " +
-                      ", ".join(f"{s['name']} {s['seconds']} s" for s in slow))
+        console.print(
+            "  bake steps (inside diskimage-builder): " + ", ".join(f"{s['name']} {s['seconds']} s" for s in slow)
+        )
 
 
 def tool_versions() -> dict[str, str]:
     """Versions of the programs that made the image (recorded, not hashed)."""
+
     def first_line(argv: list[str]) -> str:
         try:
             out = run(argv, check=False, timeout=10).output.strip().splitlines()
@@ -315,6 +352,7 @@ def tool_versions() -> dict[str, str]:
 @contextlib.contextmanager
 def _stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into an exception so cleanup runs as it does for Ctrl-C."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.errors import NodekilnError, ToolError
 from nodekiln.images import disk
 from nodekiln.images.manifest import IMAGES_DIR
-from nodekiln.config.recipe import ImageRecipe
 from nodekiln.run import run
 
 STEP_BEGIN = "NODEKILN-STEP-BEGIN "
@@ -54,10 +54,10 @@ class StepTimes:
         """Record a step line; return the step now running (or None if the line is not one)."""
         text = log_text(line).strip()
         if text.startswith(STEP_BEGIN):
-            self.current = text[len(STEP_BEGIN):].strip()
+            self.current = text[len(STEP_BEGIN) :].strip()
             return self.current
         if text.startswith(STEP_END):
-            parts = text[len(STEP_END):].split()
+            parts = text[len(STEP_END) :].split()
             if len(parts) == 2:
                 self.steps.append({"name": parts[0], "seconds": round(float(parts[1]), 2)})
             self.current = None
@@ -82,7 +82,7 @@ class HookTimes:
             self.hooks[name] = self.hooks.get(name, 0.0) + now - since
             self.current = None
         if text.startswith("dib-run-parts Running "):
-            path = text[len("dib-run-parts Running "):].strip()
+            path = text[len("dib-run-parts Running ") :].strip()
             phase, _, hook = path.rpartition("/")
             self.current = (f"{phase.rsplit('/', 1)[-1]}/{hook}", now)
 
@@ -91,9 +91,14 @@ class HookTimes:
         return [{"name": name, "seconds": round(sec, 1)} for name, sec in ranked]
 
 
-def write_stage(stage: Path, recipe: ImageRecipe, kubernetes_version: str, site_dir: Path,
-                images_dir: Path = IMAGES_DIR,
-                in_target: Path = Path("/tmp/in_target.d/nodekiln-stage")) -> None:
+def write_stage(
+    stage: Path,
+    recipe: ImageRecipe,
+    kubernetes_version: str,
+    site_dir: Path,
+    images_dir: Path = IMAGES_DIR,
+    in_target: Path = Path("/tmp/in_target.d/nodekiln-stage"),
+) -> None:
     """The stage directory the element bakes from: steps, run-steps.sh, env, local source.
 
     `in_target` is where the stage is seen inside the image being built (Packer uploads it
@@ -133,8 +138,9 @@ def write_stage(stage: Path, recipe: ImageRecipe, kubernetes_version: str, site_
             shutil.copy2(site_dir / item, images / Path(item).name)
 
 
-def build_host_resolver(candidates: tuple[Path, ...] = (Path("/etc/resolv.conf"),
-                                                         Path("/run/systemd/resolve/resolv.conf"))) -> str:
+def build_host_resolver(
+    candidates: tuple[Path, ...] = (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf")),
+) -> str:
     """The build host's DNS servers, for bake steps that download (run-steps.sh uses it while
     the image's own /etc/resolv.conf points at systemd-resolved's stub, absent in a chroot).
     A loopback stub (127.0.0.53) is useless inside the chroot: then the upstream servers."""
@@ -143,8 +149,9 @@ def build_host_resolver(candidates: tuple[Path, ...] = (Path("/etc/resolv.conf")
             text = path.read_text()
         except OSError:
             continue
-        servers = [line.split()[1] for line in text.splitlines()
-                   if line.startswith("nameserver") and len(line.split()) > 1]
+        servers = [
+            line.split()[1] for line in text.splitlines() if line.startswith("nameserver") and len(line.split()) > 1
+        ]
         if servers and not all(s.startswith("127.") for s in servers):
             return text
     return ""
@@ -176,9 +183,14 @@ def dib_environment(recipe: ImageRecipe, stage: Path, tmp_dir: Path, images_dir:
     return env
 
 
-def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
-               on_line: Callable[[str], None] | None = None,
-               elements: tuple[str, ...] = (ELEMENT,)) -> Path:
+def build_tree(
+    recipe: ImageRecipe,
+    stage: Path,
+    work: Path,
+    log: Path,
+    on_line: Callable[[str], None] | None = None,
+    elements: tuple[str, ...] = (ELEMENT,),
+) -> Path:
     """Run disk-image-create and return the path of the root tree tar it wrote.
 
     `elements` go after the distribution's base element (nodekiln-base: Packer's base image).
@@ -189,8 +201,17 @@ def build_tree(recipe: ImageRecipe, stage: Path, work: Path, log: Path,
     env = dib_environment(recipe, stage, tmp_dir)
     # -x: the full trace goes to the log file (where a failure is diagnosed); the accepted
     # exit 1 is recognised from the image-path failure plus a complete tar, trace or not.
-    argv = ["disk-image-create", "-x", "-t", "tar", "-o", out, "--no-tmpfs",
-            BASE_ELEMENTS[recipe.distribution], *elements]
+    argv = [
+        "disk-image-create",
+        "-x",
+        "-t",
+        "tar",
+        "-o",
+        out,
+        "--no-tmpfs",
+        BASE_ELEMENTS[recipe.distribution],
+        *elements,
+    ]
     # Run without inheriting TMPDIR (see dib_environment).
     saved = os.environ.pop("TMPDIR", None)
     try:
@@ -256,7 +277,7 @@ def failure_excerpt(text: str, n: int = 25) -> list[str]:
     start, where = None, ""
     for i, line in enumerate(lines):
         if line.startswith(STEP_BEGIN):
-            start, where = i, f"bake step {line[len(STEP_BEGIN):].strip()}"
+            start, where = i, f"bake step {line[len(STEP_BEGIN) :].strip()}"
         elif line.startswith(STEP_END):
             start = None
     if start is None:
@@ -265,7 +286,7 @@ def failure_excerpt(text: str, n: int = 25) -> list[str]:
                 start, where = i, f"diskimage-builder hook {line.rsplit('/', 2)[-2]}/{line.rsplit('/', 1)[-1]}"
             elif start is not None and line.startswith("dib-run-parts ") and line.endswith(" completed"):
                 start = None
-    region = lines[start + 1:] if start is not None else lines
+    region = lines[start + 1 :] if start is not None else lines
     for i, line in enumerate(region):
         if any(marker in line for marker in CLEANUP_MARKERS):
             region = region[:i]

@@ -44,9 +44,26 @@ ESP_MIB = 64
 # GRUB modules built into the images: the disk carries no module directory, so everything the
 # early config and grub.cfg use must be here.
 GRUB_COMMON_MODULES = [
-    "part_gpt", "part_msdos", "ext2", "fat", "search", "search_label", "search_fs_uuid",
-    "normal", "linux", "configfile", "echo", "test", "gzio", "zstd", "minicmd", "serial",
-    "terminal", "sleep", "cat", "ls",
+    "part_gpt",
+    "part_msdos",
+    "ext2",
+    "fat",
+    "search",
+    "search_label",
+    "search_fs_uuid",
+    "normal",
+    "linux",
+    "configfile",
+    "echo",
+    "test",
+    "gzio",
+    "zstd",
+    "minicmd",
+    "serial",
+    "terminal",
+    "sleep",
+    "cat",
+    "ls",
 ]
 GRUB_PC_MODULES = ["biosdisk", *GRUB_COMMON_MODULES]
 GRUB_EFI_MODULES = ["efi_gop", "efi_uga", "all_video", *GRUB_COMMON_MODULES]
@@ -95,9 +112,7 @@ class Layout:
         """The partition table as an sfdisk script (fixed GUIDs: reproducible disks)."""
         lines = ["label: gpt", f"label-id: {self.disk_uuid}", "unit: sectors", "first-lba: 2048", ""]
         for p in self.partitions:
-            lines.append(
-                f"start={p.start}, size={p.sectors}, type={p.type}, uuid={p.uuid}, name=\"{p.name}\""
-            )
+            lines.append(f'start={p.start}, size={p.sectors}, type={p.type}, uuid={p.uuid}, name="{p.name}"')
         return "\n".join(lines) + "\n"
 
 
@@ -112,8 +127,11 @@ def plan_layout(root_bytes: int, disk_bytes: int, seed: str = "nodekiln") -> Lay
     total = disk_bytes // SECTOR
     last_usable = total - GPT_TAIL_SECTORS - 1
     starts = ALIGN
-    sizes = [("bios", BIOS_BOOT_TYPE, BIOS_MIB * ALIGN), ("esp", ESP_TYPE, ESP_MIB * ALIGN),
-             ("root", LINUX_ROOT_X86_64_TYPE, root_sectors)]
+    sizes = [
+        ("bios", BIOS_BOOT_TYPE, BIOS_MIB * ALIGN),
+        ("esp", ESP_TYPE, ESP_MIB * ALIGN),
+        ("root", LINUX_ROOT_X86_64_TYPE, root_sectors),
+    ]
     parts: list[Partition] = []
     for number, (name, ptype, sectors) in enumerate(sizes, start=1):
         parts.append(Partition(number, name, ptype, starts, sectors, _guid(seed, name)))
@@ -147,7 +165,7 @@ def patch_boot_img(boot_img: bytes, mbr: bytes, core_lba: int) -> bytes:
     out = bytearray(boot_img)
     out[MBR_KEEP_FROM:] = mbr[MBR_KEEP_FROM:]
     struct.pack_into("<Q", out, BOOT_KERNEL_SECTOR, core_lba)
-    out[BOOT_DRIVE_CHECK:BOOT_DRIVE_CHECK + 2] = b"\x90\x90"
+    out[BOOT_DRIVE_CHECK : BOOT_DRIVE_CHECK + 2] = b"\x90\x90"
     return bytes(out)
 
 
@@ -191,7 +209,7 @@ def find_kernel(tree: Path) -> tuple[str, str]:
     kernels = sorted((tree / "boot").glob("vmlinuz-*"), key=lambda p: _version_key(p.name[8:]))
     if not kernels:
         raise DiskError(f"no kernel (boot/vmlinuz-*) in {tree}")
-    version = kernels[-1].name[len("vmlinuz-"):]
+    version = kernels[-1].name[len("vmlinuz-") :]
     initrd = tree / "boot" / f"initrd.img-{version}"
     if not initrd.exists():
         raise DiskError(f"no initramfs {initrd} for kernel {version}")
@@ -225,9 +243,31 @@ def make_ext4(source: Path, image: Path, label: str, size: int, fs_uuid: str, lo
     # Always 4 KiB blocks and the default usage type: under 512 MB mkfs would pick 1 KiB
     # blocks, which stay when the data partition is grown to hundreds of GB.
     image.unlink(missing_ok=True)
-    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-T", "default", "-L", label, "-U", fs_uuid.lower(),
-         "-E", f"hash_seed={fs_uuid.lower()}", "-d", source, image, f"{size // 1024}k"],
-        log=log, env={"E2FSPROGS_FAKE_TIME": os.environ.get("SOURCE_DATE_EPOCH", "")} if os.environ.get("SOURCE_DATE_EPOCH") else None)
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-b",
+            "4096",
+            "-T",
+            "default",
+            "-L",
+            label,
+            "-U",
+            fs_uuid.lower(),
+            "-E",
+            f"hash_seed={fs_uuid.lower()}",
+            "-d",
+            source,
+            image,
+            f"{size // 1024}k",
+        ],
+        log=log,
+        env={"E2FSPROGS_FAKE_TIME": os.environ.get("SOURCE_DATE_EPOCH", "")}
+        if os.environ.get("SOURCE_DATE_EPOCH")
+        else None,
+    )
 
 
 def make_esp(image: Path, size: int, efi_binary: Path, volume_id: str, log: Path | None) -> None:
@@ -244,10 +284,40 @@ def make_grub_images(work: Path, log: Path | None) -> tuple[Path, Path]:
     early.write_text(EARLY_CFG)
     core = work / "core.img"
     efi = work / "BOOTX64.EFI"
-    run(["grub-mkimage", "-O", "i386-pc", "-d", GRUB_LIB / "i386-pc", "-o", core, "-c", early,
-         "-p", "/boot/grub", *GRUB_PC_MODULES], log=log)
-    run(["grub-mkimage", "-O", "x86_64-efi", "-d", GRUB_LIB / "x86_64-efi", "-o", efi, "-c", early,
-         "-p", "/boot/grub", *GRUB_EFI_MODULES], log=log)
+    run(
+        [
+            "grub-mkimage",
+            "-O",
+            "i386-pc",
+            "-d",
+            GRUB_LIB / "i386-pc",
+            "-o",
+            core,
+            "-c",
+            early,
+            "-p",
+            "/boot/grub",
+            *GRUB_PC_MODULES,
+        ],
+        log=log,
+    )
+    run(
+        [
+            "grub-mkimage",
+            "-O",
+            "x86_64-efi",
+            "-d",
+            GRUB_LIB / "x86_64-efi",
+            "-o",
+            efi,
+            "-c",
+            early,
+            "-p",
+            "/boot/grub",
+            *GRUB_EFI_MODULES,
+        ],
+        log=log,
+    )
     return core, efi
 
 
@@ -275,8 +345,9 @@ def copy_sparse(src: Path, dst_fd: int, offset: int) -> None:
             pos = end
 
 
-def assemble(tree: Path, raw: Path, disk_bytes: int, seed: str, work: Path, log: Path | None = None,
-             root_extra_bytes: int = 0) -> Layout:
+def assemble(
+    tree: Path, raw: Path, disk_bytes: int, seed: str, work: Path, log: Path | None = None, root_extra_bytes: int = 0
+) -> Layout:
     """Make the bootable raw disk `raw` from `tree` (which must have /var empty or absent).
 
     `root_extra_bytes` leaves room on the root file system (Packer's base image: the bake steps
@@ -332,8 +403,9 @@ def assemble(tree: Path, raw: Path, disk_bytes: int, seed: str, work: Path, log:
     return layout
 
 
-def convert(raw: Path, target: Path, fmt: str, compress: bool = True, log: Path | None = None,
-            compression: str = "zstd") -> None:
+def convert(
+    raw: Path, target: Path, fmt: str, compress: bool = True, log: Path | None = None, compression: str = "zstd"
+) -> None:
     """raw -> qcow2 (compressed, zstd or zlib) or a sparse raw copy."""
     if fmt == "qcow2":
         argv = ["qemu-img", "convert", "-O", "qcow2", "-o", f"compat=1.1,compression_type={compression}"]

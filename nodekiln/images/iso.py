@@ -23,15 +23,15 @@ import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nodekiln.config.appliance import Appliance
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_atomic
 from nodekiln.images import disk
 from nodekiln.images import manifest as mf
-from nodekiln.config.appliance import Appliance
 from nodekiln.run import output, run
 
 SCHEMA = "nodekiln/iso-manifest/v1"
@@ -139,18 +139,34 @@ def xorriso_args(staging: Path, out: Path, volume: str) -> list[str]:
     """A hybrid ISO: El Torito BIOS (GRUB eltorito image) and EFI (a FAT image), plus an MBR
     (GRUB's boot_hybrid.img) and a partition table so that `dd` to a USB stick boots too."""
     return [
-        "xorriso", "-as", "mkisofs",
-        "-iso-level", "3", "-full-iso9660-filenames", "-r",
-        "-V", volume,
+        "xorriso",
+        "-as",
+        "mkisofs",
+        "-iso-level",
+        "3",
+        "-full-iso9660-filenames",
+        "-r",
+        "-V",
+        volume,
         f"--modification-date={ISO_DATE}",
         # BIOS: El Torito no-emulation image; GRUB's hybrid MBR for USB sticks
-        "-b", "boot/grub/eltorito.img", "-no-emul-boot", "-boot-load-size", "4",
-        "-boot-info-table", "--grub2-boot-info",
-        "--grub2-mbr", str(BOOT_HYBRID),
+        "-b",
+        "boot/grub/eltorito.img",
+        "-no-emul-boot",
+        "-boot-load-size",
+        "4",
+        "-boot-info-table",
+        "--grub2-boot-info",
+        "--grub2-mbr",
+        str(BOOT_HYBRID),
         # UEFI: the EFI system partition image, as El Torito alternative and as a partition
-        "--efi-boot", "boot/grub/efi.img", "-efi-boot-part", "--efi-boot-image",
+        "--efi-boot",
+        "boot/grub/efi.img",
+        "-efi-boot-part",
+        "--efi-boot-image",
         "--protective-msdos-label",
-        "-o", str(out),
+        "-o",
+        str(out),
         str(staging),
     ]
 
@@ -193,7 +209,9 @@ def initrd_overlay(tree: Path, kernel_version: str) -> bytes:
     ]
     if squashfs_ko.exists():
         entries += [
-            ("usr", 0o755, None), ("usr/lib", 0o755, None), ("usr/lib/nodekiln", 0o755, None),
+            ("usr", 0o755, None),
+            ("usr/lib", 0o755, None),
+            ("usr/lib/nodekiln", 0o755, None),
             ("usr/lib/nodekiln/modules", 0o755, None),
             ("usr/lib/nodekiln/modules/squashfs.ko", 0o644, squashfs_ko.read_bytes()),
         ]
@@ -227,8 +245,16 @@ def make_squashfs(tree: Path, target: Path, log: Path | None) -> None:
     """The read-only root: all of the tree (its /var seeds the data disk), API dirs empty."""
     target.unlink(missing_ok=True)
     argv: list[str | os.PathLike[str]] = [
-        "mksquashfs", tree, target, "-noappend", *SQUASHFS_ARGS, "-no-progress", "-quiet",
-        "-processors", str(os.cpu_count() or 2), *squashfs_api_dirs(tree),
+        "mksquashfs",
+        tree,
+        target,
+        "-noappend",
+        *SQUASHFS_ARGS,
+        "-no-progress",
+        "-quiet",
+        "-processors",
+        str(os.cpu_count() or 2),
+        *squashfs_api_dirs(tree),
     ]
     run(argv, log=log)
 
@@ -250,10 +276,44 @@ def make_grub_images(work: Path, volume: str, log: Path | None) -> tuple[Path, P
     early.write_text(early_cfg(volume))
     eltorito = work / "eltorito.img"
     efi = work / "BOOTX64.EFI"
-    run(["grub-mkimage", "-O", "i386-pc-eltorito", "-d", disk.GRUB_LIB / "i386-pc", "-o", eltorito,
-         "-c", early, "-p", "/boot/grub", "biosdisk", *GRUB_ISO_MODULES], log=log)
-    run(["grub-mkimage", "-O", "x86_64-efi", "-d", disk.GRUB_LIB / "x86_64-efi", "-o", efi,
-         "-c", early, "-p", "/boot/grub", "efi_gop", "efi_uga", "all_video", *GRUB_ISO_MODULES], log=log)
+    run(
+        [
+            "grub-mkimage",
+            "-O",
+            "i386-pc-eltorito",
+            "-d",
+            disk.GRUB_LIB / "i386-pc",
+            "-o",
+            eltorito,
+            "-c",
+            early,
+            "-p",
+            "/boot/grub",
+            "biosdisk",
+            *GRUB_ISO_MODULES,
+        ],
+        log=log,
+    )
+    run(
+        [
+            "grub-mkimage",
+            "-O",
+            "x86_64-efi",
+            "-d",
+            disk.GRUB_LIB / "x86_64-efi",
+            "-o",
+            efi,
+            "-c",
+            early,
+            "-p",
+            "/boot/grub",
+            "efi_gop",
+            "efi_uga",
+            "all_video",
+            *GRUB_ISO_MODULES,
+        ],
+        log=log,
+    )
     return eltorito, efi
 
 
@@ -269,8 +329,14 @@ class IsoContent:
     inside_manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def assemble_iso(tree: Path, target: Path, content: IsoContent, work: Path,
-                 log: Path | None = None, on_stage: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def assemble_iso(
+    tree: Path,
+    target: Path,
+    content: IsoContent,
+    work: Path,
+    log: Path | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """Make the ISO `target` from `tree` (left unchanged); returns the stage timings."""
     stages: list[dict[str, Any]] = []
 
@@ -278,7 +344,7 @@ def assemble_iso(tree: Path, target: Path, content: IsoContent, work: Path,
         stages.append({"name": name, "seconds": round(time.monotonic() - started, 2)})
 
     kernel, initrd = disk.find_kernel(tree)
-    version = kernel[len("vmlinuz-"):]
+    version = kernel[len("vmlinuz-") :]
     volume = volume_id(content.hash_hex)
     staging = work / "iso"
     if staging.exists():
@@ -295,20 +361,24 @@ def assemble_iso(tree: Path, target: Path, content: IsoContent, work: Path,
     on_stage and on_stage("boot")
     shutil.copyfile(tree / "boot" / kernel, staging / "boot/vmlinuz")
     (staging / "boot/initrd.img").write_bytes(
-        combined_initrd((tree / "boot" / initrd).read_bytes(), initrd_overlay(tree, version)))
+        combined_initrd((tree / "boot" / initrd).read_bytes(), initrd_overlay(tree, version))
+    )
     eltorito, efi = make_grub_images(work, volume, log)
     shutil.copyfile(eltorito, staging / "boot/grub/eltorito.img")
     make_efi_image(efi, staging / "boot/grub/efi.img", log)
     cmdline = kernel_cmdline(tree, volume)
     (staging / "boot/grub/grub.cfg").write_text(
-        grub_cfg(content.site_name, content.nodes, cmdline, content.appliance.menuTimeout))
+        grub_cfg(content.site_name, content.nodes, cmdline, content.appliance.menuTimeout)
+    )
     for name, files in content.seeds.items():
         node_dir = staging / "nodekiln/nodes" / name
         node_dir.mkdir()
         for file, data in files.items():
             (node_dir / file).write_bytes(data)
     (staging / "nodekiln/nodes.map").write_text(nodes_map(content.nodes))
-    (staging / "nodekiln/appliance.conf").write_text(appliance_conf(content.site_name, content.appliance, content.hash_hex[:16]))
+    (staging / "nodekiln/appliance.conf").write_text(
+        appliance_conf(content.site_name, content.appliance, content.hash_hex[:16])
+    )
     (staging / "nodekiln/manifest.json").write_text(mf.dumps(content.inside_manifest))
     (staging / "README.txt").write_text(medium_readme(content))
     stage("boot", t)
@@ -353,12 +423,20 @@ def iso_code_digests() -> dict[str, str]:
 def seed_digests(seeds: Mapping[str, Mapping[str, bytes]]) -> dict[str, dict[str, str]]:
     import hashlib
 
-    return {node: {f: hashlib.sha256(d).hexdigest() for f, d in sorted(files.items())}
-            for node, files in sorted(seeds.items())}
+    return {
+        node: {f: hashlib.sha256(d).hexdigest() for f, d in sorted(files.items())}
+        for node, files in sorted(seeds.items())
+    }
 
 
-def iso_inputs(*, site_name: str, image_inputs: dict[str, Any], seeds: Mapping[str, Mapping[str, bytes]],
-               nodes: list[MenuNode], appliance: Appliance) -> dict[str, Any]:
+def iso_inputs(
+    *,
+    site_name: str,
+    image_inputs: dict[str, Any],
+    seeds: Mapping[str, Mapping[str, bytes]],
+    nodes: list[MenuNode],
+    appliance: Appliance,
+) -> dict[str, Any]:
     """Everything the ISO's input hash covers: the root tree's inputs (the image's), the ISO
     code, every node's seed (by digest: the seeds hold secrets), the menu and the appliance."""
     return {
@@ -381,8 +459,13 @@ def tree_identity(tree: Path) -> dict[str, str]:
     if not tree.is_dir():
         return {"tar": mf.sha256_file(tree)}
     out: dict[str, str] = {}
-    for rel in (mf.IMAGE_MANIFEST_PATH, "var/lib/dpkg/status", "usr/share/nodekiln/kubernetes-source.txt",
-                "usr/share/nodekiln/kernel-cmdline", "etc/fstab"):
+    for rel in (
+        mf.IMAGE_MANIFEST_PATH,
+        "var/lib/dpkg/status",
+        "usr/share/nodekiln/kubernetes-source.txt",
+        "usr/share/nodekiln/kernel-cmdline",
+        "etc/fstab",
+    ):
         path = tree / rel
         out[rel] = mf.sha256_file(path) if path.is_file() else "absent"
     out["boot"] = ",".join(sorted(p.name for p in (tree / "boot").glob("*") if p.is_file()))
@@ -412,7 +495,7 @@ def tree_facts(tree: Path) -> dict[str, Any]:
     images = tree / "usr/share/nodekiln/images"
     kernel, _ = disk.find_kernel(tree)
     return {
-        "kernel": kernel[len("vmlinuz-"):],
+        "kernel": kernel[len("vmlinuz-") :],
         "kubernetesSourceReport": report.read_text().strip() if report.exists() else "",
         "preloadedImages": sorted(p.name for p in images.iterdir()) if images.is_dir() else [],
         "packages": mf.installed_packages(tree),
@@ -449,9 +532,16 @@ def menu_nodes(site) -> list[MenuNode]:
     return [MenuNode(n.name, n.role, str(n.address), n.mac) for n in site.nodes]
 
 
-def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = None,
-              tree: Path | None = None, work_dir: Path | None = None,
-              on_stage: Callable[[str], None] | None = None) -> IsoResult:
+def build_iso(
+    site,
+    secrets,
+    out_dir: Path,
+    *,
+    kubernetes_source: str | None = None,
+    tree: Path | None = None,
+    work_dir: Path | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> IsoResult:
     """The site's appliance ISO in `out_dir`, named by its input hash; built only when missing.
 
     `tree`: an existing root tree (a directory, or the tar diskimage-builder writes) made
@@ -459,7 +549,6 @@ def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = N
     image's input hash under `out_dir/trees`).
     """
     from nodekiln.bootstrap.render import render_site
-
     from nodekiln.images.build import plan_build
 
     started = time.monotonic()
@@ -470,8 +559,7 @@ def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = N
     seeds = {name: node.files() for name, node in render_site(site, secrets).items()}
     nodes = menu_nodes(site)
     appliance: Appliance = site.appliance
-    inputs = iso_inputs(site_name=site.name, image_inputs=image_inputs, seeds=seeds, nodes=nodes,
-                        appliance=appliance)
+    inputs = iso_inputs(site_name=site.name, image_inputs=image_inputs, seeds=seeds, nodes=nodes, appliance=appliance)
     if tree is not None and tree.exists():
         # A tree from elsewhere: its own content decides the ISO too, not only the recipe.
         inputs["givenTree"] = tree_identity(tree)
@@ -501,9 +589,13 @@ def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = N
     content = IsoContent(site.name, nodes, seeds, appliance, hash_hex, inside)
     stages += assemble_iso(root, iso, content, work, log, on_stage)
     seconds = time.monotonic() - started
-    beside = mf.full_manifest(inside, stages=stages, artifacts=[mf.artifact_entry(iso, "iso")],
-                              built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                              seconds=seconds)
+    beside = mf.full_manifest(
+        inside,
+        stages=stages,
+        artifacts=[mf.artifact_entry(iso, "iso")],
+        built_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        seconds=seconds,
+    )
     write_atomic(manifest_path, mf.dumps(beside))
     # Keep only the log: the extracted tree, the bake-step stage and DIB's scratch go.
     for scratch in ("tree", "stage", "dib"):
@@ -512,8 +604,16 @@ def build_iso(site, secrets, out_dir: Path, *, kubernetes_source: str | None = N
     return IsoResult(iso, manifest_path, hash_hex, False, seconds)
 
 
-def root_tree(recipe, site, image_inputs: dict[str, Any], out_dir: Path, work: Path, log: Path,
-              given: Path | None, on_stage: Callable[[str], None] | None) -> Path:
+def root_tree(
+    recipe,
+    site,
+    image_inputs: dict[str, Any],
+    out_dir: Path,
+    work: Path,
+    log: Path,
+    given: Path | None,
+    on_stage: Callable[[str], None] | None,
+) -> Path:
     """A directory holding the root tree: `given` (directory or tar), else diskimage-builder's."""
     if given is not None and given.is_dir():
         disk.find_kernel(given)  # fails early with a clear message when it is not a root tree
@@ -539,9 +639,16 @@ def root_tree(recipe, site, image_inputs: dict[str, Any], out_dir: Path, work: P
     extract_tree(tar, tree)
     # The image manifest inside the root, as the disk image carries it.
     kernel, _ = disk.find_kernel(tree)
-    inside = mf.inside_manifest(site=site.name, hash_hex=mf.input_hash(image_inputs), input_data=image_inputs,
-                                tools={}, packages=mf.installed_packages(tree), kernel=kernel[len("vmlinuz-"):],
-                                bake_steps=[], kubernetes_source=tree_facts(tree)["kubernetesSourceReport"])
+    inside = mf.inside_manifest(
+        site=site.name,
+        hash_hex=mf.input_hash(image_inputs),
+        input_data=image_inputs,
+        tools={},
+        packages=mf.installed_packages(tree),
+        kernel=kernel[len("vmlinuz-") :],
+        bake_steps=[],
+        kubernetes_source=tree_facts(tree)["kubernetesSourceReport"],
+    )
     target = tree / mf.IMAGE_MANIFEST_PATH
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(mf.dumps(inside))

@@ -34,9 +34,27 @@ def accelerator() -> str:
         return "tcg"
     try:
         result = run(
-            ["qemu-system-x86_64", "-accel", "kvm", "-machine", "q35", "-cpu", "host", "-m", "64",
-             "-display", "none", "-nodefaults", "-no-reboot", "-monitor", "stdio", "-S"],
-            input="cont\nquit\n", check=False, timeout=20,
+            [
+                "qemu-system-x86_64",
+                "-accel",
+                "kvm",
+                "-machine",
+                "q35",
+                "-cpu",
+                "host",
+                "-m",
+                "64",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-no-reboot",
+                "-monitor",
+                "stdio",
+                "-S",
+            ],
+            input="cont\nquit\n",
+            check=False,
+            timeout=20,
         )
     except (TimeoutError, NodekilnError):
         return "tcg"
@@ -57,8 +75,9 @@ def generate_ssh_key(directory: Path) -> tuple[Path, str]:
 
     key = Ed25519PrivateKey.generate()
     private = directory / "id_ed25519"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     private.chmod(0o600)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     line = public.decode() + " nodekiln-build"

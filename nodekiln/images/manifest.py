@@ -63,15 +63,19 @@ def bake_inputs(images_dir: Path = IMAGES_DIR) -> dict[str, str]:
     """Digests of the bake steps, the DIB element and the assembly code."""
     # images/iso/ is the appliance ISO's boot code, not part of the root tree: the ISO's own
     # input hash covers it (nodekiln/images/iso.py).
-    files = {f"images/{k}": v for k, v in tree_digests(images_dir).items()
-             if not k.endswith(".md") and not k.startswith("iso/")}
+    files = {
+        f"images/{k}": v
+        for k, v in tree_digests(images_dir).items()
+        if not k.endswith(".md") and not k.startswith("iso/")
+    }
     for code in ASSEMBLY_CODE:
         files[f"nodekiln/images/{code.name}"] = sha256_file(code)
     return dict(sorted(files.items()))
 
 
-def inputs(recipe: ImageRecipe, kubernetes_version: str, site_dir: Path,
-           images_dir: Path = IMAGES_DIR) -> dict[str, Any]:
+def inputs(
+    recipe: ImageRecipe, kubernetes_version: str, site_dir: Path, images_dir: Path = IMAGES_DIR
+) -> dict[str, Any]:
     """Everything the input hash covers, as JSON-able data.
 
     A local source is recorded by content, not by path: moving the directory keeps the hash.
@@ -88,9 +92,7 @@ def inputs(recipe: ImageRecipe, kubernetes_version: str, site_dir: Path,
     if local is not None:
         data["localSource"] = tree_digests(local)
     if recipe.preloadImages:
-        data["preloadImages"] = {
-            p: sha256_file(site_dir / p) for p in recipe.preloadImages
-        }
+        data["preloadImages"] = {p: sha256_file(site_dir / p) for p in recipe.preloadImages}
     return data
 
 
@@ -118,9 +120,17 @@ def installed_packages(tree: Path) -> dict[str, str]:
     return dict(sorted(packages.items()))
 
 
-def inside_manifest(*, site: str, hash_hex: str, input_data: dict[str, Any], tools: dict[str, str],
-                    packages: dict[str, str], kernel: str, bake_steps: list[dict[str, Any]],
-                    kubernetes_source: str) -> dict[str, Any]:
+def inside_manifest(
+    *,
+    site: str,
+    hash_hex: str,
+    input_data: dict[str, Any],
+    tools: dict[str, str],
+    packages: dict[str, str],
+    kernel: str,
+    bake_steps: list[dict[str, Any]],
+    kubernetes_source: str,
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "site": site,
@@ -134,10 +144,15 @@ def inside_manifest(*, site: str, hash_hex: str, input_data: dict[str, Any], too
     }
 
 
-def full_manifest(inside: dict[str, Any], *, stages: list[dict[str, Any]],
-                  artifacts: list[dict[str, Any]], built_at: str, seconds: float) -> dict[str, Any]:
-    return {**inside, "stages": stages, "artifacts": artifacts, "builtAt": built_at,
-            "buildSeconds": round(seconds, 1)}
+def full_manifest(
+    inside: dict[str, Any],
+    *,
+    stages: list[dict[str, Any]],
+    artifacts: list[dict[str, Any]],
+    built_at: str,
+    seconds: float,
+) -> dict[str, Any]:
+    return {**inside, "stages": stages, "artifacts": artifacts, "builtAt": built_at, "buildSeconds": round(seconds, 1)}
 
 
 def artifact_entry(path: Path, fmt: str) -> dict[str, Any]:
@@ -153,12 +168,17 @@ def agree(inside: dict[str, Any], beside: dict[str, Any]) -> list[str]:
     return sorted(k for k, v in inside.items() if beside.get(k) != v)
 
 
-def write_beside(path: Path, inside: dict[str, Any], *, stages: list[dict[str, Any]],
-                 artifacts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def write_beside(
+    path: Path, inside: dict[str, Any], *, stages: list[dict[str, Any]], artifacts: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
     """Write the full manifest next to the artifacts (temp name, then rename); return it."""
-    full = full_manifest(inside, stages=stages, artifacts=artifacts,
-                         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                         seconds=seconds)
+    full = full_manifest(
+        inside,
+        stages=stages,
+        artifacts=artifacts,
+        built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        seconds=seconds,
+    )
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(dumps(full))
     tmp.replace(path)

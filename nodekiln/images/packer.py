@@ -18,7 +18,6 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from nodekiln.errors import NodekilnError, ToolError
 from nodekiln.images.manifest import IMAGES_DIR
@@ -45,7 +44,7 @@ class PackerVersion:
     patch: int
 
     @classmethod
-    def parse(cls, text: str) -> "PackerVersion":
+    def parse(cls, text: str) -> PackerVersion:
         """From `packer version` output ("Packer v1.6.6", maybe more lines) or "1.11.2"."""
         match = re.search(r"(?:^|v|\s)(\d+)\.(\d+)\.(\d+)", text)
         if not match:
@@ -69,8 +68,9 @@ def packer_version() -> PackerVersion:
     which("packer")
     version = PackerVersion.parse(output(["packer", "version"]))
     if version.tuple < MIN_VERSION:
-        raise PackerError(f"Packer {version} is too old: nodekiln's templates need HCL2, Packer >= "
-                          f"{'.'.join(map(str, MIN_VERSION))}")
+        raise PackerError(
+            f"Packer {version} is too old: nodekiln's templates need HCL2, Packer >= {'.'.join(map(str, MIN_VERSION))}"
+        )
     return version
 
 
@@ -129,13 +129,15 @@ def read_manifest(path: Path) -> list[Artifact]:
     for build in doc.get("builds", []):
         if last and build.get("packer_run_uuid") != last:
             continue
-        out.append(Artifact(
-            name=build.get("name", ""),
-            builder_type=build.get("builder_type", ""),
-            artifact_id=build.get("artifact_id", ""),
-            files=[Path(f["name"]) for f in build.get("files") or []],
-            custom_data=dict(build.get("custom_data") or {}),
-        ))
+        out.append(
+            Artifact(
+                name=build.get("name", ""),
+                builder_type=build.get("builder_type", ""),
+                artifact_id=build.get("artifact_id", ""),
+                files=[Path(f["name"]) for f in build.get("files") or []],
+                custom_data=dict(build.get("custom_data") or {}),
+            )
+        )
     return out
 
 
@@ -153,8 +155,9 @@ def template_dir(work: Path, version: PackerVersion, log: Path | None = None) ->
     return target
 
 
-def _argv(command: str, templates: Path, var_file: Path | None, only: str | None,
-          extra: Sequence[str] = ()) -> list[str]:
+def _argv(
+    command: str, templates: Path, var_file: Path | None, only: str | None, extra: Sequence[str] = ()
+) -> list[str]:
     argv = ["packer", command, *extra]
     if only:
         argv.append(f"-only={only}")
@@ -164,19 +167,29 @@ def _argv(command: str, templates: Path, var_file: Path | None, only: str | None
     return argv
 
 
-def validate(templates: Path, var_file: Path | None = None, only: str | None = None,
-             syntax_only: bool = False, env: dict[str, str] | None = None) -> str:
+def validate(
+    templates: Path,
+    var_file: Path | None = None,
+    only: str | None = None,
+    syntax_only: bool = False,
+    env: dict[str, str] | None = None,
+) -> str:
     """`packer validate`; ToolError with Packer's own message when the template is wrong."""
     extra = ["-syntax-only"] if syntax_only else []
-    result = run(_argv("validate", templates, var_file, only, extra), cwd=templates, env=env,
-                 check=False, tail=40)
+    result = run(_argv("validate", templates, var_file, only, extra), cwd=templates, env=env, check=False, tail=40)
     if result.returncode != 0:
         raise ToolError(result.argv, result.returncode, result.output.strip().splitlines()[-40:])
     return result.output
 
 
-def build(templates: Path, var_file: Path, only: str, log: Path,
-          on_event: Callable[[Event], None] | None = None, env: dict[str, str] | None = None) -> list[Event]:
+def build(
+    templates: Path,
+    var_file: Path,
+    only: str,
+    log: Path,
+    on_event: Callable[[Event], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> list[Event]:
     """`packer build -machine-readable`; every event goes to `on_event`; returns the artifact
     events. On failure the ToolError carries Packer's last UI lines (not raw CSV)."""
     events: list[Event] = []
@@ -195,16 +208,34 @@ def build(templates: Path, var_file: Path, only: str, log: Path,
             on_event(event)
 
     argv = _argv("build", templates, var_file, only, ["-machine-readable", "-color=false", "-force"])
-    result = run(argv, cwd=templates, env={"PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1",
-                                           "PACKER_CACHE_DIR": str(templates.parent / "packer_cache"), **(env or {})},
-                 log=log, on_line=feed, check=False, capture=False, tail=40, interrupt=INTERRUPT)
+    result = run(
+        argv,
+        cwd=templates,
+        env={
+            "PACKER_NO_COLOR": "1",
+            "CHECKPOINT_DISABLE": "1",
+            "PACKER_CACHE_DIR": str(templates.parent / "packer_cache"),
+            **(env or {}),
+        },
+        log=log,
+        on_line=feed,
+        check=False,
+        capture=False,
+        tail=40,
+        interrupt=INTERRUPT,
+    )
     if result.returncode != 0:
         raise ToolError(result.argv, result.returncode, ui_tail, log)
     return events
 
 
-def check_templates(work: Path, only: str, version: PackerVersion | None = None, syntax_only: bool = False,
-                    env: dict[str, str] | None = None) -> str:
+def check_templates(
+    work: Path,
+    only: str,
+    version: PackerVersion | None = None,
+    syntax_only: bool = False,
+    env: dict[str, str] | None = None,
+) -> str:
     """`packer validate` of the templates for one source (qemu.node or openstack.node) with
     placeholder inputs in `work` (what CI runs; the openstack builder authenticates while it
     validates, so `env` must point at an identity endpoint unless `syntax_only`)."""
@@ -217,10 +248,14 @@ def check_templates(work: Path, only: str, version: PackerVersion | None = None,
 
     generate_ssh_key(work)
     variables = {
-        "stage_dir": str(work / "nodekiln-stage"), "tree_file": str(work / "tree.tar.zst"),
-        "manifest_file": str(work / "packer-manifest.json"), "base_image": str(work / "base.qcow2"),
-        "seed_iso": str(work / "seed.iso"), "ssh_private_key_file": str(work / "id_ed25519"),
-        "output_directory": str(work / "packer-output"), "console_log": str(work / "console.log"),
+        "stage_dir": str(work / "nodekiln-stage"),
+        "tree_file": str(work / "tree.tar.zst"),
+        "manifest_file": str(work / "packer-manifest.json"),
+        "base_image": str(work / "base.qcow2"),
+        "seed_iso": str(work / "seed.iso"),
+        "ssh_private_key_file": str(work / "id_ed25519"),
+        "output_directory": str(work / "packer-output"),
+        "console_log": str(work / "console.log"),
         "base_image_checksum": "sha256:" + "0" * 64,
     }
     var_file = work / "variables.json"

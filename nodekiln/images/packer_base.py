@@ -14,9 +14,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.images import dib, disk
 from nodekiln.images.manifest import IMAGES_DIR, input_hash, sha256_file, short, tree_digests
-from nodekiln.config.recipe import ImageRecipe
 
 BASE_ELEMENT = "nodekiln-base"
 # Room on the base's root file system for what the bake steps install (containerd, Kubernetes).
@@ -41,8 +41,7 @@ def base_image_path(recipe: ImageRecipe, out_dir: Path) -> Path:
     return out_dir / f"nodekiln-base-{short(input_hash(base_inputs(recipe)))}.qcow2"
 
 
-def build_base_image(recipe: ImageRecipe, out_dir: Path,
-                     on_line: Callable[[str], None] | None = None) -> Path:
+def build_base_image(recipe: ImageRecipe, out_dir: Path, on_line: Callable[[str], None] | None = None) -> Path:
     """The base qcow2 for this recipe: built once, then reused (same inputs, same file)."""
     target = base_image_path(recipe, out_dir)
     if target.exists():
@@ -62,8 +61,9 @@ def build_base_image(recipe: ImageRecipe, out_dir: Path,
         tar.unlink()
         raw = work / "disk.raw"
         data = input_hash(base_inputs(recipe))
-        disk.assemble(tree, raw, recipe.diskSizeGiB * 1024 * disk.MIB, data, work / "asm", log,
-                      root_extra_bytes=ROOT_HEADROOM)
+        disk.assemble(
+            tree, raw, recipe.diskSizeGiB * 1024 * disk.MIB, data, work / "asm", log, root_extra_bytes=ROOT_HEADROOM
+        )
         partial = target.with_suffix(".partial")
         # Uncompressed: the build VM reads it under TCG, where every CPU cycle counts.
         disk.convert(raw, partial, "qcow2", compress=False, log=log)

@@ -23,13 +23,23 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.errors import NodekilnError
 from nodekiln.images import dib, disk, manifest, packer, preflight
-from nodekiln.images.build import (DEFAULT_OUT, GIB, BuildResult, Plan, _cleanup, _source_report,
-                                   _stop_on_sigterm, report_cache_hit, resolve_recipe, start_build,
-                                   tool_versions)
+from nodekiln.images.build import (
+    DEFAULT_OUT,
+    GIB,
+    BuildResult,
+    Plan,
+    _cleanup,
+    _source_report,
+    _stop_on_sigterm,
+    report_cache_hit,
+    resolve_recipe,
+    start_build,
+    tool_versions,
+)
 from nodekiln.images.packer_base import build_base_image
-from nodekiln.config.recipe import ImageRecipe
 from nodekiln.run import output, run
 
 if TYPE_CHECKING:
@@ -51,8 +61,9 @@ BUILD_KEY_COMMENT = "nodekiln-packer-build"
 STEP_PREFIX = re.compile(r"^\s*[\w.-]+\.node: ?")
 
 
-def packer_inputs(site: "Site", builder: str, base_image: Path | None,
-                  recipe: ImageRecipe | None = None) -> dict[str, Any]:
+def packer_inputs(
+    site: Site, builder: str, base_image: Path | None, recipe: ImageRecipe | None = None
+) -> dict[str, Any]:
     """manifest.inputs() (recipe, Kubernetes version, bake steps and Packer templates — all of
     images/ —, local source, assembly code) plus what only a Packer build depends on: the
     builder, its settings, the base image's bytes. Like build.py, the driver code is not hashed."""
@@ -73,25 +84,25 @@ def seed_files(user: str, public_key: str) -> dict[str, str]:
     """NoCloud seed of the build VM: the build key for `user` (root: no sudo needed), DHCP by
     cloud-init's fallback network config, the hostname the tree has anyway."""
     if user == "root":
-        user_data = ("#cloud-config\n"
-                     "users: []\n"
-                     "disable_root: false\n"
-                     f"ssh_authorized_keys: [{public_key!r}]\n")
+        user_data = f"#cloud-config\nusers: []\ndisable_root: false\nssh_authorized_keys: [{public_key!r}]\n"
     else:
-        user_data = ("#cloud-config\n"
-                     "users:\n"
-                     f"  - name: {user}\n"
-                     "    sudo: ALL=(ALL) NOPASSWD:ALL\n"
-                     "    shell: /bin/bash\n"
-                     f"    ssh_authorized_keys: [{public_key!r}]\n")
+        user_data = (
+            "#cloud-config\n"
+            "users:\n"
+            f"  - name: {user}\n"
+            "    sudo: ALL=(ALL) NOPASSWD:ALL\n"
+            "    shell: /bin/bash\n"
+            f"    ssh_authorized_keys: [{public_key!r}]\n"
+        )
     return {
         "user-data": user_data,
         "meta-data": f"instance-id: nodekiln-packer-build\nlocal-hostname: {BUILD_HOSTNAME}\n",
     }
 
 
-def packer_variables(plan: Plan, builder: str, work: Path, base_image: Path | None,
-                     key: Path | None, seed: Path | None) -> dict[str, Any]:
+def packer_variables(
+    plan: Plan, builder: str, work: Path, base_image: Path | None, key: Path | None, seed: Path | None
+) -> dict[str, Any]:
     recipe = plan.recipe
     settings = recipe.packer
     input_hash = plan.input_hash
@@ -109,34 +120,38 @@ def packer_variables(plan: Plan, builder: str, work: Path, base_image: Path | No
 
         assert base_image is not None and key is not None and seed is not None
         accel = accelerator()
-        variables.update({
-            "ssh_username": settings.sshUser,
-            "ssh_private_key_file": str(key),
-            "base_image": str(base_image.resolve()),
-            "base_image_checksum": "sha256:" + (plan.inputs.get("baseImage", {}).get("sha256")
-                                                or manifest.sha256_file(base_image)),
-            "output_directory": str(work / "packer-output"),
-            "disk_size_mib": _virtual_size(base_image) // disk.MIB,
-            "format": "qcow2",
-            "accelerator": accel,
-            "cpu_model": "host" if accel == "kvm" else "max",
-            "cpus": settings.cpus or os.cpu_count() or 2,
-            "memory_mib": settings.memoryMiB,
-            "seed_iso": str(seed),
-            "console_log": str(work / "console.log"),
-        })
+        variables.update(
+            {
+                "ssh_username": settings.sshUser,
+                "ssh_private_key_file": str(key),
+                "base_image": str(base_image.resolve()),
+                "base_image_checksum": "sha256:"
+                + (plan.inputs.get("baseImage", {}).get("sha256") or manifest.sha256_file(base_image)),
+                "output_directory": str(work / "packer-output"),
+                "disk_size_mib": _virtual_size(base_image) // disk.MIB,
+                "format": "qcow2",
+                "accelerator": accel,
+                "cpu_model": "host" if accel == "kvm" else "max",
+                "cpus": settings.cpus or os.cpu_count() or 2,
+                "memory_mib": settings.memoryMiB,
+                "seed_iso": str(seed),
+                "console_log": str(work / "console.log"),
+            }
+        )
     else:
         stack = settings.openstack
         assert stack is not None  # checked by build_image_packer
-        variables.update({
-            "ssh_username": stack.sshUser,
-            "openstack_cloud": stack.cloud or "",
-            "openstack_source_image": stack.sourceImage,
-            "openstack_flavor": stack.flavor,
-            "openstack_networks": stack.networks,
-            "openstack_floating_ip_network": stack.floatingIpNetwork or "",
-            "openstack_security_groups": stack.securityGroups,
-        })
+        variables.update(
+            {
+                "ssh_username": stack.sshUser,
+                "openstack_cloud": stack.cloud or "",
+                "openstack_source_image": stack.sourceImage,
+                "openstack_flavor": stack.flavor,
+                "openstack_networks": stack.networks,
+                "openstack_floating_ip_network": stack.floatingIpNetwork or "",
+                "openstack_security_groups": stack.securityGroups,
+            }
+        )
     return variables
 
 
@@ -155,7 +170,7 @@ class Progress:
         self.status = console.status(f"{builder}: starting Packer")
         self.last_say = ""
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self.status.__enter__()
         return self
 
@@ -187,8 +202,22 @@ def _extract(tar_zst: Path, tree: Path, log: Path) -> None:
     if tree.exists():
         shutil.rmtree(tree)
     tree.mkdir(parents=True)
-    run(["tar", "-I", "zstd", "-C", tree, "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
-         "-xpf", tar_zst], log=log)
+    run(
+        [
+            "tar",
+            "-I",
+            "zstd",
+            "-C",
+            tree,
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "-xpf",
+            tar_zst,
+        ],
+        log=log,
+    )
 
 
 def remove_build_access(tree: Path, user: str, public_key: str | None) -> list[str]:
@@ -202,8 +231,11 @@ def remove_build_access(tree: Path, user: str, public_key: str | None) -> list[s
     if user == "root":
         keys = tree / "var/root/.ssh/authorized_keys"
         if keys.exists():
-            kept = [line for line in keys.read_text().splitlines()
-                    if line.strip() and (public_key is None or public_key.split()[1] not in line)]
+            kept = [
+                line
+                for line in keys.read_text().splitlines()
+                if line.strip() and (public_key is None or public_key.split()[1] not in line)
+            ]
             if kept:
                 keys.write_text("\n".join(kept) + "\n")
             else:
@@ -215,18 +247,25 @@ def remove_build_access(tree: Path, user: str, public_key: str | None) -> list[s
     else:
         run(["userdel", "--root", tree.resolve(), "--remove", "--force", user], ok_codes=(0, 6, 12))
         removed.append(f"user {user}")
-    for pattern in ("etc/sudoers.d/90-cloud-init-users", "etc/systemd/network/10-cloud-init-*",
-                    "etc/netplan/50-cloud-init.yaml"):
+    for pattern in (
+        "etc/sudoers.d/90-cloud-init-users",
+        "etc/systemd/network/10-cloud-init-*",
+        "etc/netplan/50-cloud-init.yaml",
+    ):
         for path in tree.glob(pattern):
             path.unlink()
             removed.append(str(path.relative_to(tree)))
     return removed
 
 
-def plan_packer_build(site: "Site", builder: str, out_dir: Path = DEFAULT_OUT,
-                      kubernetes_source_override: str | None = None,
-                      formats: list[str] | tuple[str, ...] | None = None,
-                      base_image: Path | None = None) -> Plan:
+def plan_packer_build(
+    site: Site,
+    builder: str,
+    out_dir: Path = DEFAULT_OUT,
+    kubernetes_source_override: str | None = None,
+    formats: list[str] | tuple[str, ...] | None = None,
+    base_image: Path | None = None,
+) -> Plan:
     """The build.Plan of a Packer build: same recipe resolution as diskimage-builder's, inputs
     from packer_inputs (so the artifact names differ from the diskimage-builder ones)."""
     if builder not in BUILDERS:
@@ -234,12 +273,21 @@ def plan_packer_build(site: "Site", builder: str, out_dir: Path = DEFAULT_OUT,
     recipe = resolve_recipe(site, kubernetes_source_override, formats)
     recipe = recipe.model_copy(update={"packer": site.image.packer})  # excluded from model_dump
     data = packer_inputs(site, builder, base_image, recipe)
-    return Plan(site.name, recipe, site.kubernetes.version, site.directory, data,
-                manifest.input_hash(data), Path(out_dir), tuple(recipe.formats))
+    return Plan(
+        site.name,
+        recipe,
+        site.kubernetes.version,
+        site.directory,
+        data,
+        manifest.input_hash(data),
+        Path(out_dir),
+        tuple(recipe.formats),
+    )
 
 
-def resolve_base_image(site: "Site", recipe: ImageRecipe, out_dir: Path, base_image: Path | None,
-                       console: Console) -> Path:
+def resolve_base_image(
+    site: Site, recipe: ImageRecipe, out_dir: Path, base_image: Path | None, console: Console
+) -> Path:
     """packer-qemu's base disk: the argument, else image.packer.baseImage (relative to the
     site), else nodekiln-base built by diskimage-builder (cached under OUT/base/)."""
     if base_image is None and recipe.packer.baseImage:
@@ -254,7 +302,7 @@ def resolve_base_image(site: "Site", recipe: ImageRecipe, out_dir: Path, base_im
 
 
 def build_image_packer(
-    site: "Site",
+    site: Site,
     builder: str = "packer-qemu",
     out_dir: Path = DEFAULT_OUT,
     kubernetes_source_override: str | None = None,
@@ -276,8 +324,10 @@ def build_image_packer(
     if builder not in BUILDERS:
         raise NodekilnError(f"unknown builder {builder!r}: expected one of {', '.join(BUILDERS)}")
     if builder == "packer-openstack" and site.image.packer.openstack is None:
-        raise NodekilnError("--builder packer-openstack needs image.packer.openstack in the site "
-                            "(sourceImage, flavor, networks): the cloud's base image and where to build")
+        raise NodekilnError(
+            "--builder packer-openstack needs image.packer.openstack in the site "
+            "(sourceImage, flavor, networks): the cloud's base image and where to build"
+        )
     tools = dict(PACKER_TOOLS)
     if builder == "packer-qemu" and not (base_image or site.image.packer.baseImage):
         tools.update(preflight.BUILD_TOOLS)  # nodekiln-base is built with diskimage-builder
@@ -304,8 +354,16 @@ def build_image_packer(
         return _build(plan, builder, version, work, base_image, console, started, pre_stages)
 
 
-def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, base_image: Path | None,
-           console: Console, started: float, stages: list[dict[str, Any]]) -> BuildResult:
+def _build(
+    plan: Plan,
+    builder: str,
+    version: packer.PackerVersion,
+    work: Path,
+    base_image: Path | None,
+    console: Console,
+    started: float,
+    stages: list[dict[str, Any]],
+) -> BuildResult:
     recipe = plan.recipe
     log = plan.log
 
@@ -313,8 +371,7 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
         stages.append({"name": name, "seconds": round(time.monotonic() - t0, 1)})
 
     t = time.monotonic()
-    dib.write_stage(work / "nodekiln-stage", recipe, plan.kubernetes_version, plan.site_dir,
-                    in_target=STAGE_IN_GUEST)
+    dib.write_stage(work / "nodekiln-stage", recipe, plan.kubernetes_version, plan.site_dir, in_target=STAGE_IN_GUEST)
     # What diskimage-builder installs in one transaction before the steps (build.pkr.hcl too).
     shutil.copy2(PACKAGE_INSTALLS, work / "nodekiln-stage" / PACKAGE_INSTALLS.name)
     key = seed = None
@@ -362,14 +419,31 @@ def _build(plan: Plan, builder: str, version: packer.PackerVersion, work: Path, 
 
     t = time.monotonic()
     kernel_file, _ = disk.find_kernel(tree)
-    tools = {**tool_versions(), "packer": str(version), "builder": builder,
-             "qemu-system": output(["qemu-system-x86_64", "--version"]).splitlines()[0]}
-    tools["baseImage"] = base_image.name if base_image is not None else "openstack:" + (recipe.packer.openstack.sourceImage  # type: ignore[union-attr]
-                                                                                    if recipe.packer.openstack else "")
+    tools = {
+        **tool_versions(),
+        "packer": str(version),
+        "builder": builder,
+        "qemu-system": output(["qemu-system-x86_64", "--version"]).splitlines()[0],
+    }
+    tools["baseImage"] = (
+        base_image.name
+        if base_image is not None
+        else "openstack:"
+        + (
+            recipe.packer.openstack.sourceImage  # type: ignore[union-attr]
+            if recipe.packer.openstack
+            else ""
+        )
+    )
     inside = manifest.inside_manifest(
-        site=plan.site, hash_hex=plan.input_hash, input_data=plan.inputs, tools=tools,
-        packages=manifest.installed_packages(tree), kernel=kernel_file[len("vmlinuz-"):],
-        bake_steps=progress.steps.steps, kubernetes_source=_source_report(tree),
+        site=plan.site,
+        hash_hex=plan.input_hash,
+        input_data=plan.inputs,
+        tools=tools,
+        packages=manifest.installed_packages(tree),
+        kernel=kernel_file[len("vmlinuz-") :],
+        bake_steps=progress.steps.steps,
+        kubernetes_source=_source_report(tree),
     )
     target = tree / manifest.IMAGE_MANIFEST_PATH
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodekiln.config.recipe import ImageRecipe
 from nodekiln.errors import NodekilnError
 from nodekiln.images.manifest import IMAGES_DIR
-from nodekiln.config.recipe import ImageRecipe
 from nodekiln.run import run
 
 # program or file the build needs -> Debian package that provides it
@@ -55,8 +55,10 @@ def host_packages_file() -> Path:
 def missing_packages(tools: dict[str, str]) -> list[str]:
     missing: set[str] = set()
     for tool, package in tools.items():
-        found = Path(tool).exists() if tool.startswith("/") else (
-            shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+        found = (
+            Path(tool).exists()
+            if tool.startswith("/")
+            else (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin"))
         )
         if not found:
             missing.add(package)
@@ -152,8 +154,10 @@ def check_sources(recipe: ImageRecipe, kubernetes_version: str, site_dir: Path) 
     mirror_check = results.get("mirror")
     if mirror_check is None or not mirror_check.ok:
         detail = mirror_check.detail if mirror_check else "no answer"
-        raise PreflightError(f"the distribution mirror is not reachable: {checks[0][1]} ({detail}); "
-                             "set image.mirror (or image.snapshot) in the site file")
+        raise PreflightError(
+            f"the distribution mirror is not reachable: {checks[0][1]} ({detail}); "
+            "set image.mirror (or image.snapshot) in the site file"
+        )
     kube = results.get("kubernetes")
     if recipe.kubernetes_source_kind == "upstream" and (kube is None or not kube.ok):
         url = kubernetes_repo_url(kubernetes_version)

@@ -100,7 +100,13 @@ def one_line(exc: BaseException) -> str:
     details = getattr(exc, "details", None)
     text = details if isinstance(details, str) and details else str(exc)
     text = " ".join(text.split())
-    for noise in ("BadRequestException: ", "ConflictException: ", "NotFoundException: ", "ForbiddenException: ", "HttpException: "):
+    for noise in (
+        "BadRequestException: ",
+        "ConflictException: ",
+        "NotFoundException: ",
+        "ForbiddenException: ",
+        "HttpException: ",
+    ):
         text = text.replace(noise, "")
     return text[:400]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import socket
 import ssl
 import time
 import urllib.request
@@ -33,7 +32,15 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodekiln.bootstrap.jointoken import JOIN_MARGIN, APIUnreachableError, JoinTokenError, api_url, create_join_token, needs_fresh_token, parse_ttl
+from nodekiln.bootstrap.jointoken import (
+    JOIN_MARGIN,
+    APIUnreachableError,
+    JoinTokenError,
+    api_url,
+    create_join_token,
+    needs_fresh_token,
+    parse_ttl,
+)
 from nodekiln.openstack.cloud import CallCounter, OpenStackError, about, connect, count_calls, one_line
 from nodekiln.openstack.images import BUILD_DIR, image_name, load_manifest, newest_artifact
 from nodekiln.openstack.resources import ROLES, Names, allocation_pool, observed_rule, rules
@@ -42,12 +49,14 @@ from nodekiln.openstack.userdata import NOVA_USER_DATA_LIMIT, Renderer, digest, 
 if TYPE_CHECKING:
     from openstack.connection import Connection
 
-    from nodekiln.secrets import Secrets
     from nodekiln.config.site import Node, Site
+    from nodekiln.secrets import Secrets
 
 POLL_SECONDS = 2.0
 # Server statuses that end by themselves; others (SHUTOFF, PAUSED...) are an operator's doing: reported, not waited for.
-TRANSITIONAL = frozenset({"BUILD", "REBUILD", "REBOOT", "HARD_REBOOT", "MIGRATING", "RESIZE", "REVERT_RESIZE", "PASSWORD", "UNKNOWN", None})
+TRANSITIONAL = frozenset(
+    {"BUILD", "REBUILD", "REBOOT", "HARD_REBOOT", "MIGRATING", "RESIZE", "REVERT_RESIZE", "PASSWORD", "UNKNOWN", None}
+)
 POLL_MISSES = 5  # polls in a row that may fail (a dropped keep-alive connection) before giving up
 
 
@@ -56,7 +65,11 @@ class CheckError(OpenStackError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("\n".join(problems) if len(problems) == 1 else f"{len(problems)} problems, nothing was created:\n" + "\n".join(f"  {p}" for p in problems))
+        super().__init__(
+            "\n".join(problems)
+            if len(problems) == 1
+            else f"{len(problems)} problems, nothing was created:\n" + "\n".join(f"  {p}" for p in problems)
+        )
 
 
 class DeployError(OpenStackError):
@@ -95,7 +108,9 @@ class Plan:
         table = Table("resource", "name", "action", "detail")
         style = {"create": "green", "update": "yellow", "replace": "yellow", "delete": "red", "orphan": "magenta"}
         for s in self.steps:
-            table.add_row(s.kind, s.name, f"[{style[s.action]}]{s.action}[/]" if s.action in style else s.action, s.detail)
+            table.add_row(
+                s.kind, s.name, f"[{style[s.action]}]{s.action}[/]" if s.action in style else s.action, s.detail
+            )
         return table
 
 
@@ -129,6 +144,7 @@ class _State:
 
 # -- reading ----------------------------------------------------------------------------------
 
+
 def _observe(conn: Connection, site: Site, names: Names) -> _State:
     spec = site.openstack
     assert spec is not None
@@ -139,7 +155,11 @@ def _observe(conn: Connection, site: Site, names: Names) -> _State:
             st.network = conn.network.find_network(names.network)
             if st.network is not None:
                 subnets = list(conn.network.subnets(network_id=st.network.id))
-                wanted = [s for s in subnets if (s.name == names.subnet if spec.network.subnet else s.cidr == str(site.network.cidr))]
+                wanted = [
+                    s
+                    for s in subnets
+                    if (s.name == names.subnet if spec.network.subnet else s.cidr == str(site.network.cidr))
+                ]
                 st.subnet = wanted[0] if wanted else None
         else:
             st.network = next((n for n in conn.network.networks(tags=tag) if n.name == names.network), None)
@@ -155,7 +175,9 @@ def _observe(conn: Connection, site: Site, names: Names) -> _State:
                 )
     with about("reading the site's security groups and ports"):
         by_name = {sg.name: sg for sg in conn.network.security_groups(tags=tag)}
-        st.groups = {role: by_name[names.security_group(role)] for role in ROLES if names.security_group(role) in by_name}
+        st.groups = {
+            role: by_name[names.security_group(role)] for role in ROLES if names.security_group(role) in by_name
+        }
         st.ports = {p.name: p for p in conn.network.ports(tags=tag)}
     with about("reading the site's servers"):
         if spec.serverGroupPolicy != "none":
@@ -185,8 +207,16 @@ def _flavor_of(site: Site, node: Node) -> str:
     return spec.nodeFlavors.get(node.name) or spec.flavors[node.role]
 
 
-def _check(conn: Connection, site: Site, names: Names, st: _State, new_servers: list[Node], new_ports: int, build_dir: Path,
-           user_data: dict[str, bytes]) -> list[str]:
+def _check(
+    conn: Connection,
+    site: Site,
+    names: Names,
+    st: _State,
+    new_servers: list[Node],
+    new_ports: int,
+    build_dir: Path,
+    user_data: dict[str, bytes],
+) -> list[str]:
     """Up-front checks: one line per problem, naming the resource and the site field."""
     spec = site.openstack
     assert spec is not None
@@ -217,24 +247,32 @@ def _check(conn: Connection, site: Site, names: Names, st: _State, new_servers: 
         if st.image is None:
             problems.append(f"openstack.image: image {ref!r} is not in Glance of {cloud}: run `invoke upload-image`")
         elif st.image.status != "active":
-            problems.append(f"openstack.image: image {ref!r} is {st.image.status}, not active: run `invoke upload-image` again")
+            problems.append(
+                f"openstack.image: image {ref!r} is {st.image.status}, not active: run `invoke upload-image` again"
+            )
     if spec.network.existing:
         if st.network is None:
             problems.append(f"openstack.network.name: network {names.network!r} does not exist in {cloud}")
         elif st.subnet is None:
-            problems.append(f"openstack.network.subnet: network {names.network!r} has no subnet {names.subnet if spec.network.subnet else str(site.network.cidr)}")
+            problems.append(
+                f"openstack.network.subnet: network {names.network!r} has no subnet {names.subnet if spec.network.subnet else str(site.network.cidr)}"
+            )
         else:
             cidr = IPv4Network(st.subnet.cidr)
             for node in site.nodes:
                 if node.address not in cidr:
-                    problems.append(f"nodes.{node.name}.address: {node.address} is outside subnet {st.subnet.name} ({cidr})")
+                    problems.append(
+                        f"nodes.{node.name}.address: {node.address} is outside subnet {st.subnet.name} ({cidr})"
+                    )
     if spec.externalNetwork:
         with about(f"external network {spec.externalNetwork}: reading"):
             st.external = conn.network.find_network(spec.externalNetwork)
         if st.external is None:
             problems.append(f"openstack.externalNetwork: network {spec.externalNetwork!r} does not exist in {cloud}")
         elif not st.external.is_router_external:
-            problems.append(f"openstack.externalNetwork: network {spec.externalNetwork!r} is not external (router:external)")
+            problems.append(
+                f"openstack.externalNetwork: network {spec.externalNetwork!r} is not external (router:external)"
+            )
     if spec.keyName:
         with about(f"key pair {spec.keyName}: reading"):
             if conn.compute.find_keypair(spec.keyName) is None:
@@ -256,18 +294,23 @@ def _check(conn: Connection, site: Site, names: Names, st: _State, new_servers: 
             ("RAM (MiB)", ram, limits.total_ram, limits.total_ram_used),
         ):
             if limit is not None and limit >= 0 and used + need > limit:
-                problems.append(f"quota: {need} more {what} needed, {limit - used} left of {limit} in the project of {cloud}")
+                problems.append(
+                    f"quota: {need} more {what} needed, {limit - used} left of {limit} in the project of {cloud}"
+                )
     if new_ports:
         with about("reading network quotas"):
             quota = conn.network.get_quota(conn.current_project_id, details=True)
         port = getattr(quota, "ports", None) or {}
         limit, used = port.get("limit", -1), port.get("used", 0) + port.get("reserved", 0)
         if limit >= 0 and used + new_ports > limit:
-            problems.append(f"quota: {new_ports} more ports needed, {limit - used} left of {limit} in the project of {cloud}")
+            problems.append(
+                f"quota: {new_ports} more ports needed, {limit - used} left of {limit} in the project of {cloud}"
+            )
     return problems
 
 
 # -- planning ----------------------------------------------------------------------------------
+
 
 def _port_spec(site: Site, names: Names, node: Node | None, st: _State) -> dict[str, Any]:
     """The desired port of a node (or, with node None, of the VIP)."""
@@ -307,12 +350,22 @@ def _server_drift(site: Site, node: Node, server: Any, st: _State, user_data_has
     return ", ".join(diffs)
 
 
-def _make_plan(site: Site, names: Names, st: _State, hashes: dict[str, str], prune: bool) -> tuple[Plan, dict[str, Any]]:
+def _make_plan(
+    site: Site, names: Names, st: _State, hashes: dict[str, str], prune: bool
+) -> tuple[Plan, dict[str, Any]]:
     spec = site.openstack
     assert spec is not None
     plan = Plan()
-    work: dict[str, Any] = {"ports_create": [], "ports_update": [], "ports_delete": [], "servers_create": [], "servers_replace": [],
-                            "servers_delete": [], "rules_create": {}, "rules_delete": {}}
+    work: dict[str, Any] = {
+        "ports_create": [],
+        "ports_update": [],
+        "ports_delete": [],
+        "servers_create": [],
+        "servers_replace": [],
+        "servers_delete": [],
+        "rules_create": {},
+        "rules_delete": {},
+    }
     if spec.network.existing:
         plan.add("network", names.network, "keep", "existing, not owned")
         plan.add("subnet", names.subnet, "keep", "existing, not owned")
@@ -339,18 +392,30 @@ def _make_plan(site: Site, names: Names, st: _State, hashes: dict[str, str], pru
         work["rules_create"][role] = missing
         work["rules_delete"][role] = [have[r] for r in extra] if extra else []
         if missing:
-            plan.add("rules", name, "create", f"{len(missing)}: " + "; ".join(r.describe() for r in missing[:4]) + (" …" if len(missing) > 4 else ""))
+            plan.add(
+                "rules",
+                name,
+                "create",
+                f"{len(missing)}: " + "; ".join(r.describe() for r in missing[:4]) + (" …" if len(missing) > 4 else ""),
+            )
         if extra:
             plan.add("rules", name, "delete", f"{len(extra)}: " + "; ".join(r.describe() for r in extra[:4]))
         if not missing and not extra:
             plan.add("rules", name, "keep", f"{len(want)} rules")
 
-    wanted_ports = [(None, _port_spec(site, names, None, st))] if site.load_balanced and site.controlPlane.endpoint.vip else []
+    wanted_ports = (
+        [(None, _port_spec(site, names, None, st))] if site.load_balanced and site.controlPlane.endpoint.vip else []
+    )
     wanted_ports += [(node, _port_spec(site, names, node, st)) for node in site.nodes]
-    for node, want in wanted_ports:
+    for _node, want in wanted_ports:
         port = st.ports.get(want["name"])
         if port is None:
-            plan.add("port", want["name"], "create", want["fixed_ip"] + (f", VIP pair {', '.join(want['pairs'])}" if want["pairs"] else ""))
+            plan.add(
+                "port",
+                want["name"],
+                "create",
+                want["fixed_ip"] + (f", VIP pair {', '.join(want['pairs'])}" if want["pairs"] else ""),
+            )
             work["ports_create"].append(want)
         else:
             drift = _port_drift(port, want, st)
@@ -382,18 +447,30 @@ def _make_plan(site: Site, names: Names, st: _State, hashes: dict[str, str], pru
             work["servers_replace"].append(node)
         else:
             drift = _server_drift(site, node, server, st, hashes[node.name])
-            plan.add("server", node.name, "keep", f"{server.status}" + (f"; differs from the site ({drift}): replace the node to apply" if drift else ""))
+            plan.add(
+                "server",
+                node.name,
+                "keep",
+                f"{server.status}" + (f"; differs from the site ({drift}): replace the node to apply" if drift else ""),
+            )
 
     site_nodes = {n.name for n in site.nodes}
     for node_name, server in sorted(st.servers.items()):
         if node_name not in site_nodes:
-            plan.add("server", node_name, "delete" if prune else "orphan", "" if prune else "not in the site: --prune deletes it")
+            plan.add(
+                "server",
+                node_name,
+                "delete" if prune else "orphan",
+                "" if prune else "not in the site: --prune deletes it",
+            )
             if prune:
                 work["servers_delete"].append(server)
     wanted_names = {w["name"] for _, w in wanted_ports}
     for name, port in sorted(st.ports.items()):
         if name not in wanted_names:
-            plan.add("port", name, "delete" if prune else "orphan", "" if prune else "not in the site: --prune deletes it")
+            plan.add(
+                "port", name, "delete" if prune else "orphan", "" if prune else "not in the site: --prune deletes it"
+            )
             if prune:
                 work["ports_delete"].append(port)
 
@@ -433,8 +510,19 @@ def _tag_all(conn: Connection, resources: list[Any], tag: str, parallelism: int)
 
 # -- converging --------------------------------------------------------------------------------
 
-def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan, work: dict[str, Any], user_data: dict[str, bytes],
-              progress: bool, echo: Callable[[str], None], boot_data: dict[str, bytes] | None = None) -> list[str]:
+
+def _converge(
+    conn: Connection,
+    site: Site,
+    names: Names,
+    st: _State,
+    plan: Plan,
+    work: dict[str, Any],
+    user_data: dict[str, bytes],
+    progress: bool,
+    echo: Callable[[str], None],
+    boot_data: dict[str, bytes] | None = None,
+) -> list[str]:
     """Carry out the plan. New servers boot with `boot_data` (default `user_data`); their metadata
     records the digest of `user_data`, which the drift check compares with on later runs."""
     spec = site.openstack
@@ -443,20 +531,39 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
     failures: list[str] = []
     if st.network is None and not spec.network.existing:
         with about(f"network {names.network}: creating"):
-            st.network = _tagged(conn, conn.network.create_network, tag, name=names.network, **({"mtu": site.network.mtu} if site.network.mtu else {}))
+            st.network = _tagged(
+                conn,
+                conn.network.create_network,
+                tag,
+                name=names.network,
+                **({"mtu": site.network.mtu} if site.network.mtu else {}),
+            )
     if st.subnet is None and not spec.network.existing:
         pool = allocation_pool(site)
         with about(f"subnet {names.subnet}: creating"):
             st.subnet = _tagged(
-                conn, conn.network.create_subnet, tag,
-                name=names.subnet, network_id=st.network.id, ip_version=4, cidr=str(site.network.cidr), gateway_ip=str(site.network.gateway),
-                dns_nameservers=[str(d) for d in site.network.dns], is_dhcp_enabled=True,
+                conn,
+                conn.network.create_subnet,
+                tag,
+                name=names.subnet,
+                network_id=st.network.id,
+                ip_version=4,
+                cidr=str(site.network.cidr),
+                gateway_ip=str(site.network.gateway),
+                dns_nameservers=[str(d) for d in site.network.dns],
+                is_dhcp_enabled=True,
                 **({"allocation_pools": [pool]} if pool else {}),
             )
     if spec.router.create:
         if st.router is None:
             with about(f"router {names.router}: creating"):
-                st.router = _tagged(conn, conn.network.create_router, tag, name=names.router, external_gateway_info={"network_id": st.external.id})
+                st.router = _tagged(
+                    conn,
+                    conn.network.create_router,
+                    tag,
+                    name=names.router,
+                    external_gateway_info={"network_id": st.external.id},
+                )
         if not st.router_interface:
             with about(f"router {names.router}: attaching subnet {names.subnet}"):
                 conn.network.add_interface_to_router(st.router, subnet=st.subnet.id)
@@ -466,7 +573,11 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
     for role in created_groups:
         with about(f"security group {names.security_group(role)}: creating"):
             st.groups[role] = _tagged(
-                conn, conn.network.create_security_group, tag, name=names.security_group(role), description=f"nodekiln: {role}s of site {site.name}"
+                conn,
+                conn.network.create_security_group,
+                tag,
+                name=names.security_group(role),
+                description=f"nodekiln: {role}s of site {site.name}",
             )
     roles_by_id = {sg.id: r for r, sg in st.groups.items()}
     for role in created_groups:
@@ -481,8 +592,12 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
         bodies = []
         for rule in work["rules_create"][role]:
             body = {"security_group_id": st.groups[role].id, "direction": rule.direction, "ethertype": rule.ethertype}
-            for key, value in (("protocol", rule.protocol), ("port_range_min", rule.port_min), ("port_range_max", rule.port_max),
-                               ("remote_ip_prefix", rule.remote_ip_prefix)):
+            for key, value in (
+                ("protocol", rule.protocol),
+                ("port_range_min", rule.port_min),
+                ("port_range_max", rule.port_max),
+                ("remote_ip_prefix", rule.remote_ip_prefix),
+            ):
                 if value is not None:
                     body[key] = value
             if rule.remote_group:
@@ -500,11 +615,17 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
 
     if work["ports_create"]:
         bodies = [
-            {"name": w["name"], "network_id": st.network.id, "fixed_ips": [{"subnet_id": st.subnet.id, "ip_address": w["fixed_ip"]}],
-             **port_body(w)}
+            {
+                "name": w["name"],
+                "network_id": st.network.id,
+                "fixed_ips": [{"subnet_id": st.subnet.id, "ip_address": w["fixed_ip"]}],
+                **port_body(w),
+            }
             for w in work["ports_create"]
         ]
-        with about(f"ports of {site.name}: creating {len(bodies)} ({', '.join(b['name'] for b in bodies[:5])}{' …' if len(bodies) > 5 else ''})"):
+        with about(
+            f"ports of {site.name}: creating {len(bodies)} ({', '.join(b['name'] for b in bodies[:5])}{' …' if len(bodies) > 5 else ''})"
+        ):
             created = list(conn.network.create_ports(bodies))
             _tag_all(conn, created, tag, spec.parallelism)
             for port in created:
@@ -527,7 +648,9 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
                 conn.compute.wait_for_delete(old, interval=POLL_SECONDS, wait=spec.bootTimeout)
         flavor = st.flavors[_flavor_of(site, node)]
         attrs: dict[str, Any] = {
-            "name": node.name, "flavor_id": flavor.id, "image_id": st.image.id,
+            "name": node.name,
+            "flavor_id": flavor.id,
+            "image_id": st.image.id,
             "networks": [{"port": st.ports[names.port(node.name)].id}],
             "user_data": base64.b64encode((boot_data or user_data)[node.name]).decode(),
             # The digest of the user-data with the stored token, not of what the server got: a
@@ -574,16 +697,27 @@ def _converge(conn: Connection, site: Site, names: Names, st: _State, plan: Plan
             failures.append("floating IP: the site has no VIP port (controlPlane.endpoint.vip)")
         elif st.fip is None:
             with about(f"floating IP for VIP {site.controlPlane.endpoint.vip}: creating"):
-                st.fip = _tagged(conn, conn.network.create_ip, tag, floating_network_id=st.external.id, port_id=vip_port.id,
-                                 fixed_ip_address=str(site.controlPlane.endpoint.vip), description=f"nodekiln: API endpoint of site {site.name}")
+                st.fip = _tagged(
+                    conn,
+                    conn.network.create_ip,
+                    tag,
+                    floating_network_id=st.external.id,
+                    port_id=vip_port.id,
+                    fixed_ip_address=str(site.controlPlane.endpoint.vip),
+                    description=f"nodekiln: API endpoint of site {site.name}",
+                )
         elif st.fip.port_id != vip_port.id:
             with about(f"floating IP {st.fip.floating_ip_address}: associating"):
-                st.fip = conn.network.update_ip(st.fip, port_id=vip_port.id, fixed_ip_address=str(site.controlPlane.endpoint.vip))
+                st.fip = conn.network.update_ip(
+                    st.fip, port_id=vip_port.id, fixed_ip_address=str(site.controlPlane.endpoint.vip)
+                )
     del by_name
     return failures
 
 
-def _wait_active(conn: Connection, site: Site, st: _State, timeout: float, progress: bool) -> tuple[dict[str, str], list[str]]:
+def _wait_active(
+    conn: Connection, site: Site, st: _State, timeout: float, progress: bool
+) -> tuple[dict[str, str], list[str]]:
     """Poll the project's servers (one call per round) until every node's is ACTIVE or failed."""
     wanted = [n.name for n in site.nodes if n.name in st.servers]
     status = {name: st.servers[name].status for name in wanted}
@@ -610,10 +744,12 @@ def _wait_active(conn: Connection, site: Site, st: _State, timeout: float, progr
                     if meta.get("nodekiln-site") == site.name:
                         current[meta.get("nodekiln-node")] = server
                 misses = 0
-            except Exception as exc:  # noqa: BLE001 - a dropped connection while polling is not a failed server
+            except Exception as exc:
                 misses += 1
                 if misses >= POLL_MISSES:
-                    raise OpenStackError(f"waiting for servers: {misses} polls failed in a row, the last with: {one_line(exc)}") from None
+                    raise OpenStackError(
+                        f"waiting for servers: {misses} polls failed in a row, the last with: {one_line(exc)}"
+                    ) from None
                 continue
             for n in pending:
                 server = current.get(n)
@@ -624,7 +760,9 @@ def _wait_active(conn: Connection, site: Site, st: _State, timeout: float, progr
                 st.servers[n] = server
                 if server.status == "ERROR":
                     fault = (server.fault or {}).get("message") or "no reason given"
-                    failures[n] = f"server {n}: ERROR: {fault} (flavor {_flavor_of(site, next(x for x in site.nodes if x.name == n))})"
+                    failures[n] = (
+                        f"server {n}: ERROR: {fault} (flavor {_flavor_of(site, next(x for x in site.nodes if x.name == n))})"
+                    )
     finally:
         if display:
             display.stop()
@@ -638,8 +776,14 @@ class _Display:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._progress = Progress(TextColumn("servers ACTIVE"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  TextColumn("{task.description}"), console=Console(stderr=True))
+        self._progress = Progress(
+            TextColumn("servers ACTIVE"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(stderr=True),
+        )
         self._task = self._progress.add_task("", total=total)
         self._progress.start()
 
@@ -656,7 +800,7 @@ def _local_networks() -> list[IPv4Network]:
 
     try:
         out = run.output(["ip", "-o", "-4", "addr", "show"])
-    except Exception:  # noqa: BLE001 - no iproute2: assume not on the site network
+    except Exception:
         return []
     nets = []
     for line in out.splitlines():
@@ -693,16 +837,19 @@ def _wait_healthz(site: Site, secrets: Secrets, st: _State, timeout: float, echo
     last = ""
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=5, context=context) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=5, context=context) as response:
                 if response.status == 200:
                     return f"{url}: ok"
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             last = str(exc)
         time.sleep(5)
-    raise DeployError(f"the API endpoint {url} did not answer within {timeout:.0f} s (last: {last}); the servers are ACTIVE: look at their consoles")
+    raise DeployError(
+        f"the API endpoint {url} did not answer within {timeout:.0f} s (last: {last}); the servers are ACTIVE: look at their consoles"
+    )
 
 
 # -- joining a running cluster -----------------------------------------------------------------
+
 
 def _joining(site: Site, st: _State, work: dict[str, Any]) -> list[Node]:
     """The servers this run creates that join a running cluster: the init node's server exists and stays.
@@ -734,8 +881,15 @@ def _age(delta: dt.timedelta) -> str:
     return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} h"
 
 
-def _join_token(site: Site, secrets: Secrets, st: _State, work: dict[str, Any], now: dt.datetime, dry_run: bool,
-                say: Callable[[str], None]) -> tuple[str | None, str]:
+def _join_token(
+    site: Site,
+    secrets: Secrets,
+    st: _State,
+    work: dict[str, Any],
+    now: dt.datetime,
+    dry_run: bool,
+    say: Callable[[str], None],
+) -> tuple[str | None, str]:
     """(a fresh token for the new servers or None for the stored one, what to report).
 
     Raises JoinTokenError before anything is created when a fresh token is needed and the API
@@ -753,21 +907,29 @@ def _join_token(site: Site, secrets: Secrets, st: _State, work: dict[str, Any], 
         note = f"the stored one for {count} (the init node's server is {_age(now - created) if created else 'of unknown age'} old, the token lives {ttl_text})"
         say(f"join token: {note}")
         return None, note
-    address, why = _api_address(site, st)
+    address, _why = _api_address(site, st)
     url = api_url(site, str(address or site.endpoint_address))
     age = f"was created {_age(now - created)} ago" if created else "has no creation time in Nova"
-    stale = (f"{', '.join(n.name for n in joining)} would join the running cluster, but the server of its init node {init} {age}: "
-             f"the token `kubeadm init` made lives kubernetes.bootstrapTokenTTL ({ttl_text}) and has expired, or will before "
-             f"{'they join' if len(joining) > 1 else 'it joins'} ({_age(JOIN_MARGIN)} allowed for that), so site-deploy creates a fresh one through the API")
+    stale = (
+        f"{', '.join(n.name for n in joining)} would join the running cluster, but the server of its init node {init} {age}: "
+        f"the token `kubeadm init` made lives kubernetes.bootstrapTokenTTL ({ttl_text}) and has expired, or will before "
+        f"{'they join' if len(joining) > 1 else 'it joins'} ({_age(JOIN_MARGIN)} allowed for that), so site-deploy creates a fresh one through the API"
+    )
     if st.fip is None:
-        ways_out = (f"Nothing was created. Run site-deploy from a host on the site network ({site.network.cidr}), or give the site "
-                    f"`openstack.floatingIP: true` with this host's network in `firewall.apiFrom`.")
+        ways_out = (
+            f"Nothing was created. Run site-deploy from a host on the site network ({site.network.cidr}), or give the site "
+            f"`openstack.floatingIP: true` with this host's network in `firewall.apiFrom`."
+        )
     else:  # the floating IP is there: what stops this host is the firewall, or the API is down
-        ways_out = (f"Nothing was created. Run site-deploy from a host on the site network ({site.network.cidr}), or list this "
-                    f"host's network in `firewall.apiFrom` (the floating IP's clients), and check that the API answers.")
+        ways_out = (
+            f"Nothing was created. Run site-deploy from a host on the site network ({site.network.cidr}), or list this "
+            f"host's network in `firewall.apiFrom` (the floating IP's clients), and check that the API answers."
+        )
     if address is None:
-        raise JoinTokenError(f"{stale}, but the API at {url} cannot be reached from here: the site has no floating IP and "
-                             f"this host is not on {site.network.cidr}. {ways_out}")
+        raise JoinTokenError(
+            f"{stale}, but the API at {url} cannot be reached from here: the site has no floating IP and "
+            f"this host is not on {site.network.cidr}. {ways_out}"
+        )
     if dry_run:  # no connection: a dry run writes nothing, and a token is a write
         note = f"would create a fresh one (valid {ttl_text}) for {count} through {url}"
         say(f"join token: {note}")
@@ -789,9 +951,20 @@ def _utc_now() -> dt.datetime:
 
 # -- entry points ------------------------------------------------------------------------------
 
-def site_deploy(site: Site, secrets: Secrets, dry_run: bool = False, prune: bool = False, *, conn: Connection | None = None,
-                renderer: Renderer | None = None, progress: bool = True, build_dir: Path = BUILD_DIR,
-                echo: Callable[[str], None] | None = None, now: Callable[[], dt.datetime] = _utc_now) -> DeployResult:
+
+def site_deploy(
+    site: Site,
+    secrets: Secrets,
+    dry_run: bool = False,
+    prune: bool = False,
+    *,
+    conn: Connection | None = None,
+    renderer: Renderer | None = None,
+    progress: bool = True,
+    build_dir: Path = BUILD_DIR,
+    echo: Callable[[str], None] | None = None,
+    now: Callable[[], dt.datetime] = _utc_now,
+) -> DeployResult:
     """Plan and (unless dry_run) converge the site's OpenStack resources; see the module doc.
 
     `now` is the clock the join token's lifetime is measured with (tests move it)."""
@@ -822,13 +995,18 @@ def site_deploy(site: Site, secrets: Secrets, dry_run: bool = False, prune: bool
         result.calls = counter.since(mark)
         return result
     # The new servers boot with the fresh token; it is in no file, no log line and no metadata.
-    boot_data = render_user_data(site, secrets.model_copy(update={"bootstrapToken": fresh}), renderer) if fresh else None
+    boot_data = (
+        render_user_data(site, secrets.model_copy(update={"bootstrapToken": fresh}), renderer) if fresh else None
+    )
     failures = _converge(conn, site, names, st, plan, work, user_data, progress, say, boot_data) if plan.changes else []
     status, boot_failures = _wait_active(conn, site, st, spec.bootTimeout, progress)
     result.servers = status
     failures += boot_failures
     if failures:
-        raise DeployError(f"{len(failures)} failed; fix the cause and run site-deploy again (what exists is kept):\n" + "\n".join(f"  {f}" for f in failures))
+        raise DeployError(
+            f"{len(failures)} failed; fix the cause and run site-deploy again (what exists is kept):\n"
+            + "\n".join(f"  {f}" for f in failures)
+        )
     if spec.waitHealthz:
         result.healthz = _wait_healthz(site, secrets, st, spec.healthzTimeout, say)
     result.seconds = time.monotonic() - started
@@ -842,7 +1020,9 @@ class DestroyResult:
     calls: CallCounter
 
 
-def site_destroy(site: Site, *, conn: Connection | None = None, echo: Callable[[str], None] | None = None) -> DestroyResult:
+def site_destroy(
+    site: Site, *, conn: Connection | None = None, echo: Callable[[str], None] | None = None
+) -> DestroyResult:
     """Delete exactly what nodekiln created for the site: tagged resources, its servers and server group."""
     spec = site.openstack
     if spec is None:
@@ -855,7 +1035,9 @@ def site_destroy(site: Site, *, conn: Connection | None = None, echo: Callable[[
     tag = names.tag
     deleted: list[str] = []
     with about("reading the site's servers"):
-        servers = [s for s in conn.compute.servers(details=True) if (s.metadata or {}).get("nodekiln-site") == site.name]
+        servers = [
+            s for s in conn.compute.servers(details=True) if (s.metadata or {}).get("nodekiln-site") == site.name
+        ]
     for server in servers:
         with about(f"server {server.name}: deleting"):
             conn.compute.delete_server(server, ignore_missing=True)
@@ -885,10 +1067,14 @@ def site_destroy(site: Site, *, conn: Connection | None = None, echo: Callable[[
 def _owned_kinds(conn: Connection) -> list[tuple[str, Callable[..., Any], Callable[..., Any]]]:
     """The Neutron resources a site owns (by tag): (kind, list, delete), in an order they can be deleted."""
     net = conn.network
-    return [("floating IP", net.ips, net.delete_ip), ("port", net.ports, net.delete_port),
-            ("router", net.routers, net.delete_router),
-            ("security group", net.security_groups, net.delete_security_group),
-            ("subnet", net.subnets, net.delete_subnet), ("network", net.networks, net.delete_network)]
+    return [
+        ("floating IP", net.ips, net.delete_ip),
+        ("port", net.ports, net.delete_port),
+        ("router", net.routers, net.delete_router),
+        ("security group", net.security_groups, net.delete_security_group),
+        ("subnet", net.subnets, net.delete_subnet),
+        ("network", net.networks, net.delete_network),
+    ]
 
 
 def _label(resource: Any) -> str:
@@ -898,11 +1084,24 @@ def _label(resource: Any) -> str:
 def tagged_leftovers(conn: Connection, site: Site) -> list[str]:
     """Everything still marked as the site's (for tests and a final check)."""
     tag = Names(site).tag
-    left = [f"server {s.name}" for s in conn.compute.servers(details=True) if (s.metadata or {}).get("nodekiln-site") == site.name]
+    left = [
+        f"server {s.name}"
+        for s in conn.compute.servers(details=True)
+        if (s.metadata or {}).get("nodekiln-site") == site.name
+    ]
     left += [f"server group {g.name}" for g in conn.compute.server_groups() if g.name == Names(site).server_group]
     for kind, listing, _ in _owned_kinds(conn):
         left += [f"{kind} {_label(r)}" for r in listing(tags=tag)]
     return left
 
 
-__all__ = ["CheckError", "DeployError", "DeployResult", "Plan", "site_deploy", "site_destroy", "tagged_leftovers", "one_line"]
+__all__ = [
+    "CheckError",
+    "DeployError",
+    "DeployResult",
+    "Plan",
+    "one_line",
+    "site_deploy",
+    "site_destroy",
+    "tagged_leftovers",
+]

@@ -63,7 +63,9 @@ def newest_artifact(site: Site, build_dir: Path = BUILD_DIR) -> tuple[Path, Path
             image = manifest.with_name(stem + suffix)
             if image.exists():
                 return image, manifest
-    raise OpenStackError(f"no built image of site {site.name} in {build_dir}/ ({site.name}-<hash>.qcow2 and its .manifest.json): run `invoke build-image` first, or pass --image")
+    raise OpenStackError(
+        f"no built image of site {site.name} in {build_dir}/ ({site.name}-<hash>.qcow2 and its .manifest.json): run `invoke build-image` first, or pass --image"
+    )
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
@@ -86,7 +88,9 @@ def image_properties(site: Site, manifest: dict[str, Any], manifest_path: Path) 
         "os_version": str(recipe.get("release") or site.image.release),
         "hw_disk_bus": spec.image.hwDiskBus,
         "nodekiln_content_hash": str(manifest["inputHash"]),
-        "nodekiln_kubernetes_version": str((manifest.get("inputs") or {}).get("kubernetesVersion") or site.kubernetes.version),
+        "nodekiln_kubernetes_version": str(
+            (manifest.get("inputs") or {}).get("kubernetesVersion") or site.kubernetes.version
+        ),
         "nodekiln_manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
         "nodekiln_site": site.name,
     }
@@ -100,7 +104,7 @@ class _Reader:
     """A file read in large blocks that hashes (sha512) and reports what went by."""
 
     def __init__(self, path: Path, on_bytes: Callable[[int], None] | None):
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "rb")
         self._size = path.stat().st_size
         self._on_bytes = on_bytes
         self.sha512 = hashlib.sha512()
@@ -159,7 +163,9 @@ def upload_image(
         found = list(conn.image.images(name=name))
     cleaned = []
     for image in found:
-        if image.status == "active" and (image.properties or {}).get("nodekiln_content_hash", getattr(image, "nodekiln_content_hash", None)) in (None, manifest["inputHash"]):
+        if image.status == "active" and (image.properties or {}).get(
+            "nodekiln_content_hash", getattr(image, "nodekiln_content_hash", None)
+        ) in (None, manifest["inputHash"]):
             return UploadResult(image.id, name, reused=True, cleaned=cleaned)
         if image.status in UNFINISHED:
             with about(f"image {name} ({image.id}, left {image.status} by an interrupted upload): deleting"):
@@ -172,8 +178,14 @@ def upload_image(
 
     props = image_properties(site, manifest, manifest_path)
     with about(f"image {name}: creating"):
-        created = conn.image._create(  # noqa: SLF001 - the sdk's own two-step upload does the same
-            _image.Image, name=name, disk_format=disk_format, container_format="bare", visibility=spec.image.visibility, tags=tags, **props
+        created = conn.image._create(
+            _image.Image,
+            name=name,
+            disk_format=disk_format,
+            container_format="bare",
+            visibility=spec.image.visibility,
+            tags=tags,
+            **props,
         )
     size = path.stat().st_size
     started = time.monotonic()
@@ -190,7 +202,7 @@ def upload_image(
         # Best effort; if this process dies instead, the next run deletes the queued image.
         try:
             conn.image.delete_image(created, ignore_missing=True)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         raise
     finally:
@@ -202,7 +214,9 @@ def upload_image(
     with about(f"image {name}: reading back"):
         stored = conn.image.get_image(created.id)
     verify(conn, stored, local)
-    return UploadResult(stored.id, name, reused=False, bytes=reader.sent, seconds=seconds, sha512=local, cleaned=cleaned)
+    return UploadResult(
+        stored.id, name, reused=False, bytes=reader.sent, seconds=seconds, sha512=local, cleaned=cleaned
+    )
 
 
 def verify(conn: Connection, image: Any, local_sha512: str) -> None:
@@ -223,10 +237,21 @@ class _progress:
 
     def __init__(self, name: str, total: int):
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self._progress = Progress(
-            TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+            TextColumn("uploading {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
             console=Console(stderr=True),
         )
         self._task = self._progress.add_task(name, total=total)

@@ -61,7 +61,12 @@ class Names:
         return f"{self.site.name}-control-plane"
 
     def metadata(self, node: Node, user_data_hash: str) -> dict[str, str]:
-        return {"nodekiln-site": self.site.name, "nodekiln-node": node.name, "nodekiln-role": node.role, "nodekiln-user-data": user_data_hash}
+        return {
+            "nodekiln-site": self.site.name,
+            "nodekiln-node": node.name,
+            "nodekiln-role": node.role,
+            "nodekiln-user-data": user_data_hash,
+        }
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,11 @@ class Rule:
     remote_group: str | None = None
 
     def describe(self) -> str:
-        ports = "" if self.port_min is None else (f":{self.port_min}" if self.port_min == self.port_max else f":{self.port_min}-{self.port_max}")
+        ports = (
+            ""
+            if self.port_min is None
+            else (f":{self.port_min}" if self.port_min == self.port_max else f":{self.port_min}-{self.port_max}")
+        )
         source = self.remote_ip_prefix or (f"group {self.remote_group}" if self.remote_group else "any")
         return f"{self.direction} {self.protocol or 'any'}{ports} {'from' if self.direction == 'ingress' else 'to'} {source}"
 

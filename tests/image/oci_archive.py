@@ -36,16 +36,29 @@ def _descriptor(media_type: str, blob: bytes) -> dict:
 def write_oci_archive(target: Path, name: str, content: bytes = b"baked by nodekiln\n") -> str:
     """Write the archive; returns the image's manifest digest."""
     layer = _tar({"nodekiln-preload.txt": content})
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]},
-    }, sort_keys=True).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": MANIFEST,
-        "config": _descriptor(CONFIG, config), "layers": [_descriptor(LAYER, layer)],
-    }, sort_keys=True).encode()
-    entry = {**_descriptor(MANIFEST, manifest), "platform": {"architecture": "amd64", "os": "linux"},
-             "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name}}
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]},
+        },
+        sort_keys=True,
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": _descriptor(CONFIG, config),
+            "layers": [_descriptor(LAYER, layer)],
+        },
+        sort_keys=True,
+    ).encode()
+    entry = {
+        **_descriptor(MANIFEST, manifest),
+        "platform": {"architecture": "amd64", "os": "linux"},
+        "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name},
+    }
     index = json.dumps({"schemaVersion": 2, "manifests": [entry]}, sort_keys=True).encode()
     files = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}', "index.json": index}
     for blob in (layer, config, manifest):

@@ -118,9 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     key_dir.mkdir(parents=True, exist_ok=True)
     key, public = qemu.generate_ssh_key(key_dir)
     boots: list[dict[str, object]] = []
-    with qemu.boot(image, seed_files(site, node, public), address=str(node.address), cidr=str(site.network.cidr),
-                   gateway=str(site.network.gateway), user=site.ssh.user, key=key, firmware=args.firmware,
-                   timeout=args.timeout) as vm:
+    with qemu.boot(
+        image,
+        seed_files(site, node, public),
+        address=str(node.address),
+        cidr=str(site.network.cidr),
+        gateway=str(site.network.gateway),
+        user=site.ssh.user,
+        key=key,
+        firmware=args.firmware,
+        timeout=args.timeout,
+    ) as vm:
         clock = ConsoleClock(vm.console)
         clock.start()
         print(f"booted ({args.firmware}) in {vm.timings}; grub.cfg verbose: {vm.ssh(VERBOSE_GRUB)[1].strip()}")
@@ -132,17 +140,34 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"reboot {n}: did not come back; last marker: {clock.last_marker(asked)}\n{exc}")
                 boots.append({"n": n, "came_back": False, "last_marker": clock.last_marker(asked)})
                 break
-            phases = split_boot(clock, asked, vm.timings.get("shutdown_s") if vm.power_cycles and not args.warm else None,
-                                time.monotonic())
+            phases = split_boot(
+                clock,
+                asked,
+                vm.timings.get("shutdown_s") if vm.power_cycles and not args.warm else None,
+                time.monotonic(),
+            )
             boots.append({"n": n, "came_back": True, **phases, "load1": round(os.getloadavg()[0], 1)})
-            print(f"reboot {n}: " + "  ".join(f"{k} {v}" for k, v in phases.items()) + f"  load {os.getloadavg()[0]:.1f}",
-                  flush=True)
+            print(
+                f"reboot {n}: " + "  ".join(f"{k} {v}" for k, v in phases.items()) + f"  load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
         clock.stop()
     summary = summarize(boots)
     print(json.dumps(summary, indent=2))
     if args.out:
-        args.out.write_text(json.dumps({"firmware": args.firmware, "warm": args.warm, "accel": qemu.accelerator(),
-                                        "summary": summary, "boots": boots}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "firmware": args.firmware,
+                    "warm": args.warm,
+                    "accel": qemu.accelerator(),
+                    "summary": summary,
+                    "boots": boots,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0 if all(b["came_back"] for b in boots) else 1
 
 

@@ -27,9 +27,22 @@ def test_a_failing_bake_step_is_named_with_apts_error(site_file, tmp_path):
     site = site_file(_no_such_package)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "invoke", "build-image", "--site", str(site), "--out", str(out),
-         "--kubernetes-source", "none"],
-        cwd=REPO, capture_output=True, text=True, timeout=840,
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "build-image",
+            "--site",
+            str(site),
+            "--out",
+            str(out),
+            "--kubernetes-source",
+            "none",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=840,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr

@@ -66,8 +66,13 @@ def _interrupt_and_check(test_site, out: Path, source: str, plan) -> None:
     log.unlink(missing_ok=True)  # an earlier build's log already has the marker
     console = out / "logs" / "interrupt-test-output.txt"
     with open(console, "w") as sink:  # a file, not a pipe: the build never blocks on output
-        proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(test_site.file), str(out), source],
-                                cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, str(test_site.file), str(out), source],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline and proc.poll() is None:

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from bench.iso import LAB_CIDR, LAB_CP, LAB_GATEWAY, LAB_USER, LAB_WORKER, lab_site
-from nodekiln.images import iso
-from testing.isoboot import boot_iso, wait_console
-from testing.qemu import generate_ssh_key
 from nodekiln.bootstrap.render import render_site
+from nodekiln.config.site import load_site
+from nodekiln.images import iso
 from nodekiln.run import run
 from nodekiln.secrets import SecretStore
-from nodekiln.config.site import load_site
+from testing.isoboot import boot_iso, wait_console
+from testing.qemu import generate_ssh_key
 
 pytestmark = [pytest.mark.slow]
 
@@ -100,8 +100,18 @@ def _first_boot_facts(host) -> dict[str, str]:
 
 def test_uefi_usb_stick_blank_disk_node_by_mac_then_reboot(lab: Lab) -> None:
     name, address, mac = LAB_CP
-    with boot_iso(lab.iso, firmware="uefi", medium="usb", mac=mac, address=address, cidr=LAB_CIDR,
-                  gateway=LAB_GATEWAY, user=LAB_USER, key=lab.key, timeout=BOOT_TIMEOUT) as vm:
+    with boot_iso(
+        lab.iso,
+        firmware="uefi",
+        medium="usb",
+        mac=mac,
+        address=address,
+        cidr=LAB_CIDR,
+        gateway=LAB_GATEWAY,
+        user=LAB_USER,
+        key=lab.key,
+        timeout=BOOT_TIMEOUT,
+    ) as vm:
         host = vm.testinfra_host()
         _check_node(host, name, address)
         console = vm.console.read_text(errors="replace")
@@ -129,9 +139,18 @@ def test_uefi_usb_stick_blank_disk_node_by_mac_then_reboot(lab: Lab) -> None:
 
 def test_bios_cd_with_the_node_seed_attached(lab: Lab) -> None:
     name, address = LAB_WORKER
-    with boot_iso(lab.iso, firmware="bios", medium="cdrom", address=address, cidr=LAB_CIDR,
-                  gateway=LAB_GATEWAY, user=LAB_USER, key=lab.key, seed_files=lab.seeds[name].files(),
-                  timeout=BOOT_TIMEOUT) as vm:
+    with boot_iso(
+        lab.iso,
+        firmware="bios",
+        medium="cdrom",
+        address=address,
+        cidr=LAB_CIDR,
+        gateway=LAB_GATEWAY,
+        user=LAB_USER,
+        key=lab.key,
+        seed_files=lab.seeds[name].files(),
+        timeout=BOOT_TIMEOUT,
+    ) as vm:
         host = vm.testinfra_host()
         _check_node(host, name, address)
         assert "from the attached seed" in vm.console.read_text(errors="replace")
@@ -143,16 +162,30 @@ def test_a_disk_with_a_foreign_partition_table_is_not_wiped(lab: Lab, tmp_path: 
     foreign = tmp_path / "foreign.raw"
     with open(foreign, "wb") as f:
         f.truncate(4 * 1024**3)
-    run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", foreign], input="label: dos\nstart=2048, size=409600, type=83\n")
+    run(
+        ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", foreign],
+        input="label: dos\nstart=2048, size=409600, type=83\n",
+    )
     with open(foreign, "r+b") as f:  # some data in the partition
         f.seek(2048 * 512)
         f.write(b"precious data\n" * 1000)
     before = _head_digest(foreign)
 
-    name, address, mac = LAB_CP
-    with boot_iso(lab.iso, firmware="bios", medium="cdrom", mac=mac, address=address, cidr=LAB_CIDR,
-                  gateway=LAB_GATEWAY, user=LAB_USER, key=lab.key, data_disk=foreign,
-                  wait_ssh=False, timeout=BOOT_TIMEOUT) as vm:
+    _name, address, mac = LAB_CP
+    with boot_iso(
+        lab.iso,
+        firmware="bios",
+        medium="cdrom",
+        mac=mac,
+        address=address,
+        cidr=LAB_CIDR,
+        gateway=LAB_GATEWAY,
+        user=LAB_USER,
+        key=lab.key,
+        data_disk=foreign,
+        wait_ssh=False,
+        timeout=BOOT_TIMEOUT,
+    ) as vm:
         wait_console(vm, "BOOT STOPPED", time.monotonic() + BOOT_TIMEOUT)
         time.sleep(3)
         console = vm.console.read_text(errors="replace")

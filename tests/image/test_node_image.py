@@ -7,7 +7,6 @@ last, checks that legacy firmware reaches the same state.
 from __future__ import annotations
 
 import json
-
 import time
 
 import pytest
@@ -51,8 +50,11 @@ def test_containerd_config(host, test_site):
 def test_kernel_modules_and_sysctls(host):
     modules = host.check_output("cat /proc/modules")
     assert "overlay " in modules and "br_netfilter " in modules
-    for key, value in (("net.bridge.bridge-nf-call-iptables", "1"), ("net.ipv4.ip_forward", "1"),
-                       ("net.bridge.bridge-nf-call-ip6tables", "1")):
+    for key, value in (
+        ("net.bridge.bridge-nf-call-iptables", "1"),
+        ("net.ipv4.ip_forward", "1"),
+        ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ):
         assert host.check_output(f"cat /proc/sys/{key.replace('.', '/')}") == value, key
 
 
@@ -89,7 +91,9 @@ def test_nftables_site_ruleset_loaded(host, test_site):
             break
         time.sleep(3)
     assert "table inet nodekiln" in rules and "policy drop" in rules
-    assert "set control_planes" in rules and str(test_site.init_node.address) in rules, "the site's ruleset was not applied"
+    assert "set control_planes" in rules and str(test_site.init_node.address) in rules, (
+        "the site's ruleset was not applied"
+    )
 
 
 def test_ssh_is_key_only(host):
@@ -105,8 +109,15 @@ def test_ssh_rejects_passwords(uefi_vm):
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     with pytest.raises(paramiko.AuthenticationException):
-        client.connect("127.0.0.1", port=uefi_vm.ssh_port, username=uefi_vm.user, password="debian",
-                       allow_agent=False, look_for_keys=False, timeout=20)
+        client.connect(
+            "127.0.0.1",
+            port=uefi_vm.ssh_port,
+            username=uefi_vm.user,
+            password="debian",
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=20,
+        )
     client.close()
 
 
@@ -120,8 +131,9 @@ def test_root_is_read_only_and_var_is_data(host):
     for link in ("/root", "/home", "/opt"):
         assert host.file(link).is_symlink and host.file(link).linked_to == f"/var{link}"
     assert host.run("sudo touch /var/lib/nodekiln-test && sudo touch /etc/nodekiln-test").rc == 0
-    root_line = next(line.split() for line in host.file("/etc/fstab").content_string.splitlines()
-                     if line.split()[1:2] == ["/"])
+    root_line = next(
+        line.split() for line in host.file("/etc/fstab").content_string.splitlines() if line.split()[1:2] == ["/"]
+    )
     assert "ro" in root_line[3].split(",")
 
 
@@ -197,9 +209,13 @@ def upstream_host_paths(site, exists) -> list[contract.HostPath]:
 
     docs = {d["kind"]: d for d in yaml.safe_load_all(kubeadm_config(site, generate(), site.init_node)) if d}
     installation = yaml.safe_load(build_plan(site).files["calico.values.yaml"][0])["installation"]
-    return [*contract.control_plane_host_paths(docs["ClusterConfiguration"], existing=[d for d in contract.CA_CERTS_EXTRA_DIRS if exists(d)]),
-            *contract.kubelet_host_paths(docs["KubeletConfiguration"]),
-            *contract.calico_host_paths(installation)]
+    return [
+        *contract.control_plane_host_paths(
+            docs["ClusterConfiguration"], existing=[d for d in contract.CA_CERTS_EXTRA_DIRS if exists(d)]
+        ),
+        *contract.kubelet_host_paths(docs["KubeletConfiguration"]),
+        *contract.calico_host_paths(installation),
+    ]
 
 
 def test_upstream_host_paths_exist_or_are_writable(host, test_site):

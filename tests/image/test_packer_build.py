@@ -15,15 +15,14 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from testing import qemu
 from nodekiln.images.build import BuildResult
 from nodekiln.images.packer_build import BUILD_KEY_COMMENT, build_image_packer
-from tests.image import test_node_image as node_tests
+from testing import qemu
 from tests.image import conftest as image_tests
+from tests.image import test_node_image as node_tests
 from tests.image.conftest import TEST_IMAGES, kubernetes_local_dir, seed_files
 
 # ~40 min under TCG (a Packer build VM running the bake steps, then a boot): kvm_only
@@ -33,8 +32,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.kvm_only, pytest.mark.timeout(3600)]
 NOT_HERE = {"test_bios_boot_reaches_the_same_state", "test_var_survives_a_reboot"}
 FIXTURES = {"host", "node_image", "test_site", "uefi_vm"}
 CHECKS: list[Callable[..., None]] = [
-    f for name, f in sorted(vars(node_tests).items())
-    if name.startswith("test_") and callable(f) and name not in NOT_HERE
+    f
+    for name, f in sorted(vars(node_tests).items())
+    if name.startswith("test_")
+    and callable(f)
+    and name not in NOT_HERE
     and set(inspect.signature(f).parameters) <= FIXTURES
 ]
 
@@ -47,8 +49,9 @@ def _require(*tools: str) -> None:
 
 
 def _build(test_site) -> BuildResult:
-    return build_image_packer(test_site, "packer-qemu", TEST_IMAGES,
-                              kubernetes_source_override=f"local:{kubernetes_local_dir()}")
+    return build_image_packer(
+        test_site, "packer-qemu", TEST_IMAGES, kubernetes_source_override=f"local:{kubernetes_local_dir()}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +64,17 @@ def packer_image(test_site) -> image_tests.TestImage:
 @pytest.fixture(scope="module")
 def packer_vm(packer_image: image_tests.TestImage, test_site, ssh_key) -> Iterator[qemu.VM]:
     node = test_site.nodes[0]
-    with qemu.boot(packer_image.path, seed_files(test_site, node, ssh_key[1]), address=str(node.address),
-                   cidr=str(test_site.network.cidr), gateway=str(test_site.network.gateway),
-                   user=test_site.ssh.user, key=ssh_key[0], firmware="uefi",
-                   workdir=TEST_IMAGES if TEST_IMAGES.exists() else None) as vm:
+    with qemu.boot(
+        packer_image.path,
+        seed_files(test_site, node, ssh_key[1]),
+        address=str(node.address),
+        cidr=str(test_site.network.cidr),
+        gateway=str(test_site.network.gateway),
+        user=test_site.ssh.user,
+        key=ssh_key[0],
+        firmware="uefi",
+        workdir=TEST_IMAGES if TEST_IMAGES.exists() else None,
+    ) as vm:
         yield vm
 
 
@@ -98,11 +108,17 @@ def test_no_build_access_is_left(packer_host) -> None:
     assert packer_host.run("ls /etc/ssh/ssh_host_ed25519_key.pub").rc == 0  # this boot's own
 
 
-def test_packer_and_dib_images_install_the_same_packages(packer_image: image_tests.TestImage, node_image: image_tests.TestImage) -> None:
+def test_packer_and_dib_images_install_the_same_packages(
+    packer_image: image_tests.TestImage, node_image: image_tests.TestImage
+) -> None:
     packer_packages = json.loads(packer_image.manifest.read_text())["packages"]
     dib_packages = json.loads(node_image.manifest.read_text())["packages"]
     only_packer = sorted(set(packer_packages) - set(dib_packages))
     only_dib = sorted(set(dib_packages) - set(packer_packages))
-    assert (only_packer, only_dib) == ([], []), f"only in the Packer image: {only_packer}; only in the DIB image: {only_dib}"
-    differ = {p: (packer_packages[p], dib_packages[p]) for p in packer_packages if packer_packages[p] != dib_packages[p]}
+    assert (only_packer, only_dib) == ([], []), (
+        f"only in the Packer image: {only_packer}; only in the DIB image: {only_dib}"
+    )
+    differ = {
+        p: (packer_packages[p], dib_packages[p]) for p in packer_packages if packer_packages[p] != dib_packages[p]
+    }
     assert differ == {}, f"versions differ (packer, dib): {differ}"

@@ -50,8 +50,11 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_ctrl_c_stops_packer_and_its_vm_and_cleans_up(tmp_path: Path, example_site: Path) -> None:
     for tool in ("packer", "qemu-system-x86_64", "qemu-img"):
         if not shutil.which(tool):
-            pytest.fail(f"{tool} is not installed: apt-get install -y "
-                        f"{ {'packer': 'packer', 'qemu-img': 'qemu-utils'}.get(tool, 'qemu-system-x86')}", pytrace=False)
+            pytest.fail(
+                f"{tool} is not installed: apt-get install -y "
+                f"{ {'packer': 'packer', 'qemu-img': 'qemu-utils'}.get(tool, 'qemu-system-x86') }",
+                pytrace=False,
+            )
     blank = tmp_path / "blank.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", blank, "1G"])
     out = tmp_path / "out"
@@ -60,8 +63,14 @@ def test_ctrl_c_stops_packer_and_its_vm_and_cleans_up(tmp_path: Path, example_si
     site = example_site.read_text().replace("kubernetesSource: upstream", "kubernetesSource: none")
     example_site.write_text(site)
     env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, example_site, out, blank], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, example_site, out, blank],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:

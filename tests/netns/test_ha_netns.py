@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodekiln.secrets import SecretStore
 from nodekiln.config.site import load_site
+from nodekiln.secrets import SecretStore
 from testing.testbed import Testbed
 
 pytestmark = pytest.mark.slow
@@ -119,21 +119,61 @@ def test_apiserver_stops_vip_handed_over_without_flapping(tb):
 def test_firewall_from_the_worker(tb):
     cp = tb.control_planes[1]  # not the holder: its own address only
     worker = tb.worker
-    tb.listen_ports = {cp.name: (22, 2379, 2380, 10250, 10257, 10259, *UNASKED), worker.name: (22, 10250, 2379, *UNASKED)}
+    tb.listen_ports = {
+        cp.name: (22, 2379, 2380, 10250, 10257, 10259, *UNASKED),
+        worker.name: (22, 10250, 2379, *UNASKED),
+    }
     tb.start(cp, "listen")
     tb.start(worker, "listen")
     try:
-        seen = dict(line.split() for line in tb.tool(worker, "connect", str(cp.address), "0.7", "22", "6443", "7443", "2379", "2380", "10250", "10257", "10259", *map(str, UNASKED)).splitlines() if line)
+        seen = dict(
+            line.split()
+            for line in tb.tool(
+                worker,
+                "connect",
+                str(cp.address),
+                "0.7",
+                "22",
+                "6443",
+                "7443",
+                "2379",
+                "2380",
+                "10250",
+                "10257",
+                "10259",
+                *map(str, UNASKED),
+            ).splitlines()
+            if line
+        )
         # 10250 too: a pod's traffic to another node leaves with its node's address (Calico's
         # natOutgoing, nodekiln.contract.CALICO_NAT_REF), and metrics-server must reach every kubelet
         assert seen["22"] == seen["6443"] == seen["7443"] == seen["10250"] == "open", seen
         for port in ("2379", "2380", "10257", "10259", *map(str, UNASKED)):
             assert seen[port] == "filtered", (port, seen)
         # the same ports are open between control planes: the drop above is the firewall's
-        peer = dict(line.split() for line in tb.tool(tb.control_planes[0], "connect", str(cp.address), "0.7", "2379", "2380", "10250", "10257", "10259", "80").splitlines() if line)
-        assert peer == {"2379": "open", "2380": "open", "10250": "open", "10257": "open", "10259": "open", "80": "filtered"}
+        peer = dict(
+            line.split()
+            for line in tb.tool(
+                tb.control_planes[0], "connect", str(cp.address), "0.7", "2379", "2380", "10250", "10257", "10259", "80"
+            ).splitlines()
+            if line
+        )
+        assert peer == {
+            "2379": "open",
+            "2380": "open",
+            "10250": "open",
+            "10257": "open",
+            "10259": "open",
+            "80": "filtered",
+        }
         # and the worker: SSH and kubelet (from control planes) open, nothing else
-        on_worker = dict(line.split() for line in tb.tool(tb.control_planes[0], "connect", str(worker.address), "0.7", "22", "10250", "2379", *map(str, UNASKED)).splitlines() if line)
+        on_worker = dict(
+            line.split()
+            for line in tb.tool(
+                tb.control_planes[0], "connect", str(worker.address), "0.7", "22", "10250", "2379", *map(str, UNASKED)
+            ).splitlines()
+            if line
+        )
         assert on_worker.pop("22") == on_worker.pop("10250") == "open", on_worker
         assert set(on_worker.values()) == {"filtered"}, on_worker
     finally:
@@ -166,7 +206,11 @@ def test_foreign_keepalived_does_not_take_the_vip(tb, what):
     holder = tb.wait_holder()
     host = next(cp for cp in tb.control_planes if cp.name != holder)
     masters = {cp.name: tb.states(cp).count("MASTER") for cp in tb.control_planes}
-    wrong = {"password": "wrongpw1"} if what == "wrong password" else {"vrid": tb.site.controlPlane.virtualRouterId % 255 + 1, "password": tb.secrets.vrrpPassword[:8]}
+    wrong = (
+        {"password": "wrongpw1"}
+        if what == "wrong password"
+        else {"vrid": tb.site.controlPlane.virtualRouterId % 255 + 1, "password": tb.secrets.vrrpPassword[:8]}
+    )
     tb.start_rogue(host, tb.rogue_conf(str(host.address), **wrong))
     try:
         time.sleep(5)

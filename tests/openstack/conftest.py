@@ -103,7 +103,9 @@ def build_artifact() -> Callable[..., tuple[Path, Path]]:
     return write_build
 
 
-def write_build(directory: Path, site_name: str, *, size_mib: int = 8, suffix: str = "qcow2", content_hash: str | None = None) -> tuple[Path, Path]:
+def write_build(
+    directory: Path, site_name: str, *, size_mib: int = 8, suffix: str = "qcow2", content_hash: str | None = None
+) -> tuple[Path, Path]:
     """A build artifact and its manifest as the image build writes them (small, made here)."""
     from nodekiln import run
 
@@ -120,18 +122,24 @@ def write_build(directory: Path, site_name: str, *, size_mib: int = 8, suffix: s
             for _ in range(size_mib):
                 f.write(os.urandom(2**20))
     manifest = image.with_name(image.name.rsplit(".", 1)[0] + ".manifest.json")
-    manifest.write_text(json.dumps({
-        "schema": "nodekiln/image-manifest/v1", "site": site_name, "inputHash": content_hash,
-        "inputs": {"kubernetesVersion": "1.31.4", "recipe": {"distribution": "debian", "release": "12"}},
-    }))
+    manifest.write_text(
+        json.dumps(
+            {
+                "schema": "nodekiln/image-manifest/v1",
+                "site": site_name,
+                "inputHash": content_hash,
+                "inputs": {"kubernetesVersion": "1.31.4", "recipe": {"distribution": "debian", "release": "12"}},
+            }
+        )
+    )
     return image, manifest
 
 
 @pytest.fixture(scope="session")
 def boot_image(cloud: devcloud.DevCloud, tmp_path_factory: pytest.TempPathFactory) -> str:
     """One uploaded image the deploy tests boot (the fake driver never reads it)."""
-    from nodekiln.openstack.images import upload_image
     from nodekiln.config.site import load_site
+    from nodekiln.openstack.images import upload_image
 
     directory = tmp_path_factory.mktemp("boot-image")
     doc = yaml.safe_load(EXAMPLE.read_text())

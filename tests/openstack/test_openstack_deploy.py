@@ -15,6 +15,7 @@ import pytest
 
 from nodekiln import run
 from nodekiln.bootstrap.jointoken import JoinTokenError
+from nodekiln.config.site import load_site
 from nodekiln.openstack import deploy
 from nodekiln.openstack.cloud import count_calls
 from nodekiln.openstack.deploy import CheckError, DeployError, site_deploy, site_destroy, tagged_leftovers
@@ -22,11 +23,13 @@ from nodekiln.openstack.images import ImageChecksumError, image_name, upload_ima
 from nodekiln.openstack.resources import Names
 from nodekiln.openstack.userdata import digest, render_user_data
 from nodekiln.secrets import SecretStore
-from nodekiln.config.site import load_site
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # openstacksdk 4.x deprecation notices
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]  # openstacksdk 4.x deprecation notices
 
 
 def _load(path: Path):
@@ -41,6 +44,7 @@ def _three_plus_two(doc: dict) -> None:
 
 # -- upload-image -----------------------------------------------------------------------------
 
+
 def test_upload_verifies_checksum_then_reuses_by_hash(make_site, build_artifact, user, tmp_path):
     site, _ = _load(make_site(image={"visibility": "shared", "firmware": "uefi", "tags": ["lab"]}))
     image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=8)
@@ -53,7 +57,12 @@ def test_upload_verifies_checksum_then_reuses_by_hash(make_site, build_artifact,
     assert stored.visibility == "shared"
     assert {"nodekiln", "kubernetes-1.31.4", "lab"} <= set(stored.tags)
     props = user.image.get(f"/images/{first.image_id}").json()  # as Glance has it: properties are top-level strings
-    assert (props["os_distro"], props["os_version"], props["hw_disk_bus"], props["hw_firmware_type"]) == ("debian", "12", "virtio", "uefi")
+    assert (props["os_distro"], props["os_version"], props["hw_disk_bus"], props["hw_firmware_type"]) == (
+        "debian",
+        "12",
+        "virtio",
+        "uefi",
+    )
     assert props["nodekiln_kubernetes_version"] == "1.31.4"
     assert props["nodekiln_manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
 
@@ -114,15 +123,23 @@ def test_raw_is_converted_with_qemu_img_when_the_site_asks(make_site, build_arti
 
 # -- site-deploy ------------------------------------------------------------------------------
 
+
 def test_site_lifecycle_3_plus_2(make_site, user, admin, boot_image):
     """Dry run, deploy a 3+2 site, rerun (no writes), add a node, remove it (kept, then pruned), destroy."""
-    path = make_site(_three_plus_two, image={"name": boot_image}, router={"create": True}, externalNetwork="public", floatingIP=True)
+    path = make_site(
+        _three_plus_two, image={"name": boot_image}, router={"create": True}, externalNetwork="public", floatingIP=True
+    )
     site, secrets = _load(path)
     names = Names(site)
 
     dry = site_deploy(site, secrets, dry_run=True, conn=user, progress=False)
     assert dry.calls.writes == 0
-    assert {(s.kind, s.action) for s in dry.plan.steps} >= {("network", "create"), ("server", "create"), ("port", "create"), ("floating-ip", "create")}
+    assert {(s.kind, s.action) for s in dry.plan.steps} >= {
+        ("network", "create"),
+        ("server", "create"),
+        ("port", "create"),
+        ("floating-ip", "create"),
+    }
     assert tagged_leftovers(user, site) == []
 
     done = site_deploy(site, secrets, conn=user, progress=True)
@@ -143,9 +160,15 @@ def test_site_lifecycle_3_plus_2(make_site, user, admin, boot_image):
     cp, worker = groups[names.security_group("control-plane")], groups[names.security_group("worker")]
 
     def has(group, protocol, lo=None, hi=None, remote_group=None, prefix=None):
-        return any(r["direction"] == "ingress" and r["protocol"] == protocol and r["port_range_min"] == lo and r["port_range_max"] == (hi or lo)
-                   and (remote_group is None or r["remote_group_id"] == remote_group) and (prefix is None or r["remote_ip_prefix"] == prefix)
-                   for r in group.security_group_rules)
+        return any(
+            r["direction"] == "ingress"
+            and r["protocol"] == protocol
+            and r["port_range_min"] == lo
+            and r["port_range_max"] == (hi or lo)
+            and (remote_group is None or r["remote_group_id"] == remote_group)
+            and (prefix is None or r["remote_ip_prefix"] == prefix)
+            for r in group.security_group_rules
+        )
 
     assert has(cp, "112", remote_group=cp.id)  # VRRP between control planes only
     assert has(cp, "tcp", 7443, prefix=str(site.network.cidr)) and has(cp, "tcp", 6443, prefix=str(site.network.cidr))
@@ -156,7 +179,11 @@ def test_site_lifecycle_3_plus_2(make_site, user, admin, boot_image):
     # Server group with soft anti-affinity holding the control planes; servers with their user-data.
     group = next(g for g in user.compute.server_groups() if g.name == names.server_group)
     assert (group.policy or group.policies[0]) == "soft-anti-affinity"
-    servers = {s.name: s for s in admin.compute.servers(details=True, all_projects=True) if (s.metadata or {}).get("nodekiln-site") == site.name}
+    servers = {
+        s.name: s
+        for s in admin.compute.servers(details=True, all_projects=True)
+        if (s.metadata or {}).get("nodekiln-site") == site.name
+    }
     assert sorted(group.member_ids) == sorted(servers[n.name].id for n in site.control_planes)
     rendered = render_user_data(site, secrets)
     for node in site.nodes:
@@ -173,7 +200,9 @@ def test_site_lifecycle_3_plus_2(make_site, user, admin, boot_image):
     assert again.plan.changes == []
 
     # A node added: its port and server are created, nothing else is touched.
-    added = make_site(name=site.name, image={"name": boot_image}, router={"create": True}, externalNetwork="public", floatingIP=True)
+    added = make_site(
+        name=site.name, image={"name": boot_image}, router={"create": True}, externalNetwork="public", floatingIP=True
+    )
     added_site, _ = _load(added)
     result = site_deploy(added_site, secrets, conn=user, progress=False)
     assert [(s.kind, s.name) for s in result.plan.changes] == [("port", names.port("worker03")), ("server", "worker03")]
@@ -184,7 +213,10 @@ def test_site_lifecycle_3_plus_2(make_site, user, admin, boot_image):
     assert kept.calls.writes == 0
     assert ("server", "worker03", "orphan") in [(s.kind, s.name, s.action) for s in kept.plan.steps]
     pruned = site_deploy(site, secrets, prune=True, conn=user, progress=False)
-    assert {(s.kind, s.name, s.action) for s in pruned.plan.changes} == {("server", "worker03", "delete"), ("port", names.port("worker03"), "delete")}
+    assert {(s.kind, s.name, s.action) for s in pruned.plan.changes} == {
+        ("server", "worker03", "delete"),
+        ("port", names.port("worker03"), "delete"),
+    }
     assert "worker03" not in {s.name for s in user.compute.servers()}
     assert names.port("worker03") not in {p.name for p in user.network.ports(tags=names.tag)}
 
@@ -233,20 +265,33 @@ def test_a_node_added_after_the_join_token_expired(make_site, user, admin, boot_
     calls = count_calls(user)
     before = calls.writes
     for dry_run in (True, False):
-        with pytest.raises(JoinTokenError, match=r"worker03 would join the running cluster, but the server of its init node master01 "
-                                                 r"was created 25\.\d h ago: .* cannot be reached from here: .* Nothing was created\."):
+        with pytest.raises(
+            JoinTokenError,
+            match=r"worker03 would join the running cluster, but the server of its init node master01 "
+            r"was created 25\.\d h ago: .* cannot be reached from here: .* Nothing was created\.",
+        ):
             site_deploy(added, secrets, dry_run=dry_run, conn=user, progress=False, now=later)
     assert calls.writes == before, calls.write_calls()[before:]
-    assert "worker03" not in {s.name for s in user.compute.servers(details=True) if (s.metadata or {}).get("nodekiln-site") == site.name}
+    assert "worker03" not in {
+        s.name for s in user.compute.servers(details=True) if (s.metadata or {}).get("nodekiln-site") == site.name
+    }
 
     # On the site network: the token is created through the API (here a stand-in that returns it).
     monkeypatch.setattr(deploy, "_local_networks", lambda: [site.network.cidr])
     minted: list[str] = []
-    monkeypatch.setattr(deploy, "create_join_token", lambda s, sec, address, ttl, now: minted.append(address) or "zyxwvu.0123456789abcdef")
+    monkeypatch.setattr(
+        deploy,
+        "create_join_token",
+        lambda s, sec, address, ttl, now: minted.append(address) or "zyxwvu.0123456789abcdef",
+    )
     result = site_deploy(added, secrets, conn=user, progress=False, now=later)
     assert minted == [str(site.endpoint_address)] and result.servers["worker03"] == "ACTIVE"
     assert result.join_token == f"a fresh one (valid 24h) for 1 new node, created through https://{site.endpoint}"
-    server = next(s for s in admin.compute.servers(details=True, all_projects=True) if s.name == "worker03" and (s.metadata or {}).get("nodekiln-site") == site.name)
+    server = next(
+        s
+        for s in admin.compute.servers(details=True, all_projects=True)
+        if s.name == "worker03" and (s.metadata or {}).get("nodekiln-site") == site.name
+    )
     booted = base64.b64decode(admin.compute.get_server(server.id).user_data)
     text = (gzip.decompress(booted) if booted[:2] == b"\x1f\x8b" else booted).decode()
     assert "zyxwvu.0123456789abcdef" in text and secrets.bootstrapToken not in text
@@ -274,8 +319,11 @@ def test_missing_flavor_and_image_are_reported_before_anything_is_created(make_s
 
 def test_tasks_site_deploy_dry_run_prints_the_plan(make_site, cloud, boot_image):
     path = make_site(image={"name": boot_image})
-    out = run.run(["invoke", "site-deploy", "--dry-run", "--site", str(path)], cwd=Path(__file__).resolve().parents[2],
-                  env={**cloud.env, "COLUMNS": "200"}).output
+    out = run.run(
+        ["invoke", "site-deploy", "--dry-run", "--site", str(path)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**cloud.env, "COLUMNS": "200"},
+    ).output
     assert "would change" in out and "create" in out and "0 write calls" in out
 
 
@@ -299,11 +347,15 @@ def test_task_upload_image_takes_the_newest_build_of_the_site(make_site, build_a
     site, _ = _load(path)
     build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)
     time.sleep(0.05)
-    newest, manifest = build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)
+    _newest, manifest = build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)
     repo = Path(__file__).resolve().parents[2]
-    out = run.run(["invoke", "--search-root", str(repo), "upload-image", "--site", str(path)], cwd=tmp_path, env=cloud.env).output
+    out = run.run(
+        ["invoke", "--search-root", str(repo), "upload-image", "--site", str(path)], cwd=tmp_path, env=cloud.env
+    ).output
     name = image_name(__import__("json").loads(manifest.read_text())["inputHash"])
     assert f"uploaded {name}" in out and "sha512 verified" in out
-    again = run.run(["invoke", "--search-root", str(repo), "upload-image", "--site", str(path)], cwd=tmp_path, env=cloud.env).output
+    again = run.run(
+        ["invoke", "--search-root", str(repo), "upload-image", "--site", str(path)], cwd=tmp_path, env=cloud.env
+    ).output
     assert "already in Glance: nothing uploaded" in again
     assert [i.status for i in user.image.images(name=name)] == ["active"]

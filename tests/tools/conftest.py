@@ -10,7 +10,14 @@ import pytest
 
 from nodekiln.bootstrap.render import write_site
 
-APT = {"cloud-init": "cloud-init", "haproxy": "haproxy", "keepalived": "keepalived", "nft": "nftables", "unshare": "util-linux", "ip": "iproute2"}
+APT = {
+    "cloud-init": "cloud-init",
+    "haproxy": "haproxy",
+    "keepalived": "keepalived",
+    "nft": "nftables",
+    "unshare": "util-linux",
+    "ip": "iproute2",
+}
 
 
 def require(tool: str) -> str:

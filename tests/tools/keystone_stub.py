@@ -8,10 +8,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 
 class _Handler(BaseHTTPRequestHandler):
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
@@ -29,7 +30,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # version discovery
         self.requests.append(f"GET {self.path}")
         base = f"http://{self.headers['Host']}"
-        self._send(200, {"version": {"id": "v3.14", "status": "stable", "links": [{"rel": "self", "href": f"{base}/v3/"}]}})
+        self._send(
+            200, {"version": {"id": "v3.14", "status": "stable", "links": [{"rel": "self", "href": f"{base}/v3/"}]}}
+        )
 
     def do_POST(self) -> None:
         self.requests.append(f"POST {self.path}")
@@ -41,16 +44,29 @@ class _Handler(BaseHTTPRequestHandler):
         base = f"http://{self.headers['Host']}"
         token = {
             "token": {
-                "methods": ["password"], "expires_at": "2099-01-01T00:00:00.000000Z",
+                "methods": ["password"],
+                "expires_at": "2099-01-01T00:00:00.000000Z",
                 "issued_at": "2026-01-01T00:00:00.000000Z",
                 "user": {"id": "u1", "name": "nodekiln", "domain": {"id": "default", "name": "Default"}},
                 "project": {"id": "p1", "name": "nodekiln", "domain": {"id": "default", "name": "Default"}},
                 "roles": [{"id": "r1", "name": "member"}],
-                "catalog": [{
-                    "type": service, "name": service, "id": service,
-                    "endpoints": [{"id": f"{service}-public", "interface": "public", "region": "RegionOne",
-                                   "region_id": "RegionOne", "url": f"{base}/{service}"}],
-                } for service in ("identity", "compute", "image", "network")],
+                "catalog": [
+                    {
+                        "type": service,
+                        "name": service,
+                        "id": service,
+                        "endpoints": [
+                            {
+                                "id": f"{service}-public",
+                                "interface": "public",
+                                "region": "RegionOne",
+                                "region_id": "RegionOne",
+                                "url": f"{base}/{service}",
+                            }
+                        ],
+                    }
+                    for service in ("identity", "compute", "image", "network")
+                ],
             }
         }
         self._send(201, token, {"X-Subject-Token": "stub-token"})
@@ -65,8 +81,12 @@ def keystone_stub() -> Iterator[dict[str, str]]:
     try:
         yield {
             "OS_AUTH_URL": f"http://127.0.0.1:{server.server_port}/v3",
-            "OS_USERNAME": "nodekiln", "OS_PASSWORD": "stub", "OS_PROJECT_NAME": "nodekiln",
-            "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default", "OS_REGION_NAME": "RegionOne",
+            "OS_USERNAME": "nodekiln",
+            "OS_PASSWORD": "stub",
+            "OS_PROJECT_NAME": "nodekiln",
+            "OS_USER_DOMAIN_NAME": "Default",
+            "OS_PROJECT_DOMAIN_NAME": "Default",
+            "OS_REGION_NAME": "RegionOne",
         }
     finally:
         server.shutdown()

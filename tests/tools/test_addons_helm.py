@@ -29,7 +29,14 @@ pytestmark = pytest.mark.tools
 ROOT = Path(__file__).resolve().parents[2]
 CHARTS = ROOT / "tests" / "charts"
 FAKES = Path(__file__).resolve().parent / "fakes"
-MIRROR = {"calico": "tigera-operator", "nfs": "nfs-subdir-external-provisioner", "minio": "minio", "velero": "velero", "ingress": "traefik", "keycloak-operator": "keycloak-operator"}
+MIRROR = {
+    "calico": "tigera-operator",
+    "nfs": "nfs-subdir-external-provisioner",
+    "minio": "minio",
+    "velero": "velero",
+    "ingress": "traefik",
+    "keycloak-operator": "keycloak-operator",
+}
 CUSTOM_KINDS = {"Installation", "APIServer", "BackupStorageLocation", "Schedule", "Keycloak"}
 TOKEN_ENV = "NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN"
 
@@ -38,7 +45,9 @@ TOKEN_ENV = "NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN"
 def helm_binary() -> str:
     found = shutil.which("helm") or (str(TOOLS_BIN / "helm") if (TOOLS_BIN / "helm").is_file() else None)
     if not found:
-        pytest.fail("helm is not installed: run addons/tools/fetch-helm.sh (puts helm into build/tools/bin)", pytrace=False)
+        pytest.fail(
+            "helm is not installed: run addons/tools/fetch-helm.sh (puts helm into build/tools/bin)", pytrace=False
+        )
     return found
 
 
@@ -75,7 +84,9 @@ def test_every_values_file_renders_on_its_chart_and_validates(site, tmp_path, he
     for release in plan.releases:
         if release.name == "naavre":
             continue
-        text = helm.template(release.name, str(CHARTS / MIRROR[release.name]), release.namespace, [plan_file.parent / release.values])
+        text = helm.template(
+            release.name, str(CHARTS / MIRROR[release.name]), release.namespace, [plan_file.parent / release.values]
+        )
         rendered[release.name] = text
         assert validate(text, version), release.name
     calico = list(yaml.safe_load_all(rendered["calico"]))
@@ -87,7 +98,9 @@ def test_every_values_file_renders_on_its_chart_and_validates(site, tmp_path, he
     assert storage_class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
     assert "--providers.kubernetesingressnginx.ingressclass=nginx" in rendered["ingress"]
     ingress_classes = [d for d in yaml.safe_load_all(rendered["ingress"]) if d and d["kind"] == "IngressClass"]
-    assert [(c["metadata"]["name"], c["spec"]["controller"]) for c in ingress_classes] == [("nginx", "k8s.io/ingress-nginx")]
+    assert [(c["metadata"]["name"], c["spec"]["controller"]) for c in ingress_classes] == [
+        ("nginx", "k8s.io/ingress-nginx")
+    ]
     velero = [d for d in yaml.safe_load_all(rendered["velero"]) if d]
     assert {d["kind"] for d in velero} >= {"Deployment", "DaemonSet", "Secret", "BackupStorageLocation", "Schedule"}
     assert "VolumeSnapshotLocation" not in {d["kind"] for d in velero}
@@ -97,7 +110,9 @@ def test_naavre_values_chart_then_umbrella_chart(site, tmp_path, helm_binary):
     plan, plan_file = make_plan(site, tmp_path / "out")
     helm = Helm(helm_binary)
     release = plan.release("naavre")
-    files = helm.render_values_chart("naavre", release.values_chart, plan_file.parent / release.values, "naavre", tmp_path / "rendered")
+    files = helm.render_values_chart(
+        "naavre", release.values_chart, plan_file.parent / release.values, "naavre", tmp_path / "rendered"
+    )
     assert {f.name for f in files} == {"global.yaml", "keycloak.yaml", "jupyterhub.yaml"}
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
     text = helm.template("naavre", str(release.chart_path), "naavre", files)
@@ -114,7 +129,11 @@ def test_naavre_values_chart_then_umbrella_chart(site, tmp_path, helm_binary):
         ("tigera-operator", {}, "installation.calicoNetwork.ipPools is required"),
         ("minio", {"rootUser": "u"}, "rootPassword is required"),
         ("velero", {"initContainers": [{"name": "p", "image": "x"}]}, "credentials.secretContents.cloud is required"),
-        ("traefik", {"providers": {"kubernetesIngressNginx": {"enabled": True}}}, "Additional property kubernetesIngressNginx is not allowed"),
+        (
+            "traefik",
+            {"providers": {"kubernetesIngressNginx": {"enabled": True}}},
+            "Additional property kubernetesIngressNginx is not allowed",
+        ),
         ("naavre-values", {}, "Value required for key"),
     ],
 )

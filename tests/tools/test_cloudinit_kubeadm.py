@@ -29,7 +29,9 @@ def test_user_data_passes_cloud_init_schema(rendered):
     site, out = rendered
     tool = require("cloud-init")
     for node in site.nodes:
-        result = subprocess.run([tool, "schema", "-c", str(out / node.name / "user-data")], capture_output=True, text=True)
+        result = subprocess.run(
+            [tool, "schema", "-c", str(out / node.name / "user-data")], capture_output=True, text=True
+        )
         assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
 
 
@@ -52,7 +54,9 @@ def test_network_config_parses_and_renders_with_cloud_init(rendered):
         "print(yaml.safe_dump({'networkd': networkd.Renderer()._render_content(state), 'eni': eni.Renderer()._render_interfaces(state)}))\n"
     )
     for node in site.nodes:
-        result = subprocess.run([SYSTEM_PYTHON, "-c", script, str(out / node.name / "network-config")], capture_output=True, text=True)
+        result = subprocess.run(
+            [SYSTEM_PYTHON, "-c", script, str(out / node.name / "network-config")], capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         rendered_units = yaml.safe_load(result.stdout)
         unit = rendered_units["networkd"][site.controlPlane.interface]
@@ -76,7 +80,17 @@ def test_kubeadm_configuration_matches_v1beta4(rendered):
 
 
 def test_kubeadm_schema_rejects_invented_fields():
-    doc = {"apiVersion": "kubeadm.k8s.io/v1beta4", "kind": "JoinConfiguration", "discovery": {"bootstrapToken": {"token": "abcdef.0123456789abcdef", "apiServerEndpoint": "1.2.3.4:7443", "caCertHashes": ["sha256:" + "0" * 64]}}}
+    doc = {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "JoinConfiguration",
+        "discovery": {
+            "bootstrapToken": {
+                "token": "abcdef.0123456789abcdef",
+                "apiServerEndpoint": "1.2.3.4:7443",
+                "caCertHashes": ["sha256:" + "0" * 64],
+            }
+        },
+    }
     jsonschema.validate(doc, SCHEMA)
     doc["controlPlane"] = {"certificateKeys": "x"}
     with pytest.raises(jsonschema.ValidationError):
@@ -87,7 +101,9 @@ def test_bootstrap_script_is_valid_bash(rendered):
     site, out = rendered
     for node in site.nodes:
         files = write_files(out / node.name / "user-data")
-        result = subprocess.run(["bash", "-n"], input=files["/etc/nodekiln/bootstrap.sh"], capture_output=True, text=True)
+        result = subprocess.run(
+            ["bash", "-n"], input=files["/etc/nodekiln/bootstrap.sh"], capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr
 
 
@@ -97,7 +113,8 @@ def systemd_problems(unit_text: str, tmp_path: Path) -> list[str]:
     result = subprocess.run([require("systemd-analyze"), "verify", str(unit)], capture_output=True, text=True)
     # The script lives on the node, not on this machine: that one complaint is expected.
     return [
-        line for line in result.stderr.splitlines()
+        line
+        for line in result.stderr.splitlines()
         if "nodekiln-bootstrap" in line and "/etc/nodekiln/bootstrap.sh is not executable" not in line
     ]
 

@@ -10,12 +10,18 @@ import pytest
 
 from nodekiln.bootstrap.firewall import firewall_files
 from nodekiln.bootstrap.ha import ha_files
-from nodekiln.secrets import SecretStore
 from nodekiln.config.site import load_site
+from nodekiln.secrets import SecretStore
 
 pytestmark = pytest.mark.tools
 
-PACKAGES = {"systemd-analyze": "systemd", "kubernetes-validate": "python3-pip (pip install kubernetes-validate)", "nft": "nftables", "ip": "iproute2", "unshare": "util-linux"}
+PACKAGES = {
+    "systemd-analyze": "systemd",
+    "kubernetes-validate": "python3-pip (pip install kubernetes-validate)",
+    "nft": "nftables",
+    "ip": "iproute2",
+    "unshare": "util-linux",
+}
 
 
 def need(tool: str) -> str:
@@ -34,8 +40,12 @@ def five(doc):
         {"name": "master04", "role": "control-plane", "address": "10.0.1.36"},
         {"name": "master05", "role": "control-plane", "address": "10.0.1.37"},
     ]
-    doc["firewall"] = {"nodePorts": True, "extraTCPPorts": [80, 443], "sshFrom": ["10.0.0.0/8", "192.0.2.0/24"],
-                       "apiFrom": ["198.51.100.0/24", "203.0.113.9/32"]}
+    doc["firewall"] = {
+        "nodePorts": True,
+        "extraTCPPorts": [80, 443],
+        "sshFrom": ["10.0.0.0/8", "192.0.2.0/24"],
+        "apiFrom": ["198.51.100.0/24", "203.0.113.9/32"],
+    }
 
 
 @pytest.fixture(params=["static-pods", "host-services", "five-control-planes"])
@@ -77,7 +87,12 @@ def test_keepalived_accepts_the_config(rendered):
         folder = out / cp.name / "etc/keepalived"
         assert (folder / "keepalived.conf").is_file() and (folder / "check_apiserver.sh").is_file()
         script = f"ip link add {iface} type veth peer name nkpeer0 && mount --bind {folder} /etc/keepalived && exec {keepalived} -t -l -D -f /etc/keepalived/keepalived.conf"
-        result = subprocess.run([unshare, "-n", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [unshare, "-n", "-m", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         text = (result.stdout + result.stderr).strip()
         assert result.returncode in (0, 143, -15) and text == "", f"exit {result.returncode}: {text}"
 
@@ -91,7 +106,12 @@ def test_keepalived_check_catches_a_broken_config(rendered, tmp_path):
     conf = folder / "keepalived.conf"
     conf.write_text(conf.read_text().replace("advert_int", "advert_intervall"))
     script = f"ip link add {site.controlPlane.interface} type veth peer name nkpeer0 && mount --bind {folder} /etc/keepalived && exec {keepalived} -t -l -D -f /etc/keepalived/keepalived.conf"
-    result = subprocess.run([unshare, "-n", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [unshare, "-n", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Unknown keyword 'advert_intervall'" in result.stdout + result.stderr
 
 
@@ -102,7 +122,17 @@ def test_nft_accepts_every_role(rendered):
         ruleset = out / node.name / "etc/nftables.conf"
         assert ruleset.is_file()
         # loaded for real, twice (a reload must work), in a namespace of its own
-        result = subprocess.run([unshare, "-n", "sh", "-c", f"{nft} -c -f {ruleset} && {nft} -f {ruleset} && {nft} -f {ruleset} && {nft} list table inet nodekiln"], capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                unshare,
+                "-n",
+                "sh",
+                "-c",
+                f"{nft} -c -f {ruleset} && {nft} -f {ruleset} && {nft} -f {ruleset} && {nft} list table inet nodekiln",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr
         assert "policy drop" in result.stdout
 
@@ -133,8 +163,13 @@ def test_systemd_units_verify(rendered, tmp_path):
             pytest.fail(f"{packaged} is missing: apt-get install -y {name}", pytrace=False)
         (units / f"{name}.service.d").mkdir(parents=True)
         shutil.copy(packaged, units)
-        shutil.copy(out / site.init_node.name / f"etc/systemd/system/{name}.service.d/10-nodekiln.conf", units / f"{name}.service.d")
-    result = subprocess.run([analyze, "verify", "keepalived.service", "haproxy.service"], cwd=units, capture_output=True, text=True)
+        shutil.copy(
+            out / site.init_node.name / f"etc/systemd/system/{name}.service.d/10-nodekiln.conf",
+            units / f"{name}.service.d",
+        )
+    result = subprocess.run(
+        [analyze, "verify", "keepalived.service", "haproxy.service"], cwd=units, capture_output=True, text=True
+    )
     text = result.stdout + result.stderr
     assert result.returncode == 0, text
     assert "10-nodekiln.conf" not in text, text  # no unknown key or bad value in our drop-ins

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln.images import iso
 from nodekiln.config.appliance import Appliance, DataDisk
+from nodekiln.images import iso
 from nodekiln.run import output, run
 
 TOOLS = ("xorriso", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "unsquashfs")
@@ -20,8 +20,11 @@ TOOLS = ("xorriso", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "unsquas
 def _iso_tools() -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        pytest.fail(f"{', '.join(missing)} missing: apt-get install -y xorriso squashfs-tools grub-common "
-                    "dosfstools mtools", pytrace=False)
+        pytest.fail(
+            f"{', '.join(missing)} missing: apt-get install -y xorriso squashfs-tools grub-common dosfstools mtools",
+            pytrace=False,
+        )
+
 
 VERSION = "6.1.0-99-amd64"
 
@@ -44,13 +47,21 @@ def fake_tree(root: Path) -> Path:
 
 def test_assembled_iso_boots_bios_and_uefi_and_holds_what_the_boot_script_needs(tmp_path: Path) -> None:
     tree = fake_tree(tmp_path / "tree")
-    nodes = [iso.MenuNode("cp1", "control-plane", "10.0.0.11", "52:54:00:aa:00:01"),
-             iso.MenuNode("wk1", "worker", "10.0.0.21", None)]
-    seeds = {n.name: {"user-data": f"#cloud-config\nhostname: {n.name}\n".encode(),
-                      "meta-data": f"instance-id: i-{n.name}\n".encode(),
-                      "network-config": b"version: 2\n"} for n in nodes}
-    content = iso.IsoContent("lab", nodes, seeds, Appliance(dataDisk=DataDisk(device="serial:X1")), "c0ffee" * 10,
-                             {"schema": iso.SCHEMA})
+    nodes = [
+        iso.MenuNode("cp1", "control-plane", "10.0.0.11", "52:54:00:aa:00:01"),
+        iso.MenuNode("wk1", "worker", "10.0.0.21", None),
+    ]
+    seeds = {
+        n.name: {
+            "user-data": f"#cloud-config\nhostname: {n.name}\n".encode(),
+            "meta-data": f"instance-id: i-{n.name}\n".encode(),
+            "network-config": b"version: 2\n",
+        }
+        for n in nodes
+    }
+    content = iso.IsoContent(
+        "lab", nodes, seeds, Appliance(dataDisk=DataDisk(device="serial:X1")), "c0ffee" * 10, {"schema": iso.SCHEMA}
+    )
     target = tmp_path / "out" / "lab.iso"
     stages = iso.assemble_iso(tree, target, content, tmp_path / "work")
     assert [s["name"] for s in stages] == ["squashfs", "boot", "xorriso"]

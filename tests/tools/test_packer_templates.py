@@ -33,7 +33,9 @@ def test_qemu_template_validates(tmp_path: Path, version: packer.PackerVersion) 
     assert "Error" not in out
 
 
-def test_openstack_template_validates_against_an_identity_endpoint(tmp_path: Path, version: packer.PackerVersion) -> None:
+def test_openstack_template_validates_against_an_identity_endpoint(
+    tmp_path: Path, version: packer.PackerVersion
+) -> None:
     with keystone_stub() as env:
         out = packer.check_templates(tmp_path, "openstack.node", version, env=env)
     assert "Error" not in out

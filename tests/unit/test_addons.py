@@ -12,8 +12,8 @@ import yaml
 from nodekiln.addons import plan_release_files as make_plan
 from nodekiln.addons.graph import CycleError, order
 from nodekiln.addons.plan import build_plan, split_image
-from nodekiln.errors import SiteError
 from nodekiln.config.site import load_site
+from nodekiln.errors import SiteError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "sites" / "example" / "site.yaml"
@@ -123,7 +123,9 @@ def test_ingress_serves_class_nginx(site_file):
     values = yaml.safe_load(plan.files["ingress.values.yaml"][0])
     assert values["providers"]["kubernetesIngressNGINX"]["ingressClass"] == "nginx"
     (ingress_class,) = values["extraObjects"]
-    assert ingress_class["metadata"]["name"] == "nginx" and ingress_class["spec"]["controller"] == "k8s.io/ingress-nginx"
+    assert (
+        ingress_class["metadata"]["name"] == "nginx" and ingress_class["spec"]["controller"] == "k8s.io/ingress-nginx"
+    )
 
 
 def test_keycloak_operator_runs_in_naavres_namespace(site_file):
@@ -142,7 +144,9 @@ def test_images_are_pinned_and_set_in_values(site_file):
 def test_user_secret_missing_is_reported_not_invented(site_file, monkeypatch):
     monkeypatch.delenv("NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN", raising=False)
     plan = build_plan(load_site(site_file))
-    assert plan.missing_secrets == [("naavre-vlab-openlab-cell-github-token", "NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN")]
+    assert plan.missing_secrets == [
+        ("naavre-vlab-openlab-cell-github-token", "NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN")
+    ]
     monkeypatch.setenv("NODEKILN_SECRET_NAAVRE_VLAB_OPENLAB_CELL_GITHUB_TOKEN", "ghp_example")
     plan = build_plan(load_site(site_file))
     assert plan.missing_secrets == []
@@ -156,7 +160,14 @@ def test_builtin_off_and_extra_release_ordered_after_its_dependency(site_file):
     def change(doc):
         doc["addons"]["velero"]["enabled"] = False
         doc["addons"]["releases"] = [
-            {"name": "monitoring", "namespace": "monitoring", "chart": "kube-prometheus-stack", "repo": "https://prometheus-community.github.io/helm-charts", "version": "77.0.0", "dependsOn": ["hello"]},
+            {
+                "name": "monitoring",
+                "namespace": "monitoring",
+                "chart": "kube-prometheus-stack",
+                "repo": "https://prometheus-community.github.io/helm-charts",
+                "version": "77.0.0",
+                "dependsOn": ["hello"],
+            },
             {"name": "hello", "namespace": "hello", "chart": "charts/hello", "dependsOn": ["ingress"]},
         ]
 
@@ -168,7 +179,9 @@ def test_builtin_off_and_extra_release_ordered_after_its_dependency(site_file):
 
 
 def test_values_override_is_merged(site_file):
-    (site_file.parent / "traefik-extra.yaml").write_text("deployment:\n  replicas: 5\nlogs:\n  general: {level: DEBUG}\n")
+    (site_file.parent / "traefik-extra.yaml").write_text(
+        "deployment:\n  replicas: 5\nlogs:\n  general: {level: DEBUG}\n"
+    )
     plan = build_plan(load_site(edit(site_file, lambda d: d["addons"]["ingress"].update(values="traefik-extra.yaml"))))
     values = yaml.safe_load(plan.files["ingress.values.yaml"][0])
     assert values["deployment"] == {"kind": "Deployment", "replicas": 5}
@@ -186,7 +199,10 @@ def test_nfs_on_without_server(site_file):
 
 def test_cni_pool_differs_from_pod_subnet(site_file):
     found = problems(edit(site_file, lambda d: d["addons"]["calico"].update(ipPool="10.244.0.0/16")))
-    assert any(p.startswith("addons.calico.ipPool: 10.244.0.0/16 differs from kubernetes.podSubnet 192.168.0.0/16") for p in found), found
+    assert any(
+        p.startswith("addons.calico.ipPool: 10.244.0.0/16 differs from kubernetes.podSubnet 192.168.0.0/16")
+        for p in found
+    ), found
 
 
 def test_unknown_addon_name(site_file):
@@ -196,21 +212,48 @@ def test_unknown_addon_name(site_file):
 
 def test_unknown_dependency_of_extra_release(site_file):
     def change(doc):
-        doc["addons"]["releases"] = [{"name": "x", "namespace": "x", "chart": "x", "repo": "https://example.org/charts", "version": "1.0.0", "dependsOn": ["cert-manager"]}]
+        doc["addons"]["releases"] = [
+            {
+                "name": "x",
+                "namespace": "x",
+                "chart": "x",
+                "repo": "https://example.org/charts",
+                "version": "1.0.0",
+                "dependsOn": ["cert-manager"],
+            }
+        ]
 
     found = problems(edit(site_file, change))
-    assert any(p.startswith("addons.releases[0].dependsOn[0]: unknown addon or release 'cert-manager'") for p in found), found
+    assert any(
+        p.startswith("addons.releases[0].dependsOn[0]: unknown addon or release 'cert-manager'") for p in found
+    ), found
 
 
 def test_dependency_cycle(site_file):
     def change(doc):
         doc["addons"]["releases"] = [
-            {"name": "a", "namespace": "x", "chart": "a", "repo": "https://example.org/charts", "version": "1", "dependsOn": ["b"]},
-            {"name": "b", "namespace": "x", "chart": "b", "repo": "https://example.org/charts", "version": "1", "dependsOn": ["a"]},
+            {
+                "name": "a",
+                "namespace": "x",
+                "chart": "a",
+                "repo": "https://example.org/charts",
+                "version": "1",
+                "dependsOn": ["b"],
+            },
+            {
+                "name": "b",
+                "namespace": "x",
+                "chart": "b",
+                "repo": "https://example.org/charts",
+                "version": "1",
+                "dependsOn": ["a"],
+            },
         ]
 
     found = problems(edit(site_file, change))
-    assert any(p.startswith("addons.releases[0].dependsOn: dependencies form a circle: a -> b -> a") for p in found), found
+    assert any(p.startswith("addons.releases[0].dependsOn: dependencies form a circle: a -> b -> a") for p in found), (
+        found
+    )
 
 
 def test_values_override_that_does_not_parse(site_file):
@@ -235,7 +278,9 @@ def test_velero_on_minio_needs_minio(site_file):
 
 def test_nodeport_ingress_needs_open_node_ports(site_file):
     found = problems(edit(site_file, lambda d: d["addons"]["ingress"].update(serviceType="NodePort")))
-    assert any(p.startswith("addons.ingress.serviceType: NodePort, but firewall.nodePorts is false") for p in found), found
+    assert any(p.startswith("addons.ingress.serviceType: NodePort, but firewall.nodePorts is false") for p in found), (
+        found
+    )
 
 
 def test_order_is_stable_and_finds_cycles():

@@ -19,7 +19,9 @@ def test_bench_only_writes_json(tmp_path):
     target = tmp_path / "figures.json"
     result = subprocess.run(
         [sys.executable, "-m", "invoke", "bench", "--only", "validate_1000_nodes_s", "--json", str(target)],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "validate_1000_nodes_s" in result.stdout and "goal" in result.stdout
@@ -33,7 +35,10 @@ def test_unknown_benchmark_is_a_clear_error():
         bench.run(["nope"])
 
 
-@pytest.mark.parametrize(("value", "goal", "met"), [(0.5, "<= 1", True), (1.5, "<= 1", False), (0, "== 0", True), (3, ">= 5", False), (1, "n/a", None)])
+@pytest.mark.parametrize(
+    ("value", "goal", "met"),
+    [(0.5, "<= 1", True), (1.5, "<= 1", False), (0, "== 0", True), (3, ">= 5", False), (1, "n/a", None)],
+)
 def test_goal_evaluation(value, goal, met):
     assert bench.Figure("x", value, "s", goal).met is met
 
@@ -47,8 +52,7 @@ def test_every_registered_benchmark_resolves():
 
 
 def test_figure_details_say_what_each_figure_includes():
-    from bench.figures import Figure
-    from bench.figures import figure_details
+    from bench.figures import Figure, figure_details
 
     figures = [Figure("a_s", 1.0, "s", "<= 2", "stages: dib 100 s"), Figure("b_mb", 3.0, "MB", "<= 4")]
     assert figure_details(figures) == "a_s: stages: dib 100 s"

@@ -12,9 +12,9 @@ import pytest
 from invoke.exceptions import Exit
 
 from nodekiln.cli import NOTHING_HALF_WRITTEN, handled
-from tasks import pytest_command
 from nodekiln.errors import NodekilnError
 from nodekiln.run import run
+from tasks import pytest_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,8 +69,9 @@ def test_a_timed_out_program_is_a_message_not_a_traceback(capsys: pytest.Capture
     assert "  | waiting for nothing" in err and "Traceback" not in err
 
 
-def test_site_deploy_says_what_an_interruption_leaves(monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_site_deploy_says_what_an_interruption_leaves(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import nodekiln.tasks as shipped
 
     monkeypatch.setattr(shipped, "_site", lambda path: _interrupted())  # Ctrl-C as the task starts
@@ -107,4 +108,3 @@ def test_the_test_task_runs_that_command() -> None:
 
     _tasks().test.body(Context(), fast=True, k="not 'x'")
     assert [shlex.split(c) for c in ran] == [["python", "-m", "pytest", "-m", "not slow", "-k", "not 'x'"]]
-

@@ -38,7 +38,11 @@ def test_worker_rules(site, site_file):
     text = ruleset(site, "worker")
     assert "ip saddr @control_planes" not in text.split("chain input")[1]  # workers: no control-plane-only port
     assert "ip protocol 112" not in text and "2379" not in text and "7443" not in text
-    for cni in ("tcp dport { 179, 5473 } ip saddr @node_network accept", "udp dport { 4789 } ip saddr @node_network accept", "ip protocol 4 ip saddr @node_network accept"):
+    for cni in (
+        "tcp dport { 179, 5473 } ip saddr @node_network accept",
+        "udp dport { 4789 } ip saddr @node_network accept",
+        "ip protocol 4 ip saddr @node_network accept",
+    ):
         assert cni in text
 
     def open_up(doc):

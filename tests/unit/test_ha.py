@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from nodekiln.bootstrap import ha
-from nodekiln.secrets import SecretStore
 from nodekiln.config.site import load_site
+from nodekiln.secrets import SecretStore
 
 
 def _load(path):
@@ -84,7 +84,9 @@ def test_haproxy_cfg_backends_are_the_api_servers(example):
 
 def test_check_script_checks_apiserver_haproxy_and_held_vip(example):
     site, secrets = example
-    script = next(f.content for f in ha.ha_files(site, secrets, site.init_node) if f.path.endswith("check_apiserver.sh"))
+    script = next(
+        f.content for f in ha.ha_files(site, secrets, site.init_node) if f.path.endswith("check_apiserver.sh")
+    )
     assert 'get "https://127.0.0.1:6443/healthz"' in script
     assert 'get "https://127.0.0.1:7443/healthz"' in script
     assert 'get "https://10.0.1.128:7443/healthz"' in script
@@ -102,7 +104,11 @@ def test_static_pods_run_pinned_images_with_the_host_files(example):
         assert container["image"] == image.reference in ha.ha_images(site)
         assert container["command"][0] == image.binary
     assert keepalived["spec"]["containers"][0]["command"][1:] == list(ha.KEEPALIVED_ARGS[1:])
-    assert set(keepalived["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_BROADCAST", "NET_RAW"}
+    assert set(keepalived["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]) == {
+        "NET_ADMIN",
+        "NET_BROADCAST",
+        "NET_RAW",
+    }
     assert keepalived["spec"]["volumes"][0]["hostPath"]["path"] == "/etc/keepalived"
     assert haproxy["spec"]["volumes"][0]["hostPath"]["path"] == "/etc/haproxy"
 
@@ -121,12 +127,15 @@ def test_host_services_share_the_configs(example, site_file):
     def host(doc):
         doc["controlPlane"]["loadBalancerMode"] = "host-services"
 
-    hs, hs_secrets = _load(site_file(host))
+    hs, _hs_secrets = _load(site_file(host))
     files = {f.path: f for f in ha.ha_files(hs, secrets, hs.init_node)}
     assert "/etc/kubernetes/manifests/keepalived.yaml" not in files
     dropin = files["/etc/systemd/system/keepalived.service.d/10-nodekiln.conf"].content
     assert "ExecStart=\nExecStart=/usr/sbin/keepalived " + " ".join(ha.KEEPALIVED_ARGS[1:]) + "\n" in dropin
-    assert "ExecStart=/usr/sbin/haproxy " + " ".join(ha.HAPROXY_ARGS[1:]) in files["/etc/systemd/system/haproxy.service.d/10-nodekiln.conf"].content
+    assert (
+        "ExecStart=/usr/sbin/haproxy " + " ".join(ha.HAPROXY_ARGS[1:])
+        in files["/etc/systemd/system/haproxy.service.d/10-nodekiln.conf"].content
+    )
     static = {f.path: f.content for f in ha.ha_files(site, secrets, site.init_node)}
     for path in ("/etc/keepalived/keepalived.conf", "/etc/keepalived/check_apiserver.sh", "/etc/haproxy/haproxy.cfg"):
         assert files[path].content == static[path]  # one template, two ways to run it

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from nodekiln.images import build, dib, disk, manifest, preflight
 from nodekiln.config.recipe import ImageRecipe
+from nodekiln.images import build, dib, disk, manifest, preflight
 from nodekiln.images.seed import read_seed_iso, write_seed_iso
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,11 +25,13 @@ MIB = 1024 * 1024
 
 
 def fake_site(tmp_path: Path, recipe: ImageRecipe | None = None, version: str = "1.31.4"):
-    return SimpleNamespace(name="lab", directory=tmp_path, image=recipe or ImageRecipe(),
-                           kubernetes=SimpleNamespace(version=version))
+    return SimpleNamespace(
+        name="lab", directory=tmp_path, image=recipe or ImageRecipe(), kubernetes=SimpleNamespace(version=version)
+    )
 
 
 # --- recipe -------------------------------------------------------------------------------
+
 
 def test_recipe_defaults_are_the_example_image():
     r = ImageRecipe()
@@ -37,10 +39,18 @@ def test_recipe_defaults_are_the_example_image():
     assert r.formats == ["qcow2"] and r.diskSizeGiB == 6
 
 
-@pytest.mark.parametrize("field,value", [
-    ("kubernetesSource", "local:"), ("kubernetesSource", "github"), ("release", "11"),
-    ("snapshot", "yesterday"), ("diskSizeGiB", 1), ("formats", ["vmdk"]), ("colour", "blue"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("kubernetesSource", "local:"),
+        ("kubernetesSource", "github"),
+        ("release", "11"),
+        ("snapshot", "yesterday"),
+        ("diskSizeGiB", 1),
+        ("formats", ["vmdk"]),
+        ("colour", "blue"),
+    ],
+)
 def test_recipe_rejects(field, value):
     with pytest.raises(ValidationError):
         ImageRecipe.model_validate({field: value})
@@ -61,6 +71,7 @@ def test_override_local_is_made_absolute(tmp_path, monkeypatch):
 
 
 # --- input hash ---------------------------------------------------------------------------
+
 
 def _hash(tmp_path, recipe=None, version="1.31.4", images_dir=IMAGES):
     return manifest.input_hash(manifest.inputs(recipe or ImageRecipe(), version, tmp_path, images_dir))
@@ -96,6 +107,7 @@ def test_input_hash_follows_local_source_content_not_its_path(tmp_path):
 
 # --- manifest -----------------------------------------------------------------------------
 
+
 def test_installed_packages_from_dpkg_status(tmp_path):
     status = tmp_path / "var/lib/dpkg/status"
     status.parent.mkdir(parents=True)
@@ -108,9 +120,16 @@ def test_installed_packages_from_dpkg_status(tmp_path):
 
 
 def test_manifest_inside_and_beside_agree(tmp_path):
-    inside = manifest.inside_manifest(site="lab", hash_hex="ab" * 32, input_data={"x": 1}, tools={"t": "1"},
-                                      packages={"p": "1"}, kernel="6.1", bake_steps=[{"name": "10", "seconds": 1}],
-                                      kubernetes_source="none")
+    inside = manifest.inside_manifest(
+        site="lab",
+        hash_hex="ab" * 32,
+        input_data={"x": 1},
+        tools={"t": "1"},
+        packages={"p": "1"},
+        kernel="6.1",
+        bake_steps=[{"name": "10", "seconds": 1}],
+        kubernetes_source="none",
+    )
     art = tmp_path / "lab.qcow2"
     art.write_bytes(b"qcow")
     entry = manifest.artifact_entry(art, "qcow2")
@@ -132,13 +151,14 @@ def test_step_times_parsed_from_dib_output():
 
 # --- disk layout and GRUB -------------------------------------------------------------------
 
+
 def test_layout_is_aligned_and_data_takes_the_rest():
     layout = disk.plan_layout(root_bytes=1500 * MIB, disk_bytes=6 * 1024 * MIB, seed="x")
     names = [p.name for p in layout.partitions]
     assert names == ["bios", "esp", "root", "data"]
     for p in layout.partitions:
         assert p.start % disk.ALIGN == 0 and p.sectors % disk.ALIGN == 0
-    for a, b in zip(layout.partitions, layout.partitions[1:]):
+    for a, b in zip(layout.partitions, layout.partitions[1:], strict=False):
         assert a.start + a.sectors == b.start
     bios, esp, root, data = layout.partitions
     assert bios.size == MIB and esp.size == 64 * MIB and root.size == 1500 * MIB
@@ -159,13 +179,17 @@ def test_sfdisk_accepts_the_layout(tmp_path):
     image = tmp_path / "d.raw"
     with open(image, "wb") as f:
         f.truncate(layout.disk_bytes)
-    subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(image)],
-                   input=layout.sfdisk_script(), text=True, check=True)
-    dump = json.loads(subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True,
-                                     check=True).stdout)["partitiontable"]
+    subprocess.run(
+        ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(image)],
+        input=layout.sfdisk_script(),
+        text=True,
+        check=True,
+    )
+    dump = json.loads(subprocess.run(["sfdisk", "-J", str(image)], capture_output=True, text=True, check=True).stdout)[
+        "partitiontable"
+    ]
     assert dump["id"] == layout.disk_uuid
-    assert [(p["start"], p["size"]) for p in dump["partitions"]] == [
-        (p.start, p.sectors) for p in layout.partitions]
+    assert [(p["start"], p["size"]) for p in dump["partitions"]] == [(p.start, p.sectors) for p in layout.partitions]
 
 
 def test_boot_img_patch_keeps_partition_table_and_points_at_core():
@@ -201,6 +225,7 @@ def test_find_kernel_picks_newest(tmp_path):
 
 # --- preflight ----------------------------------------------------------------------------
 
+
 def test_upstream_unreachable_says_what_to_use(tmp_path, monkeypatch):
     def fake_reach(url, timeout=preflight.REACH_TIMEOUT):
         return preflight.Reach(url, "debian" in url, "HTTP 200" if "debian" in url else "Name or service not known")
@@ -235,6 +260,7 @@ def test_host_packages_file_lists_every_needed_package():
 
 
 # --- cache --------------------------------------------------------------------------------
+
 
 def test_cache_hit_when_manifest_and_artifacts_exist(tmp_path):
     site = fake_site(tmp_path, ImageRecipe(kubernetesSource="none"))
@@ -282,8 +308,13 @@ def test_package_installs_mirrors_the_steps():
 
 def test_block_device_hook_declares_none():
     hook = IMAGES / "elements/nodekiln-node/block-device.d/10-nodekiln-no-block-device"
-    out = subprocess.run(["bash", str(hook)], env={"TMP_BUILD_DIR": "/tmp/nodekiln-test-bd", "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(hook)],
+        env={"TMP_BUILD_DIR": "/tmp/nodekiln-test-bd", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "IMAGE_BLOCK_DEVICE=none"
 
 
@@ -297,9 +328,13 @@ def test_labels_agree_between_disk_and_steps(tmp_path):
 
 # --- seed ISO -----------------------------------------------------------------------------
 
+
 def test_seed_iso_round_trip(tmp_path):
-    files = {"user-data": "#cloud-config\nhostname: a\n", "meta-data": "instance-id: a\n",
-             "network-config": "version: 2\n"}
+    files = {
+        "user-data": "#cloud-config\nhostname: a\n",
+        "meta-data": "instance-id: a\n",
+        "network-config": "version: 2\n",
+    }
     iso = write_seed_iso(tmp_path / "seed.iso", files)
     assert read_seed_iso(iso) == {k: v.encode() for k, v in files.items()}
     assert b"CIDATA" in iso.read_bytes()[32768:34816].upper()
@@ -339,8 +374,10 @@ def test_hook_times_say_where_a_dib_build_spends_its_time():
     ]
     for now, line in lines:
         hooks.feed(line, now)
-    assert hooks.slowest(2) == [{"name": "root.d/08-debootstrap", "seconds": 28.0},
-                                {"name": "install.d/60-nodekiln-steps", "seconds": 20.0}]
+    assert hooks.slowest(2) == [
+        {"name": "root.d/08-debootstrap", "seconds": 28.0},
+        {"name": "install.d/60-nodekiln-steps", "seconds": 20.0},
+    ]
     assert hooks.hooks["root.d/09-apt-keyring"] == 0.5
 
 
@@ -391,8 +428,10 @@ def test_a_failed_dib_hook_is_named_when_no_bake_step_was_running():
         "t | E: Unable to locate package foo\n"
         "t | + diskimage_builder/lib/img-functions:trap_cleanup:33 : exitval=1\n"
     )
-    assert failure_excerpt(log) == ["diskimage-builder hook install.d/01-package-installs failed; its last lines:",
-                                    "E: Unable to locate package foo"]
+    assert failure_excerpt(log) == [
+        "diskimage-builder hook install.d/01-package-installs failed; its last lines:",
+        "E: Unable to locate package foo",
+    ]
 
 
 def test_each_distribution_defaults_to_its_own_archive():
@@ -402,8 +441,10 @@ def test_each_distribution_defaults_to_its_own_archive():
     assert ImageRecipe(mirror="http://mirror.lab/debian").effective_mirror()[0] == "http://mirror.lab/debian"
     pinned = ImageRecipe(snapshot="20261120T000000Z").effective_mirror()
     assert pinned[0] == "http://snapshot.debian.org/archive/debian/20261120T000000Z"
-    assert ImageRecipe(distribution="ubuntu", release="24.04", snapshot="20261120T000000Z").effective_mirror()[0] == \
-        "https://snapshot.ubuntu.com/ubuntu/20261120T000000Z"
+    assert (
+        ImageRecipe(distribution="ubuntu", release="24.04", snapshot="20261120T000000Z").effective_mirror()[0]
+        == "https://snapshot.ubuntu.com/ubuntu/20261120T000000Z"
+    )
 
 
 def test_processes_in_the_build_chroot_are_found_and_killed(tmp_path):

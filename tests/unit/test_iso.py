@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nodekiln.errors import SiteError
-from nodekiln.images import iso
 from nodekiln.config.appliance import Appliance, DataDisk
 from nodekiln.config.site import load_site
+from nodekiln.errors import SiteError
+from nodekiln.images import iso
 
 NODES = [
     iso.MenuNode("cp1", "control-plane", "10.0.0.11", "52:54:00:AA:00:01"),
@@ -67,8 +67,12 @@ def test_appliance_conf_is_shell_the_initramfs_can_source(tmp_path: Path) -> Non
     conf = iso.appliance_conf("lab", Appliance(dataDisk=DataDisk(device="serial:S123", wipeForeign=True)), "h1")
     script = tmp_path / "conf"
     script.write_text(conf)
-    out = subprocess.run(["sh", "-c", f". {script}; echo \"$NK_SITE|$NK_DATA_DISK|$NK_WIPE_FOREIGN|$NK_DATA_LABEL|$NK_ISO_ID\""],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sh", "-c", f'. {script}; echo "$NK_SITE|$NK_DATA_DISK|$NK_WIPE_FOREIGN|$NK_DATA_LABEL|$NK_ISO_ID"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "lab|serial:S123|true|nodekiln-data|h1"
 
 
@@ -84,7 +88,9 @@ def test_bad_data_disk_choices_are_rejected(device: str) -> None:
 
 
 def test_site_file_appliance_section(site_file) -> None:
-    site = load_site(site_file(lambda d: d.update(appliance={"dataDisk": {"device": "serial:X1", "wipeForeign": True}})))
+    site = load_site(
+        site_file(lambda d: d.update(appliance={"dataDisk": {"device": "serial:X1", "wipeForeign": True}}))
+    )
     assert site.appliance.dataDisk.device == "serial:X1" and site.appliance.dataDisk.wipeForeign
     assert load_site(site_file()).appliance == Appliance()
     with pytest.raises(SiteError) as err:
@@ -95,12 +101,12 @@ def test_site_file_appliance_section(site_file) -> None:
 def parse_cpio(data: bytes) -> list[tuple[str, int, bytes]]:
     out, i = [], 0
     while True:
-        assert data[i:i + 6] == b"070701" and i % 4 == 0
-        fields = [int(data[i + 6 + 8 * k:i + 14 + 8 * k], 16) for k in range(13)]
+        assert data[i : i + 6] == b"070701" and i % 4 == 0
+        fields = [int(data[i + 6 + 8 * k : i + 14 + 8 * k], 16) for k in range(13)]
         mode, size, namesize = fields[1], fields[6], fields[11]
-        name = data[i + 110:i + 110 + namesize - 1].decode()
+        name = data[i + 110 : i + 110 + namesize - 1].decode()
         i = (i + 110 + namesize + 3) & ~3
-        body = data[i:i + size]
+        body = data[i : i + size]
         i = (i + size + 3) & ~3
         if name == "TRAILER!!!":
             return out
@@ -110,7 +116,11 @@ def parse_cpio(data: bytes) -> list[tuple[str, int, bytes]]:
 def test_cpio_archive_round_trips() -> None:
     data = iso.cpio_newc([("scripts", 0o755, None), ("scripts/x", 0o755, b"abc"), ("y", 0o644, b"12345")])
     members = parse_cpio(data)
-    assert [(n, oct(m)) for n, m, _ in members] == [("scripts", "0o40755"), ("scripts/x", "0o100755"), ("y", "0o100644")]
+    assert [(n, oct(m)) for n, m, _ in members] == [
+        ("scripts", "0o40755"),
+        ("scripts/x", "0o100755"),
+        ("y", "0o100644"),
+    ]
     assert members[1][2] == b"abc" and members[2][2] == b"12345"
 
 
@@ -135,8 +145,13 @@ def test_squashfs_keeps_api_dirs_empty_and_adds_missing_ones(tmp_path: Path) -> 
 
 
 def _inputs(**change):
-    base = dict(site_name="lab", image_inputs={"recipe": {"a": 1}},
-                seeds={"cp1": {"user-data": b"u", "meta-data": b"m"}}, nodes=NODES, appliance=Appliance())
+    base = dict(
+        site_name="lab",
+        image_inputs={"recipe": {"a": 1}},
+        seeds={"cp1": {"user-data": b"u", "meta-data": b"m"}},
+        nodes=NODES,
+        appliance=Appliance(),
+    )
     base.update(change)
     return iso.iso_inputs(**base)
 
@@ -179,7 +194,8 @@ def fake_machine(tmp_path: Path):
     stubs = tmp_path / "bin"
     for d in (sys_root / "block", sys_root / "class/net", sys_root / "class/block", probe, stubs):
         d.mkdir(parents=True)
-    (stubs / "blkid").write_text(textwrap.dedent(f"""\
+    (stubs / "blkid").write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         # blkid -p -o value -s KEY DEVICE
         for last; do :; done
@@ -187,19 +203,24 @@ def fake_machine(tmp_path: Path):
         f="{probe}/$(basename "$last").$key"
         [ -f "$f" ] && cat "$f"
         exit 0
-        """))
-    (stubs / "udevadm").write_text(textwrap.dedent(f"""\
+        """)
+    )
+    (stubs / "udevadm").write_text(
+        textwrap.dedent(f"""\
         #!/bin/sh
         for arg; do case $arg in --name=*) name=${{arg#--name=}} ;; esac; done
         f="{probe}/$(basename "$name").udev"
         [ -f "$f" ] && cat "$f"
         exit 0
-        """))
+        """)
+    )
     for stub in stubs.iterdir():
         stub.chmod(0o755)
 
     class Machine:
-        def disk(self, name: str, gib: float = 8, removable: int = 0, parts: int = 0, serial: str | None = None) -> None:
+        def disk(
+            self, name: str, gib: float = 8, removable: int = 0, parts: int = 0, serial: str | None = None
+        ) -> None:
             d = sys_root / "block" / name
             d.mkdir()
             (d / "size").write_text(f"{int(gib * 2 * 1024 * 1024)}\n")
@@ -221,8 +242,12 @@ def fake_machine(tmp_path: Path):
             (sys_root / "class/net" / name / "address").write_text(mac + "\n")
 
         def sh(self, script: str) -> subprocess.CompletedProcess[str]:
-            env = {**os.environ, "NK_SYS": str(sys_root), "NK_DEV": "/nonexistent-dev",
-                   "PATH": f"{stubs}:{os.environ['PATH']}"}
+            env = {
+                **os.environ,
+                "NK_SYS": str(sys_root),
+                "NK_DEV": "/nonexistent-dev",
+                "PATH": f"{stubs}:{os.environ['PATH']}",
+            }
             return subprocess.run(["sh", "-c", f". {LIB}; {script}"], capture_output=True, text=True, env=env)
 
         def out(self, script: str) -> str:
@@ -304,11 +329,16 @@ def test_classify_blank_nodekiln_and_foreign_disks(fake_machine) -> None:
     assert m.out("nk_classify nvme0n1") == "nodekiln nvme0n1p4"
 
 
-@pytest.mark.parametrize(("allow", "cls", "action"), [
-    ("false", "blank", "prepare"), ("false", "nodekiln vda1", "use"),
-    ("false", "foreign a partition table (dos, 1 partitions)", "refuse"),
-    ("true", "foreign a partition table (dos, 1 partitions)", "wipe"), ("true", "blank", "prepare"),
-])
+@pytest.mark.parametrize(
+    ("allow", "cls", "action"),
+    [
+        ("false", "blank", "prepare"),
+        ("false", "nodekiln vda1", "use"),
+        ("false", "foreign a partition table (dos, 1 partitions)", "refuse"),
+        ("true", "foreign a partition table (dos, 1 partitions)", "wipe"),
+        ("true", "blank", "prepare"),
+    ],
+)
 def test_decide_never_wipes_a_foreign_disk_unless_allowed(fake_machine, allow: str, cls: str, action: str) -> None:
     assert fake_machine.out(f"nk_decide {allow} {shlex_split(cls)}") == action
 
@@ -327,8 +357,12 @@ def test_node_by_mac(fake_machine, tmp_path: Path) -> None:
 
 
 def test_part_names() -> None:
-    assert subprocess.run(["sh", "-c", f". {LIB}; nk_part_name vda 1; nk_part_name nvme0n1 1; nk_part_name mmcblk0 1"],
-                          capture_output=True, text=True, check=True).stdout.split() == ["vda1", "nvme0n1p1", "mmcblk0p1"]
+    assert subprocess.run(
+        ["sh", "-c", f". {LIB}; nk_part_name vda 1; nk_part_name nvme0n1 1; nk_part_name mmcblk0 1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split() == ["vda1", "nvme0n1p1", "mmcblk0p1"]
 
 
 def test_boot_scripts_are_valid_posix_sh() -> None:

@@ -28,11 +28,11 @@ from nodekiln.bootstrap.jointoken import (
     parse_ttl,
     token_secret,
 )
+from nodekiln.config.site import Site, load_site
 from nodekiln.openstack import deploy
 from nodekiln.openstack.resources import ROLES, Names
 from nodekiln.openstack.userdata import digest
 from nodekiln.secrets import Secrets, generate
-from nodekiln.config.site import Site, load_site
 from tests.tls import serving_cert
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -41,6 +41,7 @@ SECRETS_PATH = "/api/v1/namespaces/kube-system/secrets"
 
 
 # -- the Secret --------------------------------------------------------------------------------
+
 
 def test_the_secret_is_a_bootstrap_token_as_cluster_bootstrap_defines_it():
     """Name, namespace, type and keys of kubernetes/cluster-bootstrap token/api/types.go; the
@@ -70,7 +71,9 @@ def test_expiration_is_utc_whatever_the_clock_zone():
     assert manifest["stringData"]["expiration"] == "2030-01-01T13:00:00Z"  # type: ignore[index]
 
 
-@pytest.mark.parametrize("token", ["abcdef0123456789abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde"])
+@pytest.mark.parametrize(
+    "token", ["abcdef0123456789abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde"]
+)
 def test_a_malformed_token_is_refused_without_quoting_it(token):
     with pytest.raises(ValueError) as refused:
         token_secret(token, H, NOW, "s")
@@ -89,7 +92,10 @@ def test_new_tokens_have_the_bootstrap_token_format_and_differ():
 
 # -- lifetime ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "hours"), [("24h", 24), ("2h30m", 2.5), ("90m", 1.5), ("45s", 45 / 3600), ("1h0m36s", 1.01), ("0s", 0)])
+
+@pytest.mark.parametrize(
+    ("text", "hours"), [("24h", 24), ("2h30m", 2.5), ("90m", 1.5), ("45s", 45 / 3600), ("1h0m36s", 1.01), ("0s", 0)]
+)
 def test_ttl_parsing(text, hours):
     assert parse_ttl(text) == dt.timedelta(hours=hours)
 
@@ -122,6 +128,7 @@ def test_an_init_server_of_unknown_age_gets_a_fresh_token():
 
 # -- a stand-in API server ---------------------------------------------------------------------
 
+
 def _serving_cert(ca: Any, directory: Path) -> tuple[Path, Path]:
     return serving_cert(ca.cert, ca.key, directory, "apiserver")
 
@@ -151,9 +158,12 @@ def _secret_problems(body: dict[str, Any]) -> list[str]:
         problems.append("token-secret does not match ^[a-z0-9]{16}$")
     if not _rfc3339_future(data.get("expiration", "")):
         problems.append("expiration is not an RFC 3339 time in the future")
-    for usage in ("usage-bootstrap-authentication", "usage-bootstrap-signing"):  # authentication for the CSR, signing for discovery
+    for usage in (
+        "usage-bootstrap-authentication",
+        "usage-bootstrap-signing",
+    ):  # authentication for the CSR, signing for discovery
         if data.get(usage) != "true":
-            problems.append(f"{usage} is not \"true\"")
+            problems.append(f'{usage} is not "true"')
     if "system:bootstrappers:kubeadm:default-node-token" not in data.get("auth-extra-groups", "").split(","):
         problems.append("auth-extra-groups lacks system:bootstrappers:kubeadm:default-node-token")
     return problems
@@ -174,7 +184,16 @@ class _StandInAPI(http.server.BaseHTTPRequestHandler):
     answer_500 = False
 
     def _status(self, code: int, reason: str, message: str) -> None:
-        body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}).encode()
+        body = json.dumps(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "message": message,
+                "reason": reason,
+                "code": code,
+            }
+        ).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -189,13 +208,19 @@ class _StandInAPI(http.server.BaseHTTPRequestHandler):
         if self.path != SECRETS_PATH:
             return self._status(404, "NotFound", "the server could not find the requested resource")
         if "kubeadm:cluster-admins" not in groups:
-            return self._status(403, "Forbidden", f'secrets is forbidden: User "{user}" cannot create resource "secrets" in API group "" '
-                                                  f'in the namespace "kube-system"')
+            return self._status(
+                403,
+                "Forbidden",
+                f'secrets is forbidden: User "{user}" cannot create resource "secrets" in API group "" '
+                f'in the namespace "kube-system"',
+            )
         if self.answer_500:  # an error that quotes what it was sent
             return self._status(500, "InternalError", f"etcd: could not store {body['stringData']['token-secret']}")
         problems = _secret_problems(body)
         if problems:
-            return self._status(422, "Invalid", f"Secret {body.get('metadata', {}).get('name')!r} is invalid: " + "; ".join(problems))
+            return self._status(
+                422, "Invalid", f"Secret {body.get('metadata', {}).get('name')!r} is invalid: " + "; ".join(problems)
+            )
         self.received.append(body)
         created = json.dumps({**body, "stringData": None, "metadata": {**body["metadata"], "uid": "x"}}).encode()
         self.send_response(201)
@@ -219,7 +244,9 @@ def site_secrets(site_file) -> Iterator[tuple[Site, Secrets, type[_StandInAPI]]]
     cert, key = _serving_cert(secrets.ca, site.directory)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    context.verify_mode = ssl.CERT_REQUIRED  # client certificates of the cluster CA only, as kube-apiserver's --client-ca-file
+    context.verify_mode = (
+        ssl.CERT_REQUIRED
+    )  # client certificates of the cluster CA only, as kube-apiserver's --client-ca-file
     context.load_verify_locations(cadata=secrets.ca.cert)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -267,7 +294,9 @@ def test_a_certificate_without_the_admin_group_is_forbidden(site_secrets, privat
     with pytest.raises(JoinTokenError) as refused:
         create_join_token(site, secrets, "127.0.0.1", 24 * H, dt.datetime.now(dt.UTC), timeout=10)
     message = str(refused.value)
-    assert message.startswith(f"the API at https://127.0.0.1:{site.endpoint_port}{SECRETS_PATH} refused the join token's Secret: HTTP 403: ")
+    assert message.startswith(
+        f"the API at https://127.0.0.1:{site.endpoint_port}{SECRETS_PATH} refused the join token's Secret: HTTP 403: "
+    )
     assert 'User "nodekiln-join-token" cannot create resource "secrets"' in message
     assert not isinstance(refused.value, APIUnreachableError) and handler.received == []
     assert list(private_tmp.iterdir()) == []
@@ -284,7 +313,9 @@ def test_an_error_quoting_the_token_does_not_pass_it_on(site_secrets, monkeypatc
 
 def test_an_api_signed_by_another_ca_is_refused(site_secrets):
     site, _, handler = site_secrets
-    with pytest.raises(JoinTokenError, match="is not the site's: its certificate is not signed by the site CA") as refused:
+    with pytest.raises(
+        JoinTokenError, match="is not the site's: its certificate is not signed by the site CA"
+    ) as refused:
         create_join_token(site, generate(), "127.0.0.1", 24 * H, dt.datetime.now(dt.UTC), timeout=10)
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
     assert handler.received == []
@@ -307,6 +338,7 @@ def test_an_unreachable_api_is_one_clear_line(site_file, monkeypatch):
 
 # -- site-deploy's decision --------------------------------------------------------------------
 
+
 def _state(site: Site, init_age: dt.timedelta | None, **extra: Any) -> deploy._State:
     created = (NOW - init_age).strftime("%Y-%m-%dT%H:%M:%SZ") if init_age is not None else None
     servers = {n.name: SimpleNamespace(created_at=created, status="ACTIVE") for n in site.nodes if n.name != "worker03"}
@@ -319,7 +351,9 @@ def _work(site: Site, *names: str) -> dict[str, Any]:
 
 def test_only_servers_joining_a_running_init_node_need_a_join_token(example_site):
     site = load_site(example_site)
-    assert deploy._joining(site, _state(site, H), _work(site, "worker03")) == [n for n in site.nodes if n.name == "worker03"]
+    assert deploy._joining(site, _state(site, H), _work(site, "worker03")) == [
+        n for n in site.nodes if n.name == "worker03"
+    ]
     assert deploy._joining(site, _state(site, H), _work(site)) == []  # nothing created
     everything = {"servers_create": list(site.nodes), "servers_replace": []}
     assert deploy._joining(site, deploy._State(), everything) == []  # a new cluster: kubeadm init makes the token
@@ -330,8 +364,13 @@ def test_only_servers_joining_a_running_init_node_need_a_join_token(example_site
 def test_a_young_init_node_keeps_the_stored_token(example_site):
     site = load_site(example_site)
     said: list[str] = []
-    fresh, note = deploy._join_token(site, generate(), _state(site, 3 * H), _work(site, "worker03"), NOW, False, said.append)
-    assert fresh is None and note == "the stored one for 1 new node (the init node's server is 3.0 h old, the token lives 24h)"
+    fresh, note = deploy._join_token(
+        site, generate(), _state(site, 3 * H), _work(site, "worker03"), NOW, False, said.append
+    )
+    assert (
+        fresh is None
+        and note == "the stored one for 1 new node (the init node's server is 3.0 h old, the token lives 24h)"
+    )
     assert said == [f"join token: {note}"]
 
 
@@ -343,11 +382,18 @@ def test_an_old_init_node_and_no_way_to_the_api_fails_before_anything_is_made(ex
         with pytest.raises(JoinTokenError) as failed:
             deploy._join_token(site, generate(), _state(site, 25 * H), _work(site, "worker03"), NOW, dry_run, print)
         message = str(failed.value)
-        assert message.startswith("worker03 would join the running cluster, but the server of its init node master01 was created 25.0 h ago: ")
+        assert message.startswith(
+            "worker03 would join the running cluster, but the server of its init node master01 was created 25.0 h ago: "
+        )
         assert "kubernetes.bootstrapTokenTTL (24h) and has expired" in message
-        assert "the API at https://10.0.1.128:7443 cannot be reached from here: the site has no floating IP and this host is not on 10.0.1.0/24" in message
-        assert message.endswith("Nothing was created. Run site-deploy from a host on the site network (10.0.1.0/24), or give the site "
-                                "`openstack.floatingIP: true` with this host's network in `firewall.apiFrom`.")
+        assert (
+            "the API at https://10.0.1.128:7443 cannot be reached from here: the site has no floating IP and this host is not on 10.0.1.0/24"
+            in message
+        )
+        assert message.endswith(
+            "Nothing was created. Run site-deploy from a host on the site network (10.0.1.0/24), or give the site "
+            "`openstack.floatingIP: true` with this host's network in `firewall.apiFrom`."
+        )
 
 
 def test_an_old_init_node_gets_a_fresh_token_through_the_floating_ip(example_site, monkeypatch):
@@ -363,7 +409,10 @@ def test_an_old_init_node_gets_a_fresh_token_through_the_floating_ip(example_sit
     state = _state(site, 25 * H, fip=SimpleNamespace(floating_ip_address="203.0.113.9"))
     said: list[str] = []
     dry = deploy._join_token(site, secrets, state, _work(site, "worker03"), NOW, True, said.append)
-    assert dry == (None, "would create a fresh one (valid 24h) for 1 new node through https://203.0.113.9:7443") and calls == []
+    assert (
+        dry == (None, "would create a fresh one (valid 24h) for 1 new node through https://203.0.113.9:7443")
+        and calls == []
+    )
     fresh, note = deploy._join_token(site, secrets, state, _work(site, "worker03"), NOW, False, said.append)
     assert fresh == "zyxwvu.0123456789abcdef" and calls == [("203.0.113.9", 24 * H)]
     assert note == "a fresh one (valid 24h) for 1 new node, created through https://203.0.113.9:7443"
@@ -391,13 +440,26 @@ def test_new_servers_boot_with_the_fresh_token_and_record_the_stored_digest(exam
     worker = next(n for n in site.nodes if n.name == "worker03")
     flavor = site.openstack.flavors["worker"]  # type: ignore[union-attr]
     state = deploy._State(
-        network=SimpleNamespace(id="net"), subnet=SimpleNamespace(id="subnet"), router=SimpleNamespace(id="router"), router_interface=True,
+        network=SimpleNamespace(id="net"),
+        subnet=SimpleNamespace(id="subnet"),
+        router=SimpleNamespace(id="router"),
+        router_interface=True,
         groups={role: SimpleNamespace(id=role, security_group_rules=[]) for role in ROLES},
-        ports={names.port("worker03"): SimpleNamespace(id="port-worker03")}, server_group=SimpleNamespace(id="group"),
-        flavors={flavor: SimpleNamespace(id="flavor", name=flavor)}, image=SimpleNamespace(id="image", name="image"),
+        ports={names.port("worker03"): SimpleNamespace(id="port-worker03")},
+        server_group=SimpleNamespace(id="group"),
+        flavors={flavor: SimpleNamespace(id="flavor", name=flavor)},
+        image=SimpleNamespace(id="image", name="image"),
     )
-    work: dict[str, Any] = {"ports_create": [], "ports_update": [], "ports_delete": [], "servers_create": [worker], "servers_replace": [],
-                            "servers_delete": [], "rules_create": {r: [] for r in ROLES}, "rules_delete": {r: [] for r in ROLES}}
+    work: dict[str, Any] = {
+        "ports_create": [],
+        "ports_update": [],
+        "ports_delete": [],
+        "servers_create": [worker],
+        "servers_replace": [],
+        "servers_delete": [],
+        "rules_create": {r: [] for r in ROLES},
+        "rules_delete": {r: [] for r in ROLES},
+    }
     stored, fresh = {"worker03": b"#cloud-config\n# stored token\n"}, {"worker03": b"#cloud-config\n# fresh token\n"}
     conn = MagicMock()
     assert deploy._converge(conn, site, names, state, deploy.Plan(), work, stored, False, print, fresh) == []

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from nodekiln.config.site import load_site
 from nodekiln.openstack import deploy
 from nodekiln.secrets import SecretStore
-from nodekiln.config.site import load_site
 from tests.tls import serving_cert
 
 
@@ -20,7 +20,7 @@ def _server_cert(ca_pem: str, ca_key_pem: str, tmp_path):
 
 
 class _Healthz(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         body = b"ok" if self.path == "/healthz" else b"no"
         self.send_response(200 if self.path == "/healthz" else 404)
         self.send_header("Content-Length", str(len(body)))
@@ -63,4 +63,6 @@ def test_an_endpoint_that_never_answers_is_an_error(site_file, monkeypatch):
     secrets, _ = SecretStore(site.directory, site.name).ensure()
     monkeypatch.setattr(deploy.time, "sleep", lambda s: None)
     with pytest.raises(deploy.DeployError, match="did not answer within 1 s"):
-        deploy._wait_healthz(site, secrets, deploy._State(fip=SimpleNamespace(floating_ip_address="127.0.0.1")), 1, print)
+        deploy._wait_healthz(
+            site, secrets, deploy._State(fip=SimpleNamespace(floating_ip_address="127.0.0.1")), 1, print
+        )

@@ -7,10 +7,10 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from nodekiln.config.site import load_site
 from nodekiln.errors import SiteError
 from nodekiln.openstack.cloud import CallCounter
 from nodekiln.openstack.resources import Names, Rule, allocation_pool, rules
-from nodekiln.config.site import load_site
 
 SECTION = {"cloud": "lab", "flavors": {"control-plane": "m1.large", "worker": "m1.xlarge"}}
 
@@ -50,7 +50,11 @@ def test_names_and_tag(example_site):
     site = load_site(example_site)
     names = Names(site)
     assert names.tag == "nodekiln:site=vlic-lab"
-    assert names.network == "vlic-lab-net" and names.port("worker01") == "vlic-lab-worker01" and names.vip_port == "vlic-lab-vip"
+    assert (
+        names.network == "vlic-lab-net"
+        and names.port("worker01") == "vlic-lab-worker01"
+        and names.vip_port == "vlic-lab-vip"
+    )
 
 
 def test_security_groups_mirror_the_node_firewall(example_site):
@@ -68,14 +72,18 @@ def test_security_groups_mirror_the_node_firewall(example_site):
         assert not any(r.port_min == port for r in worker)
     for role in (cp, worker):
         assert Rule("ingress", "IPv4", "tcp", 22, 22, remote_ip_prefix="0.0.0.0/0") in role
-        assert Rule("ingress", "IPv4", "4", None, None, remote_ip_prefix=str(site.network.cidr)) in role  # Calico IP-in-IP
+        assert (
+            Rule("ingress", "IPv4", "4", None, None, remote_ip_prefix=str(site.network.cidr)) in role
+        )  # Calico IP-in-IP
         assert Rule("ingress", "IPv4", "udp", 4789, 4789, remote_ip_prefix=str(site.network.cidr)) in role
 
 
 def test_api_from_opens_the_api_ports_on_control_planes(site_file):
     site = load_site(site_file(lambda d: d.setdefault("firewall", {}).update(apiFrom=["192.0.2.0/24"])))
     for port in (6443, site.endpoint_port):
-        assert Rule("ingress", "IPv4", "tcp", port, port, remote_ip_prefix="192.0.2.0/24") in rules(site, "control-plane")
+        assert Rule("ingress", "IPv4", "tcp", port, port, remote_ip_prefix="192.0.2.0/24") in rules(
+            site, "control-plane"
+        )
     assert not any(r.remote_ip_prefix == "192.0.2.0/24" for r in rules(site, "worker"))
 
 

@@ -9,16 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nodekiln.config.site import load_site
 from nodekiln.images import packer
 from nodekiln.images.packer_build import Progress, packer_inputs, remove_build_access, seed_files
-from nodekiln.config.site import load_site
 
 
-@pytest.mark.parametrize("text, expected, plugins", [
-    ("Packer v1.6.6\n", (1, 6, 6), False),
-    ("Packer v1.11.2\n\nYour version of Packer is out of date! The latest version\nis 1.12.0.", (1, 11, 2), True),
-    ("1.7.0", (1, 7, 0), True),
-])
+@pytest.mark.parametrize(
+    "text, expected, plugins",
+    [
+        ("Packer v1.6.6\n", (1, 6, 6), False),
+        ("Packer v1.11.2\n\nYour version of Packer is out of date! The latest version\nis 1.12.0.", (1, 11, 2), True),
+        ("1.7.0", (1, 7, 0), True),
+    ],
+)
 def test_version(text: str, expected: tuple[int, int, int], plugins: bool) -> None:
     version = packer.PackerVersion.parse(text)
     assert version.tuple == expected
@@ -43,10 +46,22 @@ def test_machine_readable_lines() -> None:
 def test_manifest_last_run_only(tmp_path: Path) -> None:
     doc = {
         "builds": [
-            {"name": "node", "builder_type": "qemu", "files": [{"name": "old.qcow2", "size": 1}],
-             "artifact_id": "VM", "packer_run_uuid": "old", "custom_data": {"tree": "old.tar.zst"}},
-            {"name": "node", "builder_type": "qemu", "files": [{"name": "out/packer-disk.qcow2", "size": 2}],
-             "artifact_id": "VM", "packer_run_uuid": "new", "custom_data": {"tree": "t.tar.zst"}},
+            {
+                "name": "node",
+                "builder_type": "qemu",
+                "files": [{"name": "old.qcow2", "size": 1}],
+                "artifact_id": "VM",
+                "packer_run_uuid": "old",
+                "custom_data": {"tree": "old.tar.zst"},
+            },
+            {
+                "name": "node",
+                "builder_type": "qemu",
+                "files": [{"name": "out/packer-disk.qcow2", "size": 2}],
+                "artifact_id": "VM",
+                "packer_run_uuid": "new",
+                "custom_data": {"tree": "t.tar.zst"},
+            },
         ],
         "last_run_uuid": "new",
     }
@@ -65,9 +80,11 @@ def test_progress_shows_bake_steps() -> None:
 
     out = StringIO()
     progress = Progress(Console(file=out, width=120), "packer-qemu")
-    for line in ["1,,ui,say,==> qemu.node: Provisioning with shell script",
-                 "2,,ui,message,    qemu.node: NODEKILN-STEP-BEGIN 10-kernel",
-                 "3,,ui,message,    qemu.node: NODEKILN-STEP-END 10-kernel 0.42"]:
+    for line in [
+        "1,,ui,say,==> qemu.node: Provisioning with shell script",
+        "2,,ui,message,    qemu.node: NODEKILN-STEP-BEGIN 10-kernel",
+        "3,,ui,message,    qemu.node: NODEKILN-STEP-END 10-kernel 0.42",
+    ]:
         progress(packer.parse_line(line))
     assert progress.last_say == "Provisioning with shell script"
     assert progress.steps.steps == [{"name": "10-kernel", "seconds": 0.42}]
@@ -110,7 +127,7 @@ def test_openstack_builder_needs_its_settings(example_site: Path, tmp_path: Path
     from nodekiln.errors import NodekilnError
     from nodekiln.images.packer_build import build_image_packer
 
-    with pytest.raises(NodekilnError, match="image.packer.openstack"):
+    with pytest.raises(NodekilnError, match=r"image\.packer\.openstack"):
         build_image_packer(load_site(example_site), "packer-openstack", tmp_path)
     with pytest.raises(NodekilnError, match="unknown builder"):
         build_image_packer(load_site(example_site), "packer-vmware", tmp_path)
@@ -120,8 +137,14 @@ def test_openstack_variables_come_from_the_recipe(site_file, tmp_path: Path) -> 
     from nodekiln.images.packer_build import packer_variables, plan_packer_build
 
     def change(doc):
-        doc["image"]["packer"] = {"openstack": {"sourceImage": "debian-12", "flavor": "m1.large",
-                                                "networks": ["net-1"], "floatingIpNetwork": "public"}}
+        doc["image"]["packer"] = {
+            "openstack": {
+                "sourceImage": "debian-12",
+                "flavor": "m1.large",
+                "networks": ["net-1"],
+                "floatingIpNetwork": "public",
+            }
+        }
 
     site = load_site(site_file(change))
     plan = plan_packer_build(site, "packer-openstack", tmp_path)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from testing import qemu
-from testing import isoboot
+from testing import isoboot, qemu
 
 
 def test_network_forwards_ssh_to_the_sites_own_address():
-    args = qemu.network_args(cidr="10.0.1.0/24", gateway="10.0.1.1", address="10.0.1.46", port=2222,
-                             mac="52:54:00:00:00:46")
+    args = qemu.network_args(
+        cidr="10.0.1.0/24", gateway="10.0.1.1", address="10.0.1.46", port=2222, mac="52:54:00:00:00:46"
+    )
     netdev = args[args.index("-netdev") + 1]
     assert "net=10.0.1.0/24" in netdev and "host=10.0.1.1" in netdev
     assert "hostfwd=tcp:127.0.0.1:2222-10.0.1.46:22" in netdev
@@ -73,8 +73,18 @@ def test_a_power_cycling_reboot_starts_the_same_machine_again(tmp_path):
     console = tmp_path / "console.log"
     console.write_text("first boot\n")
     first = spawn(["/bin/sleep", "0.5"], log=tmp_path / "qemu.log")
-    vm = _FakeGuest(first, tmp_path, console, 0, "u", tmp_path / "k", "10.0.0.2", "uefi", 0.0,
-                    argv=["/bin/sh", "-c", "exec /bin/sleep 30", "-no-reboot"])
+    vm = _FakeGuest(
+        first,
+        tmp_path,
+        console,
+        0,
+        "u",
+        tmp_path / "k",
+        "10.0.0.2",
+        "uefi",
+        0.0,
+        argv=["/bin/sh", "-c", "exec /bin/sleep 30", "-no-reboot"],
+    )
     try:
         vm.reboot(timeout=30)
         assert vm.proc is not first and vm.alive() and vm.asked == 1
@@ -88,7 +98,9 @@ def test_a_vm_without_no_reboot_cannot_be_power_cycled(tmp_path):
     from nodekiln.run import spawn, stop
 
     proc = spawn(["/bin/sleep", "30"], log=tmp_path / "qemu.log")
-    vm = qemu.VM(proc, tmp_path, tmp_path / "c", 0, "u", tmp_path / "k", "10.0.0.2", "uefi", 0.0, argv=["/bin/sleep", "30"])
+    vm = qemu.VM(
+        proc, tmp_path, tmp_path / "c", 0, "u", tmp_path / "k", "10.0.0.2", "uefi", 0.0, argv=["/bin/sleep", "30"]
+    )
     try:
         with pytest.raises(ValueError, match="-no-reboot"):
             vm.reboot(power_cycle=True)

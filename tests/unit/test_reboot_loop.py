@@ -9,8 +9,12 @@ from tests.image.reboot_loop import MARKERS, ConsoleClock, split_boot
 
 def test_a_reboot_splits_at_the_grub_and_initramfs_markers() -> None:
     clock = ConsoleClock(Path("/nonexistent"))
-    clock.lines = [(5.0, "old boot: " + MARKERS["kernel"]),  # before the reboot was asked: not this boot
-                   (112.0, MARKERS["firmware"]), (115.5, MARKERS["grub"]), (131.0, MARKERS["kernel"])]
+    clock.lines = [
+        (5.0, "old boot: " + MARKERS["kernel"]),  # before the reboot was asked: not this boot
+        (112.0, MARKERS["firmware"]),
+        (115.5, MARKERS["grub"]),
+        (131.0, MARKERS["kernel"]),
+    ]
     phases = split_boot(clock, asked=100.0, shutdown_s=4.0, back=170.0)
     assert phases == {"shutdown": 4.0, "firmware": 8.0, "grub": 3.5, "kernel": 15.5, "userspace": 39.0, "total": 70.0}
 

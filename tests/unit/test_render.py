@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodekiln.errors import SiteError
 from nodekiln.bootstrap.render import USER_DATA_LIMIT, RenderError, render_site, user_data, write_site
-from nodekiln.secrets import SecretStore
 from nodekiln.config.site import load_site
+from nodekiln.secrets import SecretStore
 from testing.synthetic import site_yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +52,16 @@ def test_init_node_gets_pki_and_init_configuration(example):
     site, secrets = example
     config = cloud_config(render_site(site, secrets)["master01"].user_data)
     files = files_of(config)
-    for name in ("ca.crt", "ca.key", "etcd/ca.crt", "etcd/ca.key", "front-proxy-ca.crt", "front-proxy-ca.key", "sa.key", "sa.pub"):
+    for name in (
+        "ca.crt",
+        "ca.key",
+        "etcd/ca.crt",
+        "etcd/ca.key",
+        "front-proxy-ca.crt",
+        "front-proxy-ca.key",
+        "sa.key",
+        "sa.pub",
+    ):
         assert f"/etc/kubernetes/pki/{name}" in files
     assert files["/etc/kubernetes/pki/ca.key"]["permissions"] == "0600"
     assert files["/etc/kubernetes/pki/ca.crt"]["content"] == secrets.ca.cert
@@ -66,12 +74,18 @@ def test_init_node_gets_pki_and_init_configuration(example):
     assert init["localAPIEndpoint"] == {"advertiseAddress": "10.0.1.92", "bindPort": 6443}
     assert cluster["controlPlaneEndpoint"] == "10.0.1.128:7443"
     assert cluster["kubernetesVersion"] == "v1.31.4"
-    assert cluster["networking"] == {"podSubnet": "192.168.0.0/16", "serviceSubnet": "10.96.0.0/12", "dnsDomain": "cluster.local"}
+    assert cluster["networking"] == {
+        "podSubnet": "192.168.0.0/16",
+        "serviceSubnet": "10.96.0.0/12",
+        "dnsDomain": "cluster.local",
+    }
     sans = cluster["apiServer"]["certSANs"]
     for name in ("10.0.1.128", "api.vlic-lab.example.org", "10.0.1.92", "10.0.1.27", "10.0.1.35"):
         assert name in sans
     assert kubelet["cgroupDriver"] == "systemd"
-    assert init["nodeRegistration"]["taints"] == [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+    assert init["nodeRegistration"]["taints"] == [
+        {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+    ]
 
 
 def test_other_control_planes_join_with_pki_and_no_certificate_key(example):
@@ -84,8 +98,13 @@ def test_other_control_planes_join_with_pki_and_no_certificate_key(example):
     assert "certificateKey" not in str(join)
     assert join["discovery"]["bootstrapToken"]["caCertHashes"] == [secrets.ca_cert_hash]
     assert join["discovery"]["bootstrapToken"]["apiServerEndpoint"] == "10.0.1.128:7443"
-    for path in ("/etc/keepalived/keepalived.conf", "/etc/keepalived/check_apiserver.sh", "/etc/haproxy/haproxy.cfg",
-                 "/etc/kubernetes/manifests/keepalived.yaml", "/etc/kubernetes/manifests/haproxy.yaml"):
+    for path in (
+        "/etc/keepalived/keepalived.conf",
+        "/etc/keepalived/check_apiserver.sh",
+        "/etc/haproxy/haproxy.cfg",
+        "/etc/kubernetes/manifests/keepalived.yaml",
+        "/etc/kubernetes/manifests/haproxy.yaml",
+    ):
         assert path in files, path
 
 
@@ -105,7 +124,11 @@ def test_workers_get_token_and_hash_but_no_ca_keys(example):
     registration = join["nodeRegistration"]
     assert {"name": "node-labels", "value": "tier=storage"} in registration["kubeletExtraArgs"]
     assert registration["taints"] == [{"key": "dedicated", "value": "storage", "effect": "NoSchedule"}]
-    worker01 = documents(files_of(cloud_config(render_site(site, secrets)["worker01"].user_data))["/etc/nodekiln/kubeadm.yaml"]["content"])
+    worker01 = documents(
+        files_of(cloud_config(render_site(site, secrets)["worker01"].user_data))["/etc/nodekiln/kubeadm.yaml"][
+            "content"
+        ]
+    )
     assert worker01["JoinConfiguration"]["nodeRegistration"]["taints"] == []
 
 
@@ -131,7 +154,15 @@ def test_network_config_is_static_v2(example):
     net = yaml.safe_load(render_site(site, secrets)["worker01"].network_config)
     assert net == {
         "version": 2,
-        "ethernets": {"eth0": {"dhcp4": False, "dhcp6": False, "addresses": ["10.0.1.46/24"], "routes": [{"to": "0.0.0.0/0", "via": "10.0.1.1"}], "nameservers": {"addresses": ["10.0.1.1"]}}},
+        "ethernets": {
+            "eth0": {
+                "dhcp4": False,
+                "dhcp6": False,
+                "addresses": ["10.0.1.46/24"],
+                "routes": [{"to": "0.0.0.0/0", "via": "10.0.1.1"}],
+                "nameservers": {"addresses": ["10.0.1.1"]},
+            }
+        },
     }
 
 
@@ -185,8 +216,15 @@ def test_write_site_refuses_a_folder_it_did_not_write(example, tmp_path):
 def test_render_task_bad_site_same_error_and_nothing_written(site_file, tmp_path):
     path = site_file(lambda d: d["nodes"][1].update(address="10.0.1.92"))
     out = tmp_path / "rendered"
-    validate = subprocess.run([sys.executable, "-m", "invoke", "validate", "--site", str(path)], cwd=REPO, capture_output=True, text=True)
-    render = subprocess.run([sys.executable, "-m", "invoke", "render", "--site", str(path), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    validate = subprocess.run(
+        [sys.executable, "-m", "invoke", "validate", "--site", str(path)], cwd=REPO, capture_output=True, text=True
+    )
+    render = subprocess.run(
+        [sys.executable, "-m", "invoke", "render", "--site", str(path), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert render.returncode == validate.returncode == 2
     assert render.stderr == validate.stderr
     assert not out.exists()
@@ -195,7 +233,12 @@ def test_render_task_bad_site_same_error_and_nothing_written(site_file, tmp_path
 
 def test_render_task_writes_nodes(example_site, tmp_path):
     out = tmp_path / "rendered"
-    result = subprocess.run([sys.executable, "-m", "invoke", "render", "--site", str(example_site), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "render", "--site", str(example_site), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "master01" / "user-data").read_bytes().startswith(b"#cloud-config\n")
 

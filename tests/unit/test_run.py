@@ -67,8 +67,12 @@ def test_a_program_printing_forever_still_times_out() -> None:
 def test_a_program_that_prints_within_its_timeout_is_unaffected(tmp_path: Path) -> None:
     seen: list[str] = []
     log = tmp_path / "run.log"
-    result = run(["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done; printf 'no newline'"],
-                 timeout=10, on_line=seen.append, log=log)
+    result = run(
+        ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done; printf 'no newline'"],
+        timeout=10,
+        on_line=seen.append,
+        log=log,
+    )
     assert result.returncode == 0
     assert result.output == "line 1\nline 2\nline 3\nno newline"
     assert seen == ["line 1", "line 2", "line 3", "no newline"]

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from cryptography import x509
 
-from nodekiln.errors import SecretsError
 from nodekiln.bootstrap.kubeconfig import admin_kubeconfig
-from nodekiln.secrets import SecretStore, ca_cert_hash
 from nodekiln.config.site import load_site
+from nodekiln.errors import SecretsError
+from nodekiln.secrets import SecretStore, ca_cert_hash
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,8 +54,12 @@ def test_ca_cert_hash_matches_openssl(example_site):
     """kubeadm documents the hash as openssl's: pubkey | DER | sha256."""
     site = load_site(example_site)
     secrets, _ = SecretStore(site.directory, site.name).ensure()
-    pub = subprocess.run(["openssl", "x509", "-pubkey", "-noout"], input=secrets.ca.cert, capture_output=True, text=True, check=True).stdout
-    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=pub.encode(), capture_output=True, check=True).stdout
+    pub = subprocess.run(
+        ["openssl", "x509", "-pubkey", "-noout"], input=secrets.ca.cert, capture_output=True, text=True, check=True
+    ).stdout
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "der"], input=pub.encode(), capture_output=True, check=True
+    ).stdout
     import hashlib
 
     assert ca_cert_hash(secrets.ca.cert) == "sha256:" + hashlib.sha256(der).hexdigest()
@@ -74,7 +78,7 @@ def test_lost_store_is_an_error_not_a_new_ca(example_site):
     store = SecretStore(site.directory, site.name)
     store.ensure()
     store.path.unlink()
-    with pytest.raises(SecretsError, match="missing.*restore"):
+    with pytest.raises(SecretsError, match=r"missing.*restore"):
         store.ensure()
     result = invoke("kubeconfig", "--site", str(example_site))
     assert result.returncode == 2 and "restore" in result.stderr and "Traceback" not in result.stderr
@@ -83,7 +87,7 @@ def test_lost_store_is_an_error_not_a_new_ca(example_site):
 def test_corrupt_store_is_a_clear_error_without_key_material(example_site):
     site = load_site(example_site)
     store = SecretStore(site.directory, site.name)
-    secrets, _ = store.ensure()
+    _secrets, _ = store.ensure()
     store.path.write_text(store.path.read_text()[:300])
     with pytest.raises(SecretsError, match="corrupt") as info:
         store.load()

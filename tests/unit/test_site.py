@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodekiln.errors import SiteError
 from nodekiln.config.site import json_schema, load_site
+from nodekiln.errors import SiteError
 from testing.synthetic import site_yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,11 @@ def test_unknown_field_names_line_and_path(site_file):
 
 
 def test_wrong_type(site_file):
-    one_problem(site_file(lambda d: d["controlPlane"].update(virtualRouterId="fifty")), "controlPlane.virtualRouterId", "valid integer")
+    one_problem(
+        site_file(lambda d: d["controlPlane"].update(virtualRouterId="fifty")),
+        "controlPlane.virtualRouterId",
+        "valid integer",
+    )
 
 
 def test_unquoted_version_gets_a_hint(site_file):
@@ -68,27 +72,49 @@ def test_repeated_node_name(site_file):
 
 
 def test_duplicate_address(site_file):
-    one_problem(site_file(lambda d: d["nodes"][1].update(address="10.0.1.92")), "nodes[1].address", "repeats nodes[0].address")
+    one_problem(
+        site_file(lambda d: d["nodes"][1].update(address="10.0.1.92")), "nodes[1].address", "repeats nodes[0].address"
+    )
 
 
 def test_address_outside_network(site_file):
-    one_problem(site_file(lambda d: d["nodes"][3].update(address="10.0.2.46")), "nodes[3].address", "not a host address of network.cidr")
+    one_problem(
+        site_file(lambda d: d["nodes"][3].update(address="10.0.2.46")),
+        "nodes[3].address",
+        "not a host address of network.cidr",
+    )
 
 
 def test_vip_outside_network(site_file):
-    one_problem(site_file(lambda d: d["controlPlane"]["endpoint"].update(vip="10.9.9.9")), "controlPlane.endpoint.vip", "not a host address")
+    one_problem(
+        site_file(lambda d: d["controlPlane"]["endpoint"].update(vip="10.9.9.9")),
+        "controlPlane.endpoint.vip",
+        "not a host address",
+    )
 
 
 def test_vip_equal_to_node_address(site_file):
-    one_problem(site_file(lambda d: d["controlPlane"]["endpoint"].update(vip="10.0.1.27")), "controlPlane.endpoint.vip", "master02")
+    one_problem(
+        site_file(lambda d: d["controlPlane"]["endpoint"].update(vip="10.0.1.27")),
+        "controlPlane.endpoint.vip",
+        "master02",
+    )
 
 
 def test_pod_and_service_networks_overlap(site_file):
-    one_problem(site_file(lambda d: d["kubernetes"].update(podSubnet="10.96.0.0/16")), "kubernetes.serviceSubnet", "overlaps kubernetes.podSubnet")
+    one_problem(
+        site_file(lambda d: d["kubernetes"].update(podSubnet="10.96.0.0/16")),
+        "kubernetes.serviceSubnet",
+        "overlaps kubernetes.podSubnet",
+    )
 
 
 def test_pod_network_overlaps_node_network(site_file):
-    one_problem(site_file(lambda d: d["kubernetes"].update(podSubnet="10.0.0.0/16")), "network.cidr", "overlaps kubernetes.podSubnet")
+    one_problem(
+        site_file(lambda d: d["kubernetes"].update(podSubnet="10.0.0.0/16")),
+        "network.cidr",
+        "overlaps kubernetes.podSubnet",
+    )
 
 
 def test_even_number_of_control_planes(site_file):
@@ -128,11 +154,19 @@ def test_load_balancer_needs_a_vip(site_file):
 
 
 def test_endpoint_port_clashes_with_apiserver(site_file):
-    one_problem(site_file(lambda d: d["controlPlane"]["endpoint"].update(port=6443)), "controlPlane.endpoint.port", "kube-apiserver")
+    one_problem(
+        site_file(lambda d: d["controlPlane"]["endpoint"].update(port=6443)),
+        "controlPlane.endpoint.port",
+        "kube-apiserver",
+    )
 
 
 def test_unparsable_ssh_key(site_file):
-    one_problem(site_file(lambda d: d["ssh"]["authorizedKeys"].append("ssh-ed25519 AAAA... ops@example")), "ssh.authorizedKeys[1]", "not an OpenSSH public key")
+    one_problem(
+        site_file(lambda d: d["ssh"]["authorizedKeys"].append("ssh-ed25519 AAAA... ops@example")),
+        "ssh.authorizedKeys[1]",
+        "not an OpenSSH public key",
+    )
 
 
 def test_yaml_that_does_not_parse(site_file):
@@ -183,7 +217,9 @@ def test_image_recipe_from_a_file_beside_the_site(site_file):
 def test_validate_task_exits_2_without_traceback(site_file):
     path = site_file(lambda d: d["nodes"][1].update(address="10.0.1.92"))
     before = sorted(p.name for p in path.parent.iterdir())
-    result = subprocess.run([sys.executable, "-m", "invoke", "validate", "--site", str(path)], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "validate", "--site", str(path)], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     assert f"{path}:" in result.stderr and "nodes[1].address" in result.stderr
@@ -193,7 +229,9 @@ def test_validate_task_exits_2_without_traceback(site_file):
 def test_site_env_var_is_the_default(site_file):
     path = site_file(lambda d: d["metadata"].update(name="from-env"))
     env = {**__import__("os").environ, "NODEKILN_SITE": str(path)}
-    result = subprocess.run([sys.executable, "-m", "invoke", "validate"], cwd=REPO, capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "validate"], cwd=REPO, capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert "from-env" in result.stdout
 
