@@ -85,6 +85,17 @@ def bench(c, site=None, only=None, json=None):
         benchmarks.write_json(figures, Path(json))
 
 
+LINT_PATHS = ("nodekiln", "testing", "bench", "tests", "tasks.py")
+
+
+@task
+def lint(c):
+    """ruff (lint and format) on the code, mypy (strict) on the package: pyproject.toml says how."""
+    c.run(shlex.join(["ruff", "check", *LINT_PATHS]), pty=False)
+    c.run(shlex.join(["ruff", "format", "--check", *LINT_PATHS]), pty=False)
+    c.run("mypy", pty=False)
+
+
 ns = Collection.from_module(shipped)
-for developer_task in (test, test_image, bench):
+for developer_task in (test, test_image, bench, lint):
     ns.add_task(developer_task)
