@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TypeVar, overload
+from typing import ParamSpec, TypeVar, overload
 
 from invoke.exceptions import Exit
 from rich.console import Console
 
 from nodekiln.errors import NodekilnError
 
-F = TypeVar("F", bound=Callable[..., object])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -22,12 +23,16 @@ NOTHING_HALF_WRITTEN = "interrupted: nothing half-written was left behind"
 
 
 @overload
-def handled(fn: F, *, interrupted: str = NOTHING_HALF_WRITTEN) -> F: ...
+def handled(fn: Callable[P, R], *, interrupted: str = NOTHING_HALF_WRITTEN) -> Callable[P, R]: ...
 @overload
-def handled(fn: None = None, *, interrupted: str = NOTHING_HALF_WRITTEN) -> Callable[[F], F]: ...
+def handled(
+    fn: None = None, *, interrupted: str = NOTHING_HALF_WRITTEN
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
-def handled(fn: F | None = None, *, interrupted: str = NOTHING_HALF_WRITTEN) -> F | Callable[[F], F]:
+def handled(
+    fn: Callable[P, R] | None = None, *, interrupted: str = NOTHING_HALF_WRITTEN
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Turn NodekilnError into its message on stderr and exit code 2 (no traceback), and Ctrl-C
     into `interrupted` and exit code 130.
 
@@ -35,10 +40,10 @@ def handled(fn: F | None = None, *, interrupted: str = NOTHING_HALF_WRITTEN) -> 
     (a cloud, a cluster) says what an interruption leaves: `@handled(interrupted="...")`.
     """
     if fn is None:
-        return functools.partial(handled, interrupted=interrupted)  # type: ignore[return-value]
+        return functools.partial(handled, interrupted=interrupted)
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except NodekilnError as exc:
@@ -48,5 +53,6 @@ def handled(fn: F | None = None, *, interrupted: str = NOTHING_HALF_WRITTEN) -> 
             print(interrupted, file=sys.stderr)
             raise Exit(code=130) from None
 
-    wrapper.interrupted = interrupted  # type: ignore[attr-defined]  # each task's own: tests check it
-    return wrapper  # type: ignore[return-value]
+    # Each task's own message, which tests check; mypy knows of no attributes set on a function.
+    wrapper.interrupted = interrupted  # type: ignore[attr-defined]
+    return wrapper

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict, Unpack
 
 from nodekiln.errors import MissingToolError, ToolError, ToolTimeoutError
 
@@ -67,6 +67,22 @@ class Result:
     returncode: int
     output: str
     seconds: float
+
+
+class RunOptions(TypedDict, total=False):
+    """The keyword arguments of `run`, for the helpers that pass them on."""
+
+    cwd: Path | None
+    env: Mapping[str, str] | None
+    input: str | None
+    log: Path | None
+    on_line: Callable[[str], None] | None
+    check: bool
+    ok_codes: tuple[int, ...]
+    timeout: float | None
+    tail: int
+    capture: bool
+    interrupt: Sequence[tuple[int, float]] | None
 
 
 def run(
@@ -123,7 +139,8 @@ def run(
     # Ctrl-C arrives and callbacks expect to run. The queue is bounded so a chatty program still
     # waits for us; while the program is being stopped the thread keeps reading into `spill`, so
     # a program that prints as it shuts down (Packer's cancel) never blocks on a full pipe.
-    assert proc.stdout is not None
+    # text=True: the pipe comes as a TextIOWrapper (IO[str] to a type checker, without .encoding).
+    assert isinstance(proc.stdout, io.TextIOWrapper)
     chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
     stopping = threading.Event()
     spill: list[bytes] = []
@@ -258,7 +275,7 @@ def _kill_group(proc: subprocess.Popen[str], sequence: Sequence[tuple[int, float
             pass
 
 
-def output(argv: Sequence[str | os.PathLike[str]], **kwargs) -> str:
+def output(argv: Sequence[str | os.PathLike[str]], **kwargs: Unpack[RunOptions]) -> str:
     """Run a quick program and return what it printed, stripped."""
     return run(argv, **kwargs).output.strip()
 

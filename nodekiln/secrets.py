@@ -17,7 +17,11 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+)
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -27,6 +31,22 @@ from nodekiln.files import write_atomic
 CA_YEARS = 10
 STORE_DIR = ".nodekiln"
 GITIGNORE = "# nodekiln secrets: never commit them\n*\n!.gitignore\n!*.fingerprint\n"
+# The key types that can sign a certificate: a certificate may also hold an X25519 or X448 key,
+# which only agrees on keys.
+_ISSUER_PUBLIC_KEYS = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+    dsa.DSAPublicKey,
+)
+_ISSUER_PRIVATE_KEYS = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
 
 
 class KeyPair(BaseModel):
@@ -104,10 +124,22 @@ def make_ca(common_name: str, now: dt.datetime | None = None) -> KeyPair:
     return KeyPair(cert=cert.public_bytes(serialization.Encoding.PEM).decode(), key=_pem_key(key))
 
 
+def _issuer(ca: KeyPair) -> tuple[x509.Name, CertificateIssuerPublicKeyTypes, CertificateIssuerPrivateKeyTypes]:
+    """The CA's name, public key and private key, checked to be a kind that signs certificates."""
+    cert = x509.load_pem_x509_certificate(ca.cert.encode())
+    public = cert.public_key()
+    key = serialization.load_pem_private_key(ca.key.encode(), password=None)
+    if not isinstance(public, _ISSUER_PUBLIC_KEYS) or not isinstance(key, _ISSUER_PRIVATE_KEYS):
+        raise SecretsError(
+            f"CA {cert.subject.rfc4514_string()}: its keys ({type(public).__name__}, {type(key).__name__}) cannot sign "
+            "certificates: expected RSA, EC, Ed25519, Ed448 or DSA"
+        )
+    return cert.subject, public, key
+
+
 def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int) -> KeyPair:
     """A client certificate signed by `ca` (for the admin kubeconfig)."""
-    ca_cert = x509.load_pem_x509_certificate(ca.cert.encode())
-    ca_key = serialization.load_pem_private_key(ca.key.encode(), password=None)
+    ca_name, ca_public, ca_key = _issuer(ca)
     key = _key()
     now = dt.datetime.now(dt.UTC)
     subject = x509.Name(
@@ -119,7 +151,7 @@ def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(ca_cert.subject)
+        .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -127,8 +159,8 @@ def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False)
+        .sign(ca_key, hashes.SHA256())
     )
     return KeyPair(cert=cert.public_bytes(serialization.Encoding.PEM).decode(), key=_pem_key(key))
 
@@ -136,8 +168,11 @@ def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int
 def bootstrap_token() -> str:
     """A kubeadm bootstrap token: [a-z0-9]{6}.[a-z0-9]{16}."""
     alphabet = string.ascii_lowercase + string.digits
-    pick = lambda n: "".join(rand.choice(alphabet) for _ in range(n))  # noqa: E731
-    return f"{pick(6)}.{pick(16)}"
+    return f"{_random(alphabet, 6)}.{_random(alphabet, 16)}"
+
+
+def _random(alphabet: str, length: int) -> str:
+    return "".join(rand.choice(alphabet) for _ in range(length))
 
 
 def password(length: int = 32) -> str:

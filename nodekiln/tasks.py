@@ -11,22 +11,31 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from invoke import Collection, Program, task
+# invoke re-exports these at its top level, but only its modules declare them for a type checker.
+from invoke.collection import Collection
+from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.program import Program
+from invoke.tasks import task
 
 from nodekiln.cli import console, handled
+
+if TYPE_CHECKING:  # imported by each task when it runs: `nodekiln --help` stays quick
+    from nodekiln.config.site import Site
+    from nodekiln.secrets import Secrets
 
 SITE_HELP = {"site": "site file (default: $NODEKILN_SITE, else sites/example/site.yaml)"}
 
 
-def _site(path: str | None):
+def _site(path: str | None) -> Site:
     from nodekiln.config.site import load_site
 
     return load_site(path)
 
 
-def _secrets(site):
+def _secrets(site: Site) -> Secrets:
     from nodekiln.secrets import SecretStore
 
     secrets, created = SecretStore(site.directory, site.name).ensure()
@@ -39,7 +48,7 @@ def _secrets(site):
 
 @task(help=SITE_HELP)
 @handled
-def validate(c, site=None):
+def validate(c: Context, site: str | None = None) -> None:
     """Check the site file: every problem with its line and field."""
     loaded = _site(site)
     console.print(
@@ -49,7 +58,7 @@ def validate(c, site=None):
 
 @task(help={**SITE_HELP, "regenerate": "replace existing (or lost) secrets: only for a site whose nodes are all gone"})
 @handled
-def secrets(c, site=None, regenerate=False):
+def secrets(c: Context, site: str | None = None, regenerate: bool = False) -> None:
     """Create the site's CAs, keys, token, VRRP password (once)."""
     from nodekiln.secrets import SecretStore
 
@@ -74,7 +83,7 @@ def secrets(c, site=None, regenerate=False):
     }
 )
 @handled
-def kubeconfig(c, site=None, out=None, days=365):
+def kubeconfig(c: Context, site: str | None = None, out: str | None = None, days: int = 365) -> None:
     """Write an admin kubeconfig signed by the site CA."""
     from nodekiln.bootstrap.kubeconfig import admin_kubeconfig
     from nodekiln.files import write_atomic
@@ -99,7 +108,14 @@ def kubeconfig(c, site=None, out=None, days=365):
     interrupted="interrupted outside the build itself (tool and source checks): no work folder, mount or "
     "partial artifact is left (an interrupted build cleans up and says so itself)"
 )
-def build_image(c, site=None, out=None, kubernetes_source=None, format=None, builder="dib"):
+def build_image(
+    c: Context,
+    site: str | None = None,
+    out: str | None = None,
+    kubernetes_source: str | None = None,
+    format: list[str] | None = None,
+    builder: str = "dib",
+) -> None:
     """Bake the site's immutable node image; prints its path last."""
     from nodekiln.images.build import build_image as build
     from nodekiln.images.packer_build import BUILDERS, build_image_packer
@@ -119,7 +135,7 @@ def build_image(c, site=None, out=None, kubernetes_source=None, format=None, bui
 
 @task(help={**SITE_HELP, "out": "output folder (default: build/render/<site>)"})
 @handled
-def render(c, site=None, out=None):
+def render(c: Context, site: str | None = None, out: str | None = None) -> None:
     """Write every node's cloud-init data (NoCloud files)."""
     from nodekiln.bootstrap.render import write_site
 
@@ -141,7 +157,13 @@ def render(c, site=None, out=None):
     interrupted="interrupted: no ISO was finished (it is renamed into place only when complete); its work folder "
     "under <out>/work/ stays, and the next build-iso starts over in it"
 )
-def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
+def build_iso(
+    c: Context,
+    site: str | None = None,
+    out: str | None = None,
+    kubernetes_source: str | None = None,
+    tree: str | None = None,
+) -> None:
     """Make the site's appliance ISO (UEFI+BIOS, CD or USB)."""
     from nodekiln.images.iso import build_iso as build
 
@@ -173,7 +195,14 @@ def build_iso(c, site=None, out=None, kubernetes_source=None, tree=None):
     "helm --atomic rolls it back (if helm was killed first it stays pending: helm rollback it); "
     "run addons again, it skips unchanged releases"
 )
-def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None):
+def addons(
+    c: Context,
+    site: str | None = None,
+    dry_run: bool = False,
+    out: str | None = None,
+    images: bool = False,
+    kubeconfig: str | None = None,
+) -> None:
     """Install the site's Helm addons in order (--dry-run: plan)."""
     from rich.table import Table
 
@@ -221,7 +250,7 @@ def addons(c, site=None, dry_run=False, out=None, images=False, kubeconfig=None)
     interrupted="interrupted: the unfinished Glance image was deleted or, if that did not get through, is left "
     "queued/saving and the next upload-image deletes it; run upload-image again"
 )
-def upload_image(c, site=None, image=None):
+def upload_image(c: Context, site: str | None = None, image: str | None = None) -> None:
     """Upload the node image to Glance (reused by content hash)."""
     from nodekiln.openstack.images import newest_artifact
     from nodekiln.openstack.images import upload_image as upload
@@ -254,7 +283,7 @@ def upload_image(c, site=None, image=None):
     interrupted="interrupted: what site-deploy created so far stays, tagged as the site's (but for a resource caught "
     "between its create and its tag call: README, OpenStack); run site-deploy again to converge, or site-destroy"
 )
-def site_deploy(c, site=None, dry_run=False, prune=False):
+def site_deploy(c: Context, site: str | None = None, dry_run: bool = False, prune: bool = False) -> None:
     """Create or converge the site's OpenStack servers and network."""
     from nodekiln.openstack.deploy import site_deploy as deploy
 
@@ -274,7 +303,7 @@ def site_deploy(c, site=None, dry_run=False, prune=False):
     interrupted="interrupted: some of the site's resources may be deleted, the rest are still there and still "
     "the site's; run site-destroy again to delete them"
 )
-def site_destroy(c, site=None):
+def site_destroy(c: Context, site: str | None = None) -> None:
     """Delete every OpenStack resource nodekiln made for the site."""
     from nodekiln.openstack.deploy import site_destroy as destroy
 
@@ -287,7 +316,7 @@ def site_destroy(c, site=None):
 
 @task(help={**SITE_HELP, "out": "write the schema to this file instead of standard output"})
 @handled
-def schema(c, site=None, out=None):
+def schema(c: Context, site: str | None = None, out: str | None = None) -> None:
     """Print the site file's JSON Schema (for editors)."""
     from nodekiln.config.site import json_schema
     from nodekiln.files import write_atomic

@@ -15,7 +15,6 @@ ADMIN_GROUP = "kubeadm:cluster-admins"
 
 def admin_kubeconfig(site: Site, secrets: Secrets, days: int = 365, user: str = "nodekiln-admin") -> str:
     client = make_client_cert(secrets.ca, user, ADMIN_GROUP, days)
-    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
     context = f"{user}@{site.name}"
     config = {
         "apiVersion": "v1",
@@ -23,13 +22,13 @@ def admin_kubeconfig(site: Site, secrets: Secrets, days: int = 365, user: str = 
         "clusters": [
             {
                 "name": site.name,
-                "cluster": {"server": f"https://{site.endpoint}", "certificate-authority-data": b64(secrets.ca.cert)},
+                "cluster": {"server": f"https://{site.endpoint}", "certificate-authority-data": _b64(secrets.ca.cert)},
             }
         ],
         "users": [
             {
                 "name": f"{user}@{site.name}",
-                "user": {"client-certificate-data": b64(client.cert), "client-key-data": b64(client.key)},
+                "user": {"client-certificate-data": _b64(client.cert), "client-key-data": _b64(client.key)},
             }
         ],
         "contexts": [{"name": context, "context": {"cluster": site.name, "user": f"{user}@{site.name}"}}],
@@ -37,3 +36,7 @@ def admin_kubeconfig(site: Site, secrets: Secrets, days: int = 365, user: str = 
         "preferences": {},
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

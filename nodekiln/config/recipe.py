@@ -60,6 +60,13 @@ class PackerRecipe(Strict):
     openstack: PackerOpenStack | None = None
 
 
+ImageFormat = Literal["qcow2", "raw"]
+
+
+def _default_formats() -> list[ImageFormat]:
+    return ["qcow2"]
+
+
 class ImageRecipe(Strict):
     """What goes into the node image. Defaults give the example site's image."""
 
@@ -92,7 +99,7 @@ class ImageRecipe(Strict):
     extraPackages: list[str] = Field(default_factory=list)
     preloadImages: list[str] = Field(default_factory=list)
     diskSizeGiB: int = Field(default=6, ge=2, le=2048)
-    formats: list[Literal["qcow2", "raw"]] = Field(default_factory=lambda: ["qcow2"])
+    formats: list[ImageFormat] = Field(default_factory=_default_formats)
     qcow2Compression: Literal["zstd", "zlib"] = Field(
         default="zstd",
         description="zstd: ~3 % smaller and 3x faster to write than zlib; needs QEMU >= 5.1 to read",

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import AfterValidator, Field, PrivateAttr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from nodekiln import contract
 from nodekiln.config import ports, yamlsrc
@@ -285,7 +286,7 @@ def _pydantic_problems(
     return problems
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     given = error.get("input")
     if kind == "extra_forbidden":
