@@ -14,7 +14,7 @@ from invoke import Collection, task
 from invoke.exceptions import Exit
 
 from nodekiln import tasks as shipped
-from nodekiln.cli import console, handled
+from nodekiln.cli import handled, reporter
 from nodekiln.tasks import SITE_HELP, _site
 
 REPO = Path(__file__).resolve().parent
@@ -77,10 +77,11 @@ def bench(c, site=None, only=None, json=None):
     from bench.figures import figure_details, figures_table
 
     figures = benchmarks.run(only or None)
-    console.print(figures_table(figures))
+    report = reporter()
+    report.show(figures_table(figures))
     details = figure_details(figures)
     if details:
-        console.print(details, highlight=False)
+        report.say(details)
     if json:
         benchmarks.write_json(figures, Path(json))
 

@@ -11,11 +11,17 @@ from invoke.exceptions import Exit
 from rich.console import Console
 
 from nodekiln.errors import NodekilnError
+from nodekiln.report import Reporter
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 console = Console(highlight=False, soft_wrap=True)
+
+
+def reporter() -> Reporter:
+    """What every task prints goes through this (messages with the result, on standard output)."""
+    return Reporter(console=console)
 
 
 # True of the tasks that only write files: each is written to a temporary name and renamed.

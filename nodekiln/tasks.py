@@ -20,7 +20,7 @@ from invoke.exceptions import Exit
 from invoke.program import Program
 from invoke.tasks import task
 
-from nodekiln.cli import console, handled
+from nodekiln.cli import handled, reporter
 
 if TYPE_CHECKING:  # imported by each task when it runs: `nodekiln --help` stays quick
     from nodekiln.config.site import Site
@@ -36,11 +36,12 @@ def _site(path: str | None) -> Site:
 
 
 def _secrets(site: Site) -> Secrets:
+    report = reporter()
     from nodekiln.secrets import SecretStore
 
     secrets, created = SecretStore(site.directory, site.name).ensure()
     if created:
-        console.print(
+        report.say(
             f"created the secrets of site {site.name} in {SecretStore(site.directory, site.name).path} (mode 0600)"
         )
     return secrets
@@ -50,8 +51,9 @@ def _secrets(site: Site) -> Secrets:
 @handled
 def validate(c: Context, site: str | None = None) -> None:
     """Check the site file: every problem with its line and field."""
+    report = reporter()
     loaded = _site(site)
-    console.print(
+    report.say(
         f"{loaded.file}: site {loaded.name} is valid: {len(loaded.control_planes)} control planes, {len(loaded.workers)} workers, endpoint {loaded.endpoint}"
     )
 
@@ -60,19 +62,20 @@ def validate(c: Context, site: str | None = None) -> None:
 @handled
 def secrets(c: Context, site: str | None = None, regenerate: bool = False) -> None:
     """Create the site's CAs, keys, token, VRRP password (once)."""
+    report = reporter()
     from nodekiln.secrets import SecretStore
 
     loaded = _site(site)
     store = SecretStore(loaded.directory, loaded.name)
     if regenerate:
         store.create(regenerate=True)
-        console.print(f"regenerated the secrets of site {loaded.name} in {store.path}")
+        report.say(f"regenerated the secrets of site {loaded.name} in {store.path}")
     elif store.exists():
         store.load()
-        console.print(f"secrets of site {loaded.name} are in place: {store.path}")
+        report.say(f"secrets of site {loaded.name} are in place: {store.path}")
     else:
         store.create()
-        console.print(f"created the secrets of site {loaded.name} in {store.path} (mode 0600)")
+        report.say(f"created the secrets of site {loaded.name} in {store.path} (mode 0600)")
 
 
 @task(
@@ -85,13 +88,14 @@ def secrets(c: Context, site: str | None = None, regenerate: bool = False) -> No
 @handled
 def kubeconfig(c: Context, site: str | None = None, out: str | None = None, days: int = 365) -> None:
     """Write an admin kubeconfig signed by the site CA."""
+    report = reporter()
     from nodekiln.bootstrap.kubeconfig import admin_kubeconfig
     from nodekiln.files import write_atomic
 
     loaded = _site(site)
     target = Path(out) if out else loaded.directory / ".nodekiln" / f"{loaded.name}-admin.conf"
     write_atomic(target, admin_kubeconfig(loaded, _secrets(loaded), days=int(days)), mode=0o600)
-    console.print(str(target))
+    report.say(str(target))
 
 
 @task(
@@ -117,6 +121,7 @@ def build_image(
     builder: str = "dib",
 ) -> None:
     """Bake the site's immutable node image; prints its path last."""
+    report = reporter()
     from nodekiln.images.build import build_image as build
     from nodekiln.images.packer_build import BUILDERS, build_image_packer
 
@@ -129,20 +134,21 @@ def build_image(
     else:
         result = build_image_packer(loaded, builder, target, kubernetes_source, format or None)
     state = "cache hit: inputs unchanged" if result.cache_hit else f"built in {result.seconds:.0f} s"
-    console.print(f"{state}; manifest {result.manifest_path}")
-    print(result.image)
+    report.say(f"{state}; manifest {result.manifest_path}")
+    report.result(str(result.image))
 
 
 @task(help={**SITE_HELP, "out": "output folder (default: build/render/<site>)"})
 @handled
 def render(c: Context, site: str | None = None, out: str | None = None) -> None:
     """Write every node's cloud-init data (NoCloud files)."""
+    report = reporter()
     from nodekiln.bootstrap.render import write_site
 
     loaded = _site(site)
     target = Path(out) if out else Path("build/render") / loaded.name
     written = write_site(loaded, _secrets(loaded), target)
-    console.print(f"rendered {len(written)} nodes of site {loaded.name} into {target}")
+    report.say(f"rendered {len(written)} nodes of site {loaded.name} into {target}")
 
 
 @task(
@@ -165,6 +171,7 @@ def build_iso(
     tree: str | None = None,
 ) -> None:
     """Make the site's appliance ISO (UEFI+BIOS, CD or USB)."""
+    report = reporter()
     from nodekiln.images.iso import build_iso as build
 
     loaded = _site(site)
@@ -174,11 +181,11 @@ def build_iso(
         Path(out) if out else Path("build/iso"),
         kubernetes_source=kubernetes_source,
         tree=Path(tree) if tree else None,
-        on_stage=lambda name: console.print(f"[dim]… {name}[/]"),
+        on_stage=lambda name: report.say(f"[dim]… {name}[/]"),
     )
     how = "cache hit (inputs unchanged)" if result.cached else f"built in {result.seconds:.0f} s"
-    console.print(f"{how}; manifest {result.manifest}; the ISO holds the site's credentials (mode 0600)")
-    print(result.path)
+    report.say(f"{how}; manifest {result.manifest}; the ISO holds the site's credentials (mode 0600)")
+    report.result(str(result.path))
 
 
 @task(
@@ -204,6 +211,7 @@ def addons(
     kubeconfig: str | None = None,
 ) -> None:
     """Install the site's Helm addons in order (--dry-run: plan)."""
+    report = reporter()
     from rich.table import Table
 
     from nodekiln import addons as stage
@@ -213,9 +221,9 @@ def addons(
     if images:
         found, notes = stage.images(loaded, target)
         for image in found:
-            sys.stdout.write(image + "\n")
+            report.result(image)
         for note in notes:
-            console.print(f"note: {note}", style="yellow")
+            report.note(note)
         return
     if dry_run:
         plan, plan_file = stage.plan_release_files(loaded, target)
@@ -225,19 +233,17 @@ def addons(
         table.add_column("waits for")
         for i, release in enumerate(plan.releases, 1):
             table.add_row(str(i), release.name, release.namespace, release.label, release.wait_for)
-        console.print(table)
+        report.show(table)
         for name, env in plan.missing_secrets:
-            console.print(f"note: secret {name} is not in the store yet: set {env} for the real run", style="yellow")
-        console.print(f"wrote {plan_file} and {len(plan.releases)} values files (no cluster touched)")
+            report.note(f"secret {name} is not in the store yet: set {env} for the real run")
+        report.say(f"wrote {plan_file} and {len(plan.releases)} values files (no cluster touched)")
         return
     outcomes = stage.install(loaded, target, Path(kubeconfig) if kubeconfig else None)
     changed = [o for o in outcomes if o.action != "unchanged"]
     if not changed:
-        console.print(f"nothing changed: all {len(outcomes)} releases are as planned")
+        report.say(f"nothing changed: all {len(outcomes)} releases are as planned")
     else:
-        console.print(
-            ", ".join(f"{o.name} {o.action}" for o in changed) + f"; {len(outcomes) - len(changed)} unchanged"
-        )
+        report.say(", ".join(f"{o.name} {o.action}" for o in changed) + f"; {len(outcomes) - len(changed)} unchanged")
 
 
 @task(
@@ -252,6 +258,7 @@ def addons(
 )
 def upload_image(c: Context, site: str | None = None, image: str | None = None) -> None:
     """Upload the node image to Glance (reused by content hash)."""
+    report = reporter()
     from nodekiln.openstack.images import newest_artifact
     from nodekiln.openstack.images import upload_image as upload
 
@@ -263,11 +270,11 @@ def upload_image(c: Context, site: str | None = None, image: str | None = None) 
         path, manifest = newest_artifact(loaded)
     result = upload(loaded, path, manifest)
     for orphan in result.cleaned:
-        console.print(f"deleted image {orphan}, left behind by an interrupted upload")
+        report.say(f"deleted image {orphan}, left behind by an interrupted upload")
     if result.reused:
-        console.print(f"image {result.name} ({result.image_id}) is already in Glance: nothing uploaded")
+        report.say(f"image {result.name} ({result.image_id}) is already in Glance: nothing uploaded")
     else:
-        console.print(
+        report.say(
             f"uploaded {result.name} ({result.image_id}): {result.bytes / 2**20:.0f} MiB in {result.seconds:.1f} s, sha512 verified"
         )
 
@@ -285,17 +292,18 @@ def upload_image(c: Context, site: str | None = None, image: str | None = None) 
 )
 def site_deploy(c: Context, site: str | None = None, dry_run: bool = False, prune: bool = False) -> None:
     """Create or converge the site's OpenStack servers and network."""
+    report = reporter()
     from nodekiln.openstack.deploy import site_deploy as deploy
 
     loaded = _site(site)
-    result = deploy(loaded, _secrets(loaded), dry_run=dry_run, prune=prune, echo=console.print)
-    console.print(result.plan.table())
+    result = deploy(loaded, _secrets(loaded), dry_run=dry_run, prune=prune, echo=report.say)
+    report.show(result.plan.table())
     verb = "would change" if dry_run else "changed"
-    console.print(
+    report.say(
         f"site {loaded.name}: {verb}: {result.plan.summary()} ({result.calls.writes} write calls, {result.calls.total} in all, {result.seconds:.1f} s)"
     )
     if not dry_run:
-        console.print(f"API endpoint: {result.healthz}")
+        report.say(f"API endpoint: {result.healthz}")
 
 
 @task(help=SITE_HELP)
@@ -305,28 +313,30 @@ def site_deploy(c: Context, site: str | None = None, dry_run: bool = False, prun
 )
 def site_destroy(c: Context, site: str | None = None) -> None:
     """Delete every OpenStack resource nodekiln made for the site."""
+    report = reporter()
     from nodekiln.openstack.deploy import site_destroy as destroy
 
     loaded = _site(site)
-    result = destroy(loaded, echo=console.print)
+    result = destroy(loaded, echo=report.say)
     for line in result.deleted:
-        console.print(f"deleted {line}")
-    console.print(f"site {loaded.name}: {len(result.deleted)} resources deleted")
+        report.say(f"deleted {line}")
+    report.say(f"site {loaded.name}: {len(result.deleted)} resources deleted")
 
 
 @task(help={**SITE_HELP, "out": "write the schema to this file instead of standard output"})
 @handled
 def schema(c: Context, site: str | None = None, out: str | None = None) -> None:
     """Print the site file's JSON Schema (for editors)."""
+    report = reporter()
     from nodekiln.config.site import json_schema
     from nodekiln.files import write_atomic
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if out:
         write_atomic(Path(out), text)
-        console.print(out)
+        report.say(out)
     else:
-        sys.stdout.write(text)
+        report.result(text.rstrip("\n"))
 
 
 def main() -> None:
