@@ -21,9 +21,8 @@ import yaml
 
 from nodekiln import contract, templates
 from nodekiln.addons.catalog import AddonDef, builtins
-from nodekiln.addons.graph import order
 from nodekiln.config import yamlsrc
-from nodekiln.config.addons import BUILTIN_KEYS, AddonsSpec, dependency_graph, release_name
+from nodekiln.config.addons import BUILTIN_KEYS, AddonsSpec, order, release_name
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
 
@@ -248,7 +247,7 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
         return Plan(site.name, [], {})
     secrets = secrets or Secrets(site)
     defs = builtins()
-    graph = dependency_graph(spec)
+    graph = dependency_graph(spec, defs)
     ordered = order(graph)
     namespaces: dict[str, str] = {}
     for key in BUILTIN_KEYS:
@@ -273,6 +272,17 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
         releases[release.name] = release
         files[release.values] = (text.encode(), 0o644)
     return Plan(site.name, [releases[name] for name in ordered], files, list(secrets.missing))
+
+
+def dependency_graph(spec: AddonsSpec, defs: dict[str, AddonDef]) -> dict[str, list[str]]:
+    """Release name -> the releases it needs, for every release that is on, in declared order."""
+    graph: dict[str, list[str]] = {}
+    for key in BUILTIN_KEYS:
+        if spec.builtin(key).enabled:
+            graph[release_name(key)] = list(defs[release_name(key)].dependsOn)
+    for extra in spec.releases:
+        graph[extra.name] = list(extra.dependsOn)
+    return graph
 
 
 def _context(
