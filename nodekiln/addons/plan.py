@@ -192,7 +192,7 @@ def env_name(secret: str) -> str:
 # --- template helpers ----------------------------------------------------------------------
 
 
-def _q(value: Any) -> str:
+def _q(value: object) -> str:
     """Any value as YAML flow text (JSON is YAML): strings quoted, lists and maps inline."""
     if isinstance(value, tuple):
         value = list(value)
@@ -427,4 +427,6 @@ def load_values(paths: list[Path]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in paths:
         merged = deep_merge(merged, _load_mapping(path.read_text(encoding="utf-8"), str(path)))
-    return json.loads(json.dumps(merged, default=str))
+    # through JSON, as `helm get values --output json` gives them: dates and the like as strings
+    normalized: dict[str, Any] = json.loads(json.dumps(merged, default=str))
+    return normalized
