@@ -1,10 +1,13 @@
 """The addons stage: the site's Helm releases (CNI, storage, backups, ingress, NaaVRE) in order.
 
-spec.py     the site file's `addons:` section and its cross-field rules (`check_addons`)
 catalog.py  the built-in addons, one `addons/<name>.yaml` + values template each
+contexts.py what the values templates see; the functions the definitions name (`context:`)
 plan.py     the ordered plan with rendered values; plan.json
 helm.py     the helm (and kubectl) calls, through nodekiln.run
 apply.py    install/upgrade one release at a time, idempotent, resumable
+
+The site file's `addons:` section (its settings, the list and order of the built-ins, the
+cross-field rules and the install order) is the site model's: nodekiln/config/addons.py.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -132,13 +133,13 @@ def apply(plan: Plan, helm: Helm, console: Console | None = None) -> list[Outcom
     return outcomes
 
 
-def _unchanged(helm: Helm, release: Release, current: dict, desired: dict) -> bool:
+def _unchanged(helm: Helm, release: Release, current: dict[str, Any], desired: dict[str, Any]) -> bool:
     if current.get("status") != "deployed" or current.get("chart") != chart_id(release):
         return False
     return helm.values(release.name, release.namespace) == desired
 
 
-def _read_state(path: Path) -> dict:
+def _read_state(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}

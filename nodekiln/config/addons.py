@@ -9,7 +9,9 @@ site file's error format with the line of the field.
 
 from __future__ import annotations
 
+import heapq
 import re
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -17,6 +19,7 @@ import yaml
 from pydantic import Field
 
 from nodekiln.config.model import Strict
+from nodekiln.errors import NodekilnError
 
 if TYPE_CHECKING:  # the site imports this module: no import back at run time
     from nodekiln.config.site import Site
@@ -204,10 +207,23 @@ class AddonsSpec(Strict):
     )
 
     def builtin(self, key: str) -> AddonBase:
-        return getattr(self, key)
+        addon = getattr(self, key, None)
+        if key not in BUILTIN_KEYS or not isinstance(addon, AddonBase):
+            raise KeyError(key)
+        return addon
 
 
-BUILTIN_KEYS = ("calico", "nfs", "minio", "velero", "ingress", "keycloakOperator", "naavre")
+def _settings_class(annotation: object) -> type[AddonBase] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, AddonBase) else None
+
+
+# The one list of built-in addons and their order (listed to users, installed when nothing
+# else decides): the fields of AddonsSpec that hold an addon's settings, in declared order.
+# The catalog reads addons/<release_name(key)>.yaml for each.
+BUILTIN_SETTINGS: dict[str, type[AddonBase]] = {
+    key: cls for key, info in AddonsSpec.model_fields.items() if (cls := _settings_class(info.annotation)) is not None
+}
+BUILTIN_KEYS: tuple[str, ...] = tuple(BUILTIN_SETTINGS)
 
 
 def release_name(key: str) -> str:
@@ -320,10 +336,8 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
             elif dep == extra.name:
                 found.append((("addons", "releases", i, "dependsOn", j), "a release cannot depend on itself"))
     if not any(path[:3] == ("addons", "releases", i) for path, _ in found for i in range(len(spec.releases))):
-        from nodekiln.addons.graph import CycleError, order
-
         try:
-            order(dependency_graph(spec))
+            order(_release_graph(spec))
         except CycleError as exc:
             first = next(i for i, r in enumerate(spec.releases) if r.name in exc.cycle)
             found.append(
@@ -339,18 +353,13 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
     return found
 
 
-def dependency_graph(spec: AddonsSpec) -> dict[str, list[str]]:
-    """Release name -> the releases it needs, for every release that is on, in declared order."""
-    from nodekiln.addons.catalog import by_setting
+def _release_graph(spec: AddonsSpec) -> dict[str, list[str]]:
+    """The site's own releases and what they need: the part of the install graph a circle can be in.
 
-    defs = by_setting()
-    graph: dict[str, list[str]] = {}
-    for key in BUILTIN_KEYS:
-        if spec.builtin(key).enabled:
-            graph[release_name(key)] = list(defs[key].dependsOn)
-    for extra in spec.releases:
-        graph[extra.name] = list(extra.dependsOn)
-    return graph
+    Built-ins depend only on built-ins (the catalog checks it), so every circle runs through
+    the site's releases alone and the built-ins' edges (catalog data) are not needed here.
+    """
+    return {extra.name: list(extra.dependsOn) for extra in spec.releases}
 
 
 def _check_values_file(site: Site, path: PathKey, name: str) -> list[tuple[PathKey, str]]:
@@ -368,3 +377,71 @@ def _check_values_file(site: Site, path: PathKey, name: str) -> list[tuple[PathK
     if data is not None and not isinstance(data, dict):
         return [(path, f"values file {file} must hold a mapping, got {type(data).__name__}")]
     return []
+
+
+# --- install order ---------------------------------------------------------------------------
+# Here and not in the stage: the site model rejects circles in dependsOn (with the field's
+# line), and the addons stage orders its plan with the same function.
+
+
+class CycleError(NodekilnError):
+    def __init__(self, cycle: list[str]):
+        self.cycle = cycle
+        super().__init__(f"the releases depend on each other in a circle: {' -> '.join(cycle)}")
+
+
+def order(deps: Mapping[str, Sequence[str]]) -> list[str]:
+    """Topological order of `deps` (name -> names it needs), stable in the mapping's order.
+
+    Dependencies on names that are not keys are ignored (addons that are off).
+    Raises CycleError naming one cycle.
+    """
+    rank = {name: i for i, name in enumerate(deps)}
+    needs = {name: {d for d in ds if d in deps and d != name} for name, ds in deps.items()}
+    users: dict[str, list[str]] = {name: [] for name in deps}
+    for name, ds in needs.items():
+        for d in ds:
+            users[d].append(name)
+    ready = [(rank[n], n) for n, ds in needs.items() if not ds]
+    heapq.heapify(ready)
+    done: list[str] = []
+    remaining = {n: len(ds) for n, ds in needs.items()}
+    while ready:
+        _, name = heapq.heappop(ready)
+        done.append(name)
+        for user in users[name]:
+            remaining[user] -= 1
+            if remaining[user] == 0:
+                heapq.heappush(ready, (rank[user], user))
+    if len(done) < len(deps):
+        raise CycleError(find_cycle({n: sorted(needs[n], key=rank.__getitem__) for n in deps if n not in done}))
+    return done
+
+
+def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str]:
+    """One cycle in a graph known to have one: [a, b, ..., a]."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        stack.append(name)
+        for dep in deps.get(name, ()):
+            if dep not in deps:
+                continue
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[name] = 2
+        return None
+
+    for name in deps:
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return list(deps)[:1]

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from nodekiln.addons import plan_release_files as make_plan
-from nodekiln.addons.graph import CycleError, order
 from nodekiln.addons.plan import build_plan, split_image
+from nodekiln.config.addons import CycleError, order
 from nodekiln.config.site import load_site
 from nodekiln.errors import SiteError
 

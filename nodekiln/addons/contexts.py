@@ -1,0 +1,154 @@
+"""What the addons' values templates see: the variables every template gets, plus each addon's own.
+
+An addon is data (addons/<name>.yaml) plus one template. When its template needs values worked
+out from the site (Calico's pool, MinIO's buckets, Velero's S3 location, NaaVRE's labs), its
+definition names a function here (`context: <name>`), registered with `@context`; the catalog
+rejects a name that is not registered. The plan knows no addon by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from nodekiln import contract
+from nodekiln.config.addons import AddonBase, Bucket
+
+if TYPE_CHECKING:
+    from nodekiln.addons.catalog import AddonDef
+    from nodekiln.config.site import Site
+
+SecretKind = Literal["password", "user"]
+
+
+class Secrets(Protocol):
+    """The site's secrets store as the templates use it (plan.Secrets)."""
+
+    def secret(self, name: str, kind: SecretKind = "password") -> str: ...
+
+    def user_secret(self, name: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a context function may read: the site, the addon and where the others run."""
+
+    site: Site
+    definition: AddonDef
+    addon: AddonBase
+    namespaces: Mapping[str, str]  # release name -> namespace, for every release that is on
+    secrets: Secrets
+
+
+# Jinja takes any value: a template's variables are as varied as its values file.
+Context = dict[str, Any]
+ContextFunction = Callable[[Inputs], Context]
+
+CONTEXTS: dict[str, ContextFunction] = {}
+
+
+def context(name: str) -> Callable[[ContextFunction], ContextFunction]:
+    """Register a function under the name an addon definition's `context:` gives."""
+
+    def register(function: ContextFunction) -> ContextFunction:
+        CONTEXTS[name] = function
+        return function
+
+    return register
+
+
+def template_context(inputs: Inputs) -> Context:
+    """Every variable of the addon's values template."""
+    ctx = common(inputs)
+    if inputs.definition.context is not None:
+        ctx.update(CONTEXTS[inputs.definition.context](inputs))
+    return ctx
+
+
+def common(inputs: Inputs) -> Context:
+    site = inputs.site
+    return {
+        "site": site,
+        "addon": inputs.addon,
+        "addons": site.addons,
+        "namespace": inputs.namespaces[inputs.definition.name],
+        "namespaces": inputs.namespaces,
+        "images": inputs.definition.images,
+        "endpoint": {"address": str(site.endpoint_address), "port": site.endpoint_port},
+        "secret": inputs.secrets.secret,
+        "user_secret": inputs.secrets.user_secret,
+        "contract": contract,
+    }
+
+
+@context("calico")
+def calico(inputs: Inputs) -> Context:
+    site = inputs.site
+    return {"pool": str(site.addons.calico.ipPool or site.kubernetes.podSubnet)}
+
+
+@context("minio")
+def minio(inputs: Inputs) -> Context:
+    spec = inputs.site.addons
+    velero_on_minio = spec.velero.enabled and spec.velero.s3 == "minio"
+    buckets = list(spec.minio.buckets)
+    if velero_on_minio and spec.velero.bucket not in {b.name for b in buckets}:
+        # Velero's backups need their bucket; the site lists only its own.
+        buckets.insert(0, Bucket(name=spec.velero.bucket))
+    return {"buckets": buckets, "velero_on_minio": velero_on_minio}
+
+
+@context("velero")
+def velero(inputs: Inputs) -> Context:
+    site, secrets = inputs.site, inputs.secrets
+    settings = site.addons.velero
+    if settings.s3 == "minio":
+        # MinIO in the cluster: nodekiln makes Velero's user there, so it makes the keys too.
+        minio_namespace = inputs.namespaces.get("minio", "minio")
+        s3 = {
+            "url": f"http://minio.{minio_namespace}.svc.{site.kubernetes.clusterDomain}:9000",
+            "region": "minio",
+            "bucket": settings.bucket,
+            "access_key": secrets.secret("velero-s3-access-key", "user"),
+            "secret_key": secrets.secret("velero-s3-secret-key"),
+        }
+    else:
+        external = settings.external
+        assert external is not None, "check_addons requires addons.velero.external with s3: external"
+        s3 = {
+            "url": external.url,
+            "region": external.region,
+            "bucket": external.bucket,
+            "access_key": secrets.user_secret("velero-s3-access-key"),
+            "secret_key": secrets.user_secret("velero-s3-secret-key"),
+        }
+    return {"s3": s3}
+
+
+# The values chart defines an `openlab` lab and requires every one of its values.
+_OPENLAB_OFF: dict[str, Any] = {
+    "enabled": False,
+    "title": "NaaVRE Open Lab (off)",
+    "description": "",
+    "binderRef": None,
+    "baseImageTagsUrl": "unused",
+    "moduleMappingUrl": "unused",
+    "cellGithubUrl": "unused",
+    "cellGithubToken": "unused",
+    "registryUrl": "unused",
+}
+
+
+@context("naavre")
+def naavre(inputs: Inputs) -> Context:
+    labs: dict[str, dict[str, Any]] = {}
+    for slug, lab in inputs.site.addons.naavre.virtualLabs.items():
+        labs[slug] = {
+            **lab.model_dump(),
+            "enabled": True,
+            "cellGithubToken": inputs.secrets.user_secret(f"naavre-vlab-{slug}-cell-github-token"),
+        }
+    if "openlab" not in labs:
+        labs["openlab"] = dict(_OPENLAB_OFF)
+    return {"labs": labs}
