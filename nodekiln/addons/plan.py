@@ -23,7 +23,8 @@ from nodekiln import templates
 from nodekiln.addons.catalog import AddonDef, builtins
 from nodekiln.addons.contexts import Inputs, SecretKind, template_context
 from nodekiln.config import yamlsrc
-from nodekiln.config.addons import BUILTIN_KEYS, AddonBase, AddonsSpec, ExtraRelease, PathKey, order, release_name
+from nodekiln.config.addons import BUILTIN_KEYS, AddonBase, AddonsSpec, ExtraRelease, order, release_name
+from nodekiln.config.yamlsrc import PathKey
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodekiln.bootstrap.kubeconfig import ADMIN_GROUP
+from nodekiln.config.model import DURATION
 from nodekiln.errors import NodekilnError
 from nodekiln.secrets import bootstrap_token, make_client_cert
 
@@ -48,8 +49,6 @@ NODE_BOOTSTRAP_GROUP = "system:bootstrappers:kubeadm:default-node-token"
 # Time a node added later needs from its server create to `kubeadm join`: boot, cloud-init,
 # image pulls are all in the image. A token closer than this to its end is treated as gone.
 JOIN_MARGIN = dt.timedelta(hours=1)
-# The site's duration syntax (nodekiln.config.site.DURATION): a subset of Go's time.ParseDuration.
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _CLIENT_USER = "nodekiln-join-token"
 
 
@@ -63,7 +62,7 @@ class APIUnreachableError(JoinTokenError):
 
 def parse_ttl(text: str) -> dt.timedelta:
     """kubernetes.bootstrapTokenTTL ("24h", "2h30m", "90m", "0s") as a timedelta."""
-    match = _DURATION.fullmatch(text)
+    match = DURATION.fullmatch(text)
     if not text or match is None:
         raise ValueError(f"expected a duration like 24h or 2h30m, got {text!r}")
     hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())

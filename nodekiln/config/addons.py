@@ -18,24 +18,19 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import yaml
 from pydantic import Field
 
-from nodekiln.config.model import Strict
+from nodekiln.config.model import DNS_LABEL, DURATION, Strict
+from nodekiln.config.yamlsrc import PathKey
 from nodekiln.errors import NodekilnError
 
 if TYPE_CHECKING:  # the site imports this module: no import back at run time
     from nodekiln.config.site import Site
 
-PathKey = tuple[str | int, ...]
-
 RELEASE_NAME = r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$"
 ReleaseName = Annotated[
     str, Field(pattern=RELEASE_NAME, description="Helm release name: lower-case letters, digits and '-', at most 53")
 ]
-Namespace = Annotated[
-    str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Kubernetes namespace (DNS-1123 label)")
-]
-Duration = Annotated[
-    str, Field(pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", min_length=2, description="a duration like 10m or 1h30m")
-]
+Namespace = Annotated[str, Field(pattern=DNS_LABEL.pattern, description="Kubernetes namespace (DNS-1123 label)")]
+Duration = Annotated[str, Field(pattern=DURATION.pattern, min_length=2, description="a duration like 10m or 1h30m")]
 Cron = Annotated[
     str,
     Field(pattern=r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$", description='cron schedule, e.g. "0 2 * * *"'),

@@ -20,7 +20,7 @@ from nodekiln import contract
 from nodekiln.config import ports, yamlsrc
 from nodekiln.config.addons import AddonsSpec, check_addons
 from nodekiln.config.appliance import Appliance
-from nodekiln.config.model import Strict
+from nodekiln.config.model import DNS_LABEL, DURATION, Strict
 from nodekiln.config.openstack import OpenStackSpec
 from nodekiln.config.recipe import ImageRecipe
 from nodekiln.errors import Problem, SiteError
@@ -33,10 +33,8 @@ APISERVER_PORT = ports.APISERVER
 # Ports of control-plane components that the endpoint must not take over.
 RESERVED_PORTS = ports.RESERVED
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-DURATION = re.compile(r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$")
 
 DnsLabel = Annotated[
     str, Field(pattern=DNS_LABEL.pattern, description="DNS-1123 label: lower-case letters, digits and '-', at most 63")
