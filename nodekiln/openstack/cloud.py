@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nodekiln.errors import NodekilnError
 
 if TYPE_CHECKING:
+    import requests
     from openstack.connection import Connection
 
     from nodekiln.config.openstack import OpenStackSpec
@@ -61,22 +64,52 @@ class CallCounter:
         return f"CallCounter({dict(self.by_method)})"
 
 
+@dataclass
+class Cloud:
+    """A connection and what nodekiln learned of it while using it.
+
+    Kept beside the SDK's connection, not on it: one per connection (a weak map, so it goes
+    with the connection), which is what lets a second run on the same connection skip what
+    the first one learned, and lets a test count the calls of runs it did not start.
+    """
+
+    conn: Connection
+    calls: CallCounter
+    # Whether Neutron takes `tags` in a create POST; some do not (they answer 400), and a
+    # connection that saw that once goes straight to POST-then-PUT-tags.
+    tags_in_post: bool = True
+
+
+_CLOUDS: weakref.WeakKeyDictionary[Connection, Cloud] = weakref.WeakKeyDictionary()
+_CLOUDS_LOCK = threading.Lock()
+
+
+def cloud_of(conn: Connection) -> Cloud:
+    """The Cloud of `conn`; the first call starts counting every request it makes."""
+    with _CLOUDS_LOCK:
+        known = _CLOUDS.get(conn)
+        if known is None:
+            known = _CLOUDS[conn] = Cloud(conn, _count(conn))
+        return known
+
+
 def count_calls(conn: Connection) -> CallCounter:
-    """Count every request `conn` makes from now on (wraps its keystoneauth session)."""
-    existing = getattr(conn, "_nodekiln_counter", None)
-    if existing is not None:
-        return existing
+    """Count every request `conn` makes from now on (the same counter for every caller)."""
+    return cloud_of(conn).calls
+
+
+def _count(conn: Connection) -> CallCounter:
     counter = CallCounter()
     session = conn.session
     original = session.request
 
-    def request(url: str, method: str, *args: Any, **kwargs: Any):
+    def request(url: str, method: str, *args: Any, **kwargs: Any) -> requests.Response:
         # Token requests (authenticated=False) are how the client logs in, not site changes.
         counter.add("auth" if kwargs.get("authenticated") is False else method.upper(), url)
         return original(url, method, *args, **kwargs)
 
+    # Wrapping the keystoneauth session is the one way to see every request the SDK makes.
     session.request = request  # type: ignore[method-assign]
-    conn._nodekiln_counter = counter  # type: ignore[attr-defined]
     return counter
 
 

@@ -22,6 +22,8 @@ from nodekiln.openstack.cloud import OpenStackError, about, connect
 
 if TYPE_CHECKING:
     from openstack.connection import Connection
+    from openstack.image.v1.image import Image as ImageV1
+    from openstack.image.v2.image import Image
 
     from nodekiln.config.site import Site
 
@@ -161,7 +163,7 @@ def upload_image(
     conn = conn or connect(spec)
     with about(f"image {name}: listing"):
         found = list(conn.image.images(name=name))
-    cleaned = []
+    cleaned: list[str] = []
     for image in found:
         if image.status == "active" and (image.properties or {}).get(
             "nodekiln_content_hash", getattr(image, "nodekiln_content_hash", None)
@@ -169,7 +171,7 @@ def upload_image(
             return UploadResult(image.id, name, reused=True, cleaned=cleaned)
         if image.status in UNFINISHED:
             with about(f"image {name} ({image.id}, left {image.status} by an interrupted upload): deleting"):
-                conn.image.delete_image(image, ignore_missing=True)
+                conn.image.delete_image(image.id, ignore_missing=True)
             cleaned.append(image.id)
 
     path, disk_format = _disk_file(site, image_path, manifest)
@@ -191,7 +193,12 @@ def upload_image(
     started = time.monotonic()
     display = _progress(name, size) if progress else None
     callbacks = [cb for cb in (on_bytes, display.advance if display else None) if cb is not None]
-    reader = _Reader(path, (lambda n: [cb(n) for cb in callbacks]) if callbacks else None)
+
+    def on_block(n: int) -> None:
+        for cb in callbacks:
+            cb(n)
+
+    reader = _Reader(path, on_block if callbacks else None)
     try:
         with about(f"image {name}: uploading {path.name}"):
             response = created.upload(conn.image, data=reader, size=size)
@@ -201,7 +208,7 @@ def upload_image(
     except BaseException:
         # Best effort; if this process dies instead, the next run deletes the queued image.
         try:
-            conn.image.delete_image(created, ignore_missing=True)
+            conn.image.delete_image(created.id, ignore_missing=True)
         except Exception:
             pass
         raise
@@ -219,14 +226,14 @@ def upload_image(
     )
 
 
-def verify(conn: Connection, image: Any, local_sha512: str) -> None:
+def verify(conn: Connection, image: Image | ImageV1, local_sha512: str) -> None:
     """Glance's checksum must be the local file's; otherwise the image is deleted."""
     algo, value = getattr(image, "hash_algo", None), getattr(image, "hash_value", None)
     if image.status != "active":
-        conn.image.delete_image(image, ignore_missing=True)
+        conn.image.delete_image(image.id, ignore_missing=True)
         raise OpenStackError(f"image {image.name} ({image.id}) is {image.status} after the upload: deleted it")
     if algo != "sha512" or value != local_sha512:
-        conn.image.delete_image(image, ignore_missing=True)
+        conn.image.delete_image(image.id, ignore_missing=True)
         raise ImageChecksumError(
             f"image {image.name} ({image.id}): Glance's {algo} {str(value)[:16]}… is not the local file's sha512 {local_sha512[:16]}…: deleted it"
         )

@@ -7,8 +7,10 @@ one addition nftables cannot express, the VIP in the control planes' allowed add
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, summarize_address_range
+from typing import Any
 
 from nodekiln.bootstrap.firewall import CALICO
 from nodekiln.config import ports
@@ -67,6 +69,13 @@ class Names:
             "nodekiln-role": node.role,
             "nodekiln-user-data": user_data_hash,
         }
+
+
+def flavor_of(site: Site, node: Node) -> str:
+    """The flavor (name or id) the site gives a node: its own, else its role's."""
+    spec = site.openstack
+    assert spec is not None
+    return spec.nodeFlavors.get(node.name) or spec.flavors[node.role]
 
 
 @dataclass(frozen=True)
@@ -130,9 +139,10 @@ def rules(site: Site, role: str) -> set[Rule]:
     return out
 
 
-def observed_rule(rule: dict | object, group_roles: dict[str, str]) -> Rule:
+def observed_rule(rule: Mapping[str, Any] | object, group_roles: dict[str, str]) -> Rule:
     """A rule as Neutron returns it, in the same terms (remote group id -> role)."""
-    get = rule.get if isinstance(rule, dict) else (lambda k, d=None: getattr(rule, k, d))
+    # Neutron's JSON: a dict in a group's security_group_rules, an SDK resource when listed.
+    get: Callable[[str], Any] = rule.get if isinstance(rule, Mapping) else (lambda key: getattr(rule, key, None))
     remote_group = get("remote_group_id")
     protocol = get("protocol")
     return Rule(

@@ -16,7 +16,7 @@ import pytest
 from nodekiln import run
 from nodekiln.bootstrap.jointoken import JoinTokenError
 from nodekiln.config.site import load_site
-from nodekiln.openstack import deploy
+from nodekiln.openstack import join, reach
 from nodekiln.openstack.cloud import count_calls
 from nodekiln.openstack.deploy import CheckError, DeployError, site_deploy, site_destroy, tagged_leftovers
 from nodekiln.openstack.images import ImageChecksumError, image_name, upload_image, verify
@@ -261,7 +261,7 @@ def test_a_node_added_after_the_join_token_expired(make_site, user, admin, boot_
 
     added, _ = _load(make_site(name=site.name, image={"name": boot_image}))
 
-    monkeypatch.setattr(deploy, "_local_networks", list)  # no addresses: not on the site network, and no floating IP
+    monkeypatch.setattr(reach, "local_networks", list)  # no addresses: not on the site network, and no floating IP
     calls = count_calls(user)
     before = calls.writes
     for dry_run in (True, False):
@@ -277,10 +277,10 @@ def test_a_node_added_after_the_join_token_expired(make_site, user, admin, boot_
     }
 
     # On the site network: the token is created through the API (here a stand-in that returns it).
-    monkeypatch.setattr(deploy, "_local_networks", lambda: [site.network.cidr])
+    monkeypatch.setattr(reach, "local_networks", lambda: [site.network.cidr])
     minted: list[str] = []
     monkeypatch.setattr(
-        deploy,
+        join,
         "create_join_token",
         lambda s, sec, address, ttl, now: minted.append(address) or "zyxwvu.0123456789abcdef",
     )

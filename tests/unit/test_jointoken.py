@@ -29,10 +29,10 @@ from nodekiln.bootstrap.jointoken import (
     token_secret,
 )
 from nodekiln.config.site import Site, load_site
-from nodekiln.openstack import deploy
 from nodekiln.openstack.resources import ROLES, Names
 from nodekiln.openstack.userdata import digest
 from nodekiln.secrets import Secrets, generate
+from tests.openstack import legacy_internals as deploy  # the old deploy internals, over the new modules
 from tests.tls import serving_cert
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

@@ -10,7 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from nodekiln.config.site import load_site
-from nodekiln.openstack import deploy
+from nodekiln.openstack import reach, wait
+from nodekiln.openstack.errors import DeployError
+from nodekiln.openstack.observe import Observed
 from nodekiln.secrets import SecretStore
 from tests.tls import serving_cert
 
@@ -42,9 +44,9 @@ def test_waits_for_healthz_through_the_floating_ip_with_the_site_ca(site_file, t
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        state = deploy._State(fip=SimpleNamespace(floating_ip_address="127.0.0.1"))
+        state = Observed(fip=SimpleNamespace(floating_ip_address="127.0.0.1"))
         said = []
-        assert deploy._wait_healthz(site, secrets, state, 30, said.append) == f"https://127.0.0.1:{port}/healthz: ok"
+        assert wait.wait_healthz(site, secrets, state, 30, said.append) == f"https://127.0.0.1:{port}/healthz: ok"
         assert said == [f"waiting for https://127.0.0.1:{port}/healthz"]
     finally:
         server.shutdown()
@@ -53,16 +55,14 @@ def test_waits_for_healthz_through_the_floating_ip_with_the_site_ca(site_file, t
 def test_an_endpoint_not_reachable_from_here_is_not_waited_for(example_site, monkeypatch):
     site = load_site(example_site)
     secrets, _ = SecretStore(site.directory, site.name).ensure()
-    monkeypatch.setattr(deploy, "_local_networks", lambda: [])
-    result = deploy._wait_healthz(site, secrets, deploy._State(), 30, print)
+    monkeypatch.setattr(reach, "local_networks", lambda: [])
+    result = wait.wait_healthz(site, secrets, Observed(), 30, print)
     assert result.startswith("not checked: 10.0.1.128 is not reachable from here")
 
 
 def test_an_endpoint_that_never_answers_is_an_error(site_file, monkeypatch):
     site = load_site(site_file(lambda d: d["controlPlane"]["endpoint"].update(port=9)))  # discard: nothing listens
     secrets, _ = SecretStore(site.directory, site.name).ensure()
-    monkeypatch.setattr(deploy.time, "sleep", lambda s: None)
-    with pytest.raises(deploy.DeployError, match="did not answer within 1 s"):
-        deploy._wait_healthz(
-            site, secrets, deploy._State(fip=SimpleNamespace(floating_ip_address="127.0.0.1")), 1, print
-        )
+    monkeypatch.setattr(wait.time, "sleep", lambda s: None)
+    with pytest.raises(DeployError, match="did not answer within 1 s"):
+        wait.wait_healthz(site, secrets, Observed(fip=SimpleNamespace(floating_ip_address="127.0.0.1")), 1, print)
