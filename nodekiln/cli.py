@@ -20,8 +20,9 @@ console = Console(highlight=False, soft_wrap=True)
 
 
 def reporter() -> Reporter:
-    """What every task prints goes through this (messages with the result, on standard output)."""
-    return Reporter(console=console)
+    """What every task prints goes through this: messages with the result on standard output, as
+    the tasks always printed them; progress on standard error."""
+    return Reporter(console=console, live=Console(stderr=True, highlight=False))
 
 
 # True of the tasks that only write files: each is written to a temporary name and renamed.

@@ -1,8 +1,8 @@
 """Everything a task tells its user goes through one `Reporter`.
 
-Messages, notes and progress go to standard error (rich, so a terminal gets a spinner and a
-timer per stage); the one result a script reads — an artifact's path — goes to standard output
-alone. A stage passes the reporter down instead of a console, an `echo`, an `on_stage` and an
+Messages and notes go to the reporter's console, progress (a spinner and a timer per stage,
+bars) to its `live` console, on standard error; the one result a script reads — an artifact's
+path — is a plain line on standard output. A stage passes the reporter down instead of a console, an `echo`, an `on_stage` and an
 `on_line`; tests pass a `Recorder` and read what a user would have seen.
 """
 
@@ -40,11 +40,19 @@ class Reporter:
     progress, `detail` for an external program's lines (kept out of the way), `result` for the
     line a script reads. Every stage's timing is kept in `stages`, in order."""
 
-    def __init__(self, console: Console | None = None, out: IO[str] | None = None) -> None:
+    def __init__(self, console: Console | None = None, out: IO[str] | None = None, live: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = out or sys.stdout
+        # Progress bars and spinners: on standard error even where messages go to standard
+        # output, so `$(invoke build-image)` captures the path and not the bars.
+        self.live = live or self.console
         self.stages: list[StageTime] = []
         self._progress: Progress | None = None
+
+    @classmethod
+    def quiet(cls) -> Reporter:
+        """Says nothing: for a stage called from code that reports on its own."""
+        return cls(console=Console(quiet=True), out=io.StringIO())
 
     def say(self, message: str) -> None:
         self.console.print(message, highlight=False)
@@ -72,7 +80,7 @@ class Reporter:
             yield
             return
         with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=self.live
         ) as live:
             self._progress = live
             try:

@@ -238,7 +238,7 @@ def addons(
             report.note(f"secret {name} is not in the store yet: set {env} for the real run")
         report.say(f"wrote {plan_file} and {len(plan.releases)} values files (no cluster touched)")
         return
-    outcomes = stage.install(loaded, target, Path(kubeconfig) if kubeconfig else None)
+    outcomes = stage.install(loaded, target, Path(kubeconfig) if kubeconfig else None, report=report)
     changed = [o for o in outcomes if o.action != "unchanged"]
     if not changed:
         report.say(f"nothing changed: all {len(outcomes)} releases are as planned")
@@ -268,7 +268,7 @@ def upload_image(c: Context, site: str | None = None, image: str | None = None) 
         manifest = path.with_name(path.name.rsplit(".", 1)[0] + ".manifest.json")
     else:
         path, manifest = newest_artifact(loaded)
-    result = upload(loaded, path, manifest)
+    result = upload(loaded, path, manifest, report=report)
     for orphan in result.cleaned:
         report.say(f"deleted image {orphan}, left behind by an interrupted upload")
     if result.reused:
@@ -296,7 +296,7 @@ def site_deploy(c: Context, site: str | None = None, dry_run: bool = False, prun
     from nodekiln.openstack.deploy import site_deploy as deploy
 
     loaded = _site(site)
-    result = deploy(loaded, _secrets(loaded), dry_run=dry_run, prune=prune, echo=report.say)
+    result = deploy(loaded, _secrets(loaded), dry_run=dry_run, prune=prune, report=report)
     report.show(result.plan.table())
     verb = "would change" if dry_run else "changed"
     report.say(
@@ -317,7 +317,7 @@ def site_destroy(c: Context, site: str | None = None) -> None:
     from nodekiln.openstack.deploy import site_destroy as destroy
 
     loaded = _site(site)
-    result = destroy(loaded, echo=report.say)
+    result = destroy(loaded, report=report)
     for line in result.deleted:
         report.say(f"deleted {line}")
     report.say(f"site {loaded.name}: {len(result.deleted)} resources deleted")

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING
 from nodekiln.config.addons import AddonsSpec, check_addons
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from nodekiln.addons.apply import Outcome
     from nodekiln.addons.plan import Plan
     from nodekiln.config.site import Site
+    from nodekiln.report import Reporter
 
 __all__ = ["AddonsSpec", "check_addons", "default_kubeconfig", "images", "install", "plan_release_files"]
 
@@ -54,7 +53,7 @@ def default_kubeconfig(site: Site) -> Path:
 
 
 def install(
-    site: Site, out: Path | None = None, kubeconfig: Path | None = None, console: Console | None = None
+    site: Site, out: Path | None = None, kubeconfig: Path | None = None, report: Reporter | None = None
 ) -> list[Outcome]:
     """Render the plan, then install or upgrade its releases in order (idempotent, resumable)."""
     from nodekiln.addons.apply import apply
@@ -67,4 +66,4 @@ def install(
     helm = Helm.discover(config)
     built, plan_file = plan_release_files(site, out)
     helm.log = plan_file.parent.with_name(f"{plan_file.parent.name}.helm.log")
-    return apply(built, helm, console)
+    return apply(built, helm, (report or Reporter()).live)

@@ -32,6 +32,7 @@ from nodekiln.openstack.plan import make_plan
 from nodekiln.openstack.resources import Names
 from nodekiln.openstack.userdata import Renderer, digest, render_user_data
 from nodekiln.openstack.wait import wait_active, wait_healthz
+from nodekiln.report import Reporter
 
 if TYPE_CHECKING:
     from openstack.connection import Connection
@@ -64,7 +65,7 @@ def site_deploy(
     renderer: Renderer | None = None,
     progress: bool = True,
     build_dir: Path = BUILD_DIR,
-    echo: Callable[[str], None] | None = None,
+    report: Reporter | None = None,
     now: Callable[[], dt.datetime] = _utc_now,
 ) -> DeployResult:
     """Plan and (unless dry_run) converge the site's OpenStack resources; see the module doc.
@@ -73,7 +74,8 @@ def site_deploy(
     spec = site.openstack
     if spec is None:
         raise OpenStackError(f"site {site.name} has no openstack section: add one to {site.file}")
-    say = echo or (lambda _msg: None)
+    report = report or Reporter.quiet()
+    say = report.say
     started = time.monotonic()
     cloud = cloud_of(conn or connect(spec))
     counter = cloud.calls
@@ -100,7 +102,7 @@ def site_deploy(
         render_user_data(site, secrets.model_copy(update={"bootstrapToken": fresh}), renderer) if fresh else None
     )
     failures = converge(cloud, site, names, observed, plan, user_data, say, boot_data) if plan.changes else []
-    status, boot_failures = wait_active(cloud.conn, site, observed, spec.bootTimeout, progress)
+    status, boot_failures = wait_active(cloud.conn, site, observed, spec.bootTimeout, report.live if progress else None)
     result.servers = status
     failures += boot_failures
     if failures:

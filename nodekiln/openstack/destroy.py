@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from nodekiln.openstack.cloud import CallCounter, OpenStackError, about, connect, count_calls
 from nodekiln.openstack.resources import Names
 from nodekiln.openstack.wait import POLL_SECONDS
+from nodekiln.report import Reporter
 
 if TYPE_CHECKING:
     from openstack.connection import Connection
@@ -28,14 +29,12 @@ class DestroyResult:
     calls: CallCounter
 
 
-def site_destroy(
-    site: Site, *, conn: Connection | None = None, echo: Callable[[str], None] | None = None
-) -> DestroyResult:
+def site_destroy(site: Site, *, conn: Connection | None = None, report: Reporter | None = None) -> DestroyResult:
     """Delete exactly what nodekiln created for the site: tagged resources, its servers and server group."""
     spec = site.openstack
     if spec is None:
         raise OpenStackError(f"site {site.name} has no openstack section: add one to {site.file}")
-    say = echo or (lambda _msg: None)
+    say = (report or Reporter.quiet()).say
     conn = conn or connect(spec)
     counter = count_calls(conn)
     mark = counter.mark()

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from nodekiln import run
 from nodekiln.openstack.cloud import OpenStackError, about, connect
+from nodekiln.report import Reporter
 
 if TYPE_CHECKING:
     from openstack.connection import Connection
     from openstack.image.v1.image import Image as ImageV1
     from openstack.image.v2.image import Image
+    from rich.console import Console
 
     from nodekiln.config.site import Site
 
@@ -153,6 +155,7 @@ def upload_image(
     conn: Connection | None = None,
     progress: bool = True,
     on_bytes: Callable[[int], None] | None = None,
+    report: Reporter | None = None,
 ) -> UploadResult:
     """Upload (or reuse) the node image of this build; returns what was done."""
     spec = site.openstack
@@ -191,7 +194,7 @@ def upload_image(
         )
     size = path.stat().st_size
     started = time.monotonic()
-    display = _progress(name, size) if progress else None
+    display = _progress(name, size, (report or Reporter()).live) if progress else None
     callbacks = [cb for cb in (on_bytes, display.advance if display else None) if cb is not None]
 
     def on_block(n: int) -> None:
@@ -242,8 +245,7 @@ def verify(conn: Connection, image: Image | ImageV1, local_sha512: str) -> None:
 class _progress:
     """A rich progress bar in bytes, on standard error."""
 
-    def __init__(self, name: str, total: int):
-        from rich.console import Console
+    def __init__(self, name: str, total: int, console: Console):
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -259,7 +261,7 @@ class _progress:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console,
         )
         self._task = self._progress.add_task(name, total=total)
         self._progress.start()

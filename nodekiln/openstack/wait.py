@@ -16,6 +16,7 @@ from nodekiln.openstack.resources import flavor_of
 if TYPE_CHECKING:
     from openstack.compute.v2.server import Server
     from openstack.connection import Connection
+    from rich.console import Console
 
     from nodekiln.config.site import Site
     from nodekiln.openstack.observe import Observed
@@ -30,13 +31,13 @@ POLL_MISSES = 5  # polls in a row that may fail (a dropped keep-alive connection
 
 
 def wait_active(
-    conn: Connection, site: Site, st: Observed, timeout: float, progress: bool
+    conn: Connection, site: Site, st: Observed, timeout: float, console: Console | None
 ) -> tuple[dict[str, str], list[str]]:
     """Poll the project's servers (one call per round) until every node's is ACTIVE or failed."""
     wanted = [n.name for n in site.nodes if n.name in st.servers]
     status = {name: st.servers[name].status for name in wanted}
     failures: dict[str, str] = {}
-    display = _Display(len(wanted)) if progress and wanted else None
+    display = _Display(len(wanted), console) if console is not None and wanted else None
     deadline = time.monotonic() + timeout
     misses = 0
     try:
@@ -85,8 +86,7 @@ def wait_active(
 class _Display:
     """A rich progress bar of servers ACTIVE, naming those still booting."""
 
-    def __init__(self, total: int):
-        from rich.console import Console
+    def __init__(self, total: int, console: Console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(
@@ -95,7 +95,7 @@ class _Display:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.description}"),
-            console=Console(stderr=True),
+            console=console,
         )
         self._task = self._progress.add_task("", total=total)
         self._progress.start()
