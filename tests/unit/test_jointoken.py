@@ -29,10 +29,15 @@ from nodekiln.bootstrap.jointoken import (
     token_secret,
 )
 from nodekiln.config.site import Site, load_site
-from nodekiln.openstack.resources import ROLES, Names
+from nodekiln.openstack import join, reach
+from nodekiln.openstack.actions import CreateServer, Plan, ReplaceServer
+from nodekiln.openstack.cloud import cloud_of
+from nodekiln.openstack.converge import converge
+from nodekiln.openstack.observe import Observed
+from nodekiln.openstack.plan import server_drift
+from nodekiln.openstack.resources import ROLES, Names, flavor_of
 from nodekiln.openstack.userdata import digest
 from nodekiln.secrets import Secrets, generate
-from tests.openstack import legacy_internals as deploy  # the old deploy internals, over the new modules
 from tests.tls import serving_cert
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -339,33 +344,38 @@ def test_an_unreachable_api_is_one_clear_line(site_file, monkeypatch):
 # -- site-deploy's decision --------------------------------------------------------------------
 
 
-def _state(site: Site, init_age: dt.timedelta | None, **extra: Any) -> deploy._State:
+def _state(site: Site, init_age: dt.timedelta | None, **extra: Any) -> Observed:
+    """Every node's server but worker03's, ACTIVE, made `init_age` ago (None: Nova does not say when)."""
     created = (NOW - init_age).strftime("%Y-%m-%dT%H:%M:%SZ") if init_age is not None else None
     servers = {n.name: SimpleNamespace(created_at=created, status="ACTIVE") for n in site.nodes if n.name != "worker03"}
-    return deploy._State(servers=servers, **extra)
+    return Observed(servers=servers, **extra)
 
 
-def _work(site: Site, *names: str) -> dict[str, Any]:
-    return {"servers_create": [n for n in site.nodes if n.name in names], "servers_replace": []}
+def _creating(site: Site, *names: str) -> Plan:
+    """The plan that creates the servers of these nodes and changes nothing else."""
+    return Plan(tuple(CreateServer(n, flavor_of(site, n)) for n in site.nodes if n.name in names))
 
 
 def test_only_servers_joining_a_running_init_node_need_a_join_token(example_site):
     site = load_site(example_site)
-    assert deploy._joining(site, _state(site, H), _work(site, "worker03")) == [
+    assert join.joining(site, _state(site, H), _creating(site, "worker03")) == [
         n for n in site.nodes if n.name == "worker03"
     ]
-    assert deploy._joining(site, _state(site, H), _work(site)) == []  # nothing created
-    everything = {"servers_create": list(site.nodes), "servers_replace": []}
-    assert deploy._joining(site, deploy._State(), everything) == []  # a new cluster: kubeadm init makes the token
-    init_replaced = {"servers_create": [], "servers_replace": [site.init_node, site.workers[0]]}
-    assert deploy._joining(site, _state(site, 30 * H), init_replaced) == []
+    assert join.joining(site, _state(site, H), _creating(site)) == []  # nothing created
+    everything = _creating(site, *(n.name for n in site.nodes))
+    assert join.joining(site, Observed(), everything) == []  # a new cluster: kubeadm init makes the token
+    state = _state(site, 30 * H)
+    init_replaced = Plan(
+        tuple(ReplaceServer(n, flavor_of(site, n), state.servers[n.name]) for n in (site.init_node, site.workers[0]))
+    )
+    assert join.joining(site, state, init_replaced) == []
 
 
 def test_a_young_init_node_keeps_the_stored_token(example_site):
     site = load_site(example_site)
     said: list[str] = []
-    fresh, note = deploy._join_token(
-        site, generate(), _state(site, 3 * H), _work(site, "worker03"), NOW, False, said.append
+    fresh, note = join.join_token(
+        site, generate(), _state(site, 3 * H), _creating(site, "worker03"), NOW, False, said.append
     )
     assert (
         fresh is None
@@ -376,11 +386,11 @@ def test_a_young_init_node_keeps_the_stored_token(example_site):
 
 def test_an_old_init_node_and_no_way_to_the_api_fails_before_anything_is_made(example_site, monkeypatch):
     site = load_site(example_site)
-    monkeypatch.setattr(deploy, "_local_networks", lambda: [IPv4Network("192.0.2.0/24")])
-    monkeypatch.setattr(deploy, "create_join_token", lambda *a, **k: pytest.fail("no API to call"))
+    monkeypatch.setattr(reach, "local_networks", lambda: [IPv4Network("192.0.2.0/24")])
+    monkeypatch.setattr(join, "create_join_token", lambda *a, **k: pytest.fail("no API to call"))
     for dry_run in (False, True):
         with pytest.raises(JoinTokenError) as failed:
-            deploy._join_token(site, generate(), _state(site, 25 * H), _work(site, "worker03"), NOW, dry_run, print)
+            join.join_token(site, generate(), _state(site, 25 * H), _creating(site, "worker03"), NOW, dry_run, print)
         message = str(failed.value)
         assert message.startswith(
             "worker03 would join the running cluster, but the server of its init node master01 was created 25.0 h ago: "
@@ -405,15 +415,15 @@ def test_an_old_init_node_gets_a_fresh_token_through_the_floating_ip(example_sit
         calls.append((address, ttl))
         return "zyxwvu.0123456789abcdef"
 
-    monkeypatch.setattr(deploy, "create_join_token", mint)
+    monkeypatch.setattr(join, "create_join_token", mint)
     state = _state(site, 25 * H, fip=SimpleNamespace(floating_ip_address="203.0.113.9"))
     said: list[str] = []
-    dry = deploy._join_token(site, secrets, state, _work(site, "worker03"), NOW, True, said.append)
+    dry = join.join_token(site, secrets, state, _creating(site, "worker03"), NOW, True, said.append)
     assert (
         dry == (None, "would create a fresh one (valid 24h) for 1 new node through https://203.0.113.9:7443")
         and calls == []
     )
-    fresh, note = deploy._join_token(site, secrets, state, _work(site, "worker03"), NOW, False, said.append)
+    fresh, note = join.join_token(site, secrets, state, _creating(site, "worker03"), NOW, False, said.append)
     assert fresh == "zyxwvu.0123456789abcdef" and calls == [("203.0.113.9", 24 * H)]
     assert note == "a fresh one (valid 24h) for 1 new node, created through https://203.0.113.9:7443"
     assert not any("0123456789abcdef" in line for line in said)
@@ -426,7 +436,7 @@ def test_an_unreachable_floating_ip_names_the_reason_and_the_ways_out(site_file,
     site = load_site(site_file(lambda d: d["controlPlane"]["endpoint"].update(port=port)))
     state = _state(site, 25 * H, fip=SimpleNamespace(floating_ip_address="127.0.0.1"))
     with pytest.raises(JoinTokenError) as failed:
-        deploy._join_token(site, generate(), state, _work(site, "worker03"), NOW, False, print)
+        join.join_token(site, generate(), state, _creating(site, "worker03"), NOW, False, print)
     message = str(failed.value)
     assert f"but the API at https://127.0.0.1:{port}{SECRETS_PATH} could not be reached from here: " in message
     assert "list this host's network in `firewall.apiFrom`" in message and message.count("Nothing was created") == 1
@@ -439,7 +449,7 @@ def test_new_servers_boot_with_the_fresh_token_and_record_the_stored_digest(exam
     names = Names(site)
     worker = next(n for n in site.nodes if n.name == "worker03")
     flavor = site.openstack.flavors["worker"]  # type: ignore[union-attr]
-    state = deploy._State(
+    state = Observed(
         network=SimpleNamespace(id="net"),
         subnet=SimpleNamespace(id="subnet"),
         router=SimpleNamespace(id="router"),
@@ -450,21 +460,12 @@ def test_new_servers_boot_with_the_fresh_token_and_record_the_stored_digest(exam
         flavors={flavor: SimpleNamespace(id="flavor", name=flavor)},
         image=SimpleNamespace(id="image", name="image"),
     )
-    work: dict[str, Any] = {
-        "ports_create": [],
-        "ports_update": [],
-        "ports_delete": [],
-        "servers_create": [worker],
-        "servers_replace": [],
-        "servers_delete": [],
-        "rules_create": {r: [] for r in ROLES},
-        "rules_delete": {r: [] for r in ROLES},
-    }
+    plan = Plan((CreateServer(worker, flavor),))  # the port, groups and rules exist: only the server is made
     stored, fresh = {"worker03": b"#cloud-config\n# stored token\n"}, {"worker03": b"#cloud-config\n# fresh token\n"}
     conn = MagicMock()
-    assert deploy._converge(conn, site, names, state, deploy.Plan(), work, stored, False, print, fresh) == []
+    assert converge(cloud_of(conn), site, names, state, plan, stored, print, fresh) == []  # no failures
     attrs = conn.compute.create_server.call_args.kwargs
     assert base64.b64decode(attrs["user_data"]) == fresh["worker03"]
     assert attrs["metadata"]["nodekiln-user-data"] == digest(stored["worker03"]) != digest(fresh["worker03"])
     booted = SimpleNamespace(flavor={"original_name": flavor}, image={"id": "image"}, metadata=attrs["metadata"])
-    assert deploy._server_drift(site, worker, booted, state, digest(stored["worker03"])) == ""
+    assert server_drift(site, worker, booted, state, digest(stored["worker03"])) == ""
