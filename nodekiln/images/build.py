@@ -9,6 +9,10 @@ in the output directory and renamed on success. Ctrl-C or SIGTERM stops diskimag
 whole process group (its own traps unmount its chroot), then any mount left under the work
 directory is unmounted and the work directory removed. The disk itself is assembled from
 files (disk.py): no loop device or mount exists to leak.
+
+This module is the diskimage-builder tree source; everything after the tree (manifest,
+assembly, conversion, cache check, stage timing, cleanup) is pipeline.py's, shared with the
+Packer source (packer_build.py).
 """
 
 from __future__ import annotations
