@@ -201,7 +201,7 @@ def build_tree(
     env = dib_environment(recipe, stage, tmp_dir)
     # -x: the full trace goes to the log file (where a failure is diagnosed); the accepted
     # exit 1 is recognised from the image-path failure plus a complete tar, trace or not.
-    argv = [
+    argv: list[str | os.PathLike[str]] = [
         "disk-image-create",
         "-x",
         "-t",

@@ -17,7 +17,6 @@ overlay. See README "Appliance ISO".
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -25,14 +24,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodekiln.config.appliance import Appliance
 from nodekiln.errors import NodekilnError
-from nodekiln.files import write_atomic
 from nodekiln.images import disk
 from nodekiln.images import manifest as mf
+from nodekiln.images.pipeline import (
+    AnnounceStages,
+    Stage,
+    Stages,
+    complete_manifest,
+    kubernetes_source_report,
+    write_inside_manifest,
+    write_manifest,
+)
 from nodekiln.run import output, run
+
+if TYPE_CHECKING:
+    from nodekiln.config.recipe import ImageRecipe
+    from nodekiln.config.site import Site
+    from nodekiln.secrets import Secrets
 
 SCHEMA = "nodekiln/iso-manifest/v1"
 ASSETS = mf.IMAGES_DIR / "iso"
@@ -336,12 +348,9 @@ def assemble_iso(
     work: Path,
     log: Path | None = None,
     on_stage: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Stage]:
     """Make the ISO `target` from `tree` (left unchanged); returns the stage timings."""
-    stages: list[dict[str, Any]] = []
-
-    def stage(name: str, started: float) -> None:
-        stages.append({"name": name, "seconds": round(time.monotonic() - started, 2)})
+    stage = Stages(digits=2, display=AnnounceStages(on_stage))
 
     kernel, initrd = disk.find_kernel(tree)
     version = kernel[len("vmlinuz-") :]
@@ -352,13 +361,35 @@ def assemble_iso(
     for sub in ("boot/grub", "nodekiln/nodes"):
         (staging / sub).mkdir(parents=True)
 
-    t = time.monotonic()
-    on_stage and on_stage("squashfs")
-    make_squashfs(tree, staging / SQUASHFS, log)
-    stage("squashfs", t)
+    with stage("squashfs"):
+        make_squashfs(tree, staging / SQUASHFS, log)
 
-    t = time.monotonic()
-    on_stage and on_stage("boot")
+    with stage("boot"):
+        _stage_boot(tree, staging, content, kernel, initrd, version, volume, work, log)
+
+    with stage("xorriso"):
+        partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run(xorriso_args(staging, partial, volume), log=log)
+        partial.chmod(0o600)  # control-plane seeds carry the cluster's CA keys
+        partial.replace(target)
+    shutil.rmtree(staging)
+    return stage.records
+
+
+def _stage_boot(
+    tree: Path,
+    staging: Path,
+    content: IsoContent,
+    kernel: str,
+    initrd: str,
+    version: str,
+    volume: str,
+    work: Path,
+    log: Path | None,
+) -> None:
+    """Everything on the medium but the squashfs: kernel, initramfs, GRUB, seeds, settings."""
     shutil.copyfile(tree / "boot" / kernel, staging / "boot/vmlinuz")
     (staging / "boot/initrd.img").write_bytes(
         combined_initrd((tree / "boot" / initrd).read_bytes(), initrd_overlay(tree, version))
@@ -381,19 +412,6 @@ def assemble_iso(
     )
     (staging / "nodekiln/manifest.json").write_text(mf.dumps(content.inside_manifest))
     (staging / "README.txt").write_text(medium_readme(content))
-    stage("boot", t)
-
-    t = time.monotonic()
-    on_stage and on_stage("xorriso")
-    partial = target.with_name(f".{target.name}.partial")
-    partial.unlink(missing_ok=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    run(xorriso_args(staging, partial, volume), log=log)
-    partial.chmod(0o600)  # control-plane seeds carry the cluster's CA keys
-    partial.replace(target)
-    stage("xorriso", t)
-    shutil.rmtree(staging)
-    return stages
 
 
 def medium_readme(content: IsoContent) -> str:
@@ -491,12 +509,11 @@ def tool_versions() -> dict[str, str]:
 
 def tree_facts(tree: Path) -> dict[str, Any]:
     """What the ISO carries for an offline first boot, as recorded in the manifest."""
-    report = tree / "usr/share/nodekiln/kubernetes-source.txt"
     images = tree / "usr/share/nodekiln/images"
     kernel, _ = disk.find_kernel(tree)
     return {
         "kernel": kernel[len("vmlinuz-") :],
-        "kubernetesSourceReport": report.read_text().strip() if report.exists() else "",
+        "kubernetesSourceReport": kubernetes_source_report(tree),
         "preloadedImages": sorted(p.name for p in images.iterdir()) if images.is_dir() else [],
         "packages": mf.installed_packages(tree),
     }
@@ -518,23 +535,16 @@ def artifact_names(out_dir: Path, site_name: str, hash_hex: str) -> tuple[Path, 
 
 def cached(iso: Path, manifest_path: Path) -> bool:
     """A previous build of the same inputs is complete: the ISO and its manifest agree on size."""
-    if not (iso.exists() and manifest_path.exists()):
-        return False
-    try:
-        beside = json.loads(manifest_path.read_text())
-        sizes = [a["size"] for a in beside.get("artifacts", []) if a.get("file") == iso.name]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return sizes == [iso.stat().st_size]
+    return complete_manifest(manifest_path, {iso.name: iso}, key="file") is not None
 
 
-def menu_nodes(site) -> list[MenuNode]:
+def menu_nodes(site: Site) -> list[MenuNode]:
     return [MenuNode(n.name, n.role, str(n.address), n.mac) for n in site.nodes]
 
 
 def build_iso(
-    site,
-    secrets,
+    site: Site,
+    secrets: Secrets,
     out_dir: Path,
     *,
     kubernetes_source: str | None = None,
@@ -571,10 +581,9 @@ def build_iso(
     work = work_dir or out_dir / "work" / mf.short(hash_hex)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "build.log"
-    stages: list[dict[str, Any]] = []
-    t = time.monotonic()
-    root = root_tree(recipe, site, image_inputs, out_dir, work, log, tree, on_stage)
-    stages.append({"name": "tree", "seconds": round(time.monotonic() - t, 2)})
+    stages = Stages(digits=2)  # the tree's own stages are announced by root_tree
+    with stages("tree"):
+        root = root_tree(recipe, site, image_inputs, out_dir, work, log, tree, on_stage)
     facts = tree_facts(root)
     inside = {
         "schema": SCHEMA,
@@ -587,16 +596,16 @@ def build_iso(
         **facts,
     }
     content = IsoContent(site.name, nodes, seeds, appliance, hash_hex, inside)
-    stages += assemble_iso(root, iso, content, work, log, on_stage)
+    stages.extend(assemble_iso(root, iso, content, work, log, on_stage))
     seconds = time.monotonic() - started
-    beside = mf.full_manifest(
+    write_manifest(
+        manifest_path,
         inside,
-        stages=stages,
+        stages=stages.records,
         artifacts=[mf.artifact_entry(iso, "iso")],
-        built_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         seconds=seconds,
+        built_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-    write_atomic(manifest_path, mf.dumps(beside))
     # Keep only the log: the extracted tree, the bake-step stage and DIB's scratch go.
     for scratch in ("tree", "stage", "dib"):
         if (work / scratch) != tree:
@@ -605,8 +614,8 @@ def build_iso(
 
 
 def root_tree(
-    recipe,
-    site,
+    recipe: ImageRecipe,
+    site: Site,
     image_inputs: dict[str, Any],
     out_dir: Path,
     work: Path,
@@ -638,20 +647,9 @@ def root_tree(
 
     extract_tree(tar, tree)
     # The image manifest inside the root, as the disk image carries it.
-    kernel, _ = disk.find_kernel(tree)
-    inside = mf.inside_manifest(
-        site=site.name,
-        hash_hex=mf.input_hash(image_inputs),
-        input_data=image_inputs,
-        tools={},
-        packages=mf.installed_packages(tree),
-        kernel=kernel[len("vmlinuz-") :],
-        bake_steps=[],
-        kubernetes_source=tree_facts(tree)["kubernetesSourceReport"],
+    write_inside_manifest(
+        tree, site=site.name, input_hash=mf.input_hash(image_inputs), inputs=image_inputs, tools={}, bake_steps=[]
     )
-    target = tree / mf.IMAGE_MANIFEST_PATH
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(mf.dumps(inside))
     return tree
 
 

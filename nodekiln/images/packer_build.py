@@ -19,6 +19,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -26,20 +27,21 @@ from rich.console import Console
 from nodekiln.config.recipe import ImageRecipe
 from nodekiln.errors import NodekilnError
 from nodekiln.images import dib, disk, manifest, packer, preflight
-from nodekiln.images.build import (
+from nodekiln.images.packer_base import build_base_image
+from nodekiln.images.pipeline import (
     DEFAULT_OUT,
-    GIB,
     BuildResult,
     Plan,
-    _cleanup,
-    _source_report,
-    _stop_on_sigterm,
+    Stages,
+    disk_tail,
+    guarded,
+    make_plan,
     report_cache_hit,
     resolve_recipe,
+    stage_lines,
     start_build,
     tool_versions,
 )
-from nodekiln.images.packer_base import build_base_image
 from nodekiln.run import output, run
 
 if TYPE_CHECKING:
@@ -174,8 +176,10 @@ class Progress:
         self.status.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.status.__exit__(*exc)
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.status.__exit__(kind, value, traceback)
 
     def __call__(self, event: packer.Event) -> None:
         kind = event.ui_kind
@@ -272,17 +276,7 @@ def plan_packer_build(
         raise NodekilnError(f"unknown builder {builder!r}: expected one of {', '.join(BUILDERS)}")
     recipe = resolve_recipe(site, kubernetes_source_override, formats)
     recipe = recipe.model_copy(update={"packer": site.image.packer})  # excluded from model_dump
-    data = packer_inputs(site, builder, base_image, recipe)
-    return Plan(
-        site.name,
-        recipe,
-        site.kubernetes.version,
-        site.directory,
-        data,
-        manifest.input_hash(data),
-        Path(out_dir),
-        tuple(recipe.formats),
-    )
+    return make_plan(site, recipe, packer_inputs(site, builder, base_image, recipe), out_dir)
 
 
 def resolve_base_image(
@@ -333,11 +327,11 @@ def build_image_packer(
         tools.update(preflight.BUILD_TOOLS)  # nodekiln-base is built with diskimage-builder
     preflight.ensure_host_tools(tools, install=install_tools)
     version = packer.packer_version()
-    pre_stages: list[dict[str, Any]] = []
+    stages = Stages()
     if builder == "packer-qemu":
-        t = time.monotonic()
-        base_image = resolve_base_image(site, site.image, Path(out_dir), base_image, console)
-        pre_stages.append({"name": "base image", "seconds": round(time.monotonic() - t, 1)})
+        # Timed before the plan exists: the base image's bytes are part of the input hash.
+        with stages("base image"):
+            base_image = resolve_base_image(site, site.image, Path(out_dir), base_image, console)
     plan = plan_packer_build(site, builder, out_dir, kubernetes_source_override, formats, base_image)
     hit = report_cache_hit(plan, started, console)
     if hit is not None:
@@ -349,9 +343,9 @@ def build_image_packer(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     if keep_work:
-        return _build(plan, builder, version, work, base_image, console, started, pre_stages)
-    with _stop_on_sigterm(), _cleanup(work, plan):
-        return _build(plan, builder, version, work, base_image, console, started, pre_stages)
+        return _build(plan, builder, version, work, base_image, console, started, stages)
+    with guarded(work, plan):
+        return _build(plan, builder, version, work, base_image, console, started, stages)
 
 
 def _build(
@@ -362,41 +356,37 @@ def _build(
     base_image: Path | None,
     console: Console,
     started: float,
-    stages: list[dict[str, Any]],
+    stages: Stages,
 ) -> BuildResult:
     recipe = plan.recipe
     log = plan.log
 
-    def stage_done(name: str, t0: float) -> None:
-        stages.append({"name": name, "seconds": round(time.monotonic() - t0, 1)})
+    with stages("stage bake steps, seed, templates"):
+        dib.write_stage(
+            work / "nodekiln-stage", recipe, plan.kubernetes_version, plan.site_dir, in_target=STAGE_IN_GUEST
+        )
+        # What diskimage-builder installs in one transaction before the steps (build.pkr.hcl too).
+        shutil.copy2(PACKAGE_INSTALLS, work / "nodekiln-stage" / PACKAGE_INSTALLS.name)
+        key = seed = None
+        public_key = None
+        if builder == "packer-qemu":
+            from nodekiln.images.machine import generate_ssh_key
+            from nodekiln.images.seed import write_seed_iso
 
-    t = time.monotonic()
-    dib.write_stage(work / "nodekiln-stage", recipe, plan.kubernetes_version, plan.site_dir, in_target=STAGE_IN_GUEST)
-    # What diskimage-builder installs in one transaction before the steps (build.pkr.hcl too).
-    shutil.copy2(PACKAGE_INSTALLS, work / "nodekiln-stage" / PACKAGE_INSTALLS.name)
-    key = seed = None
-    public_key = None
-    if builder == "packer-qemu":
-        from nodekiln.images.machine import generate_ssh_key
-        from nodekiln.images.seed import write_seed_iso
+            key, public_key = generate_ssh_key(work)
+            public_key = public_key.rsplit(" ", 1)[0] + f" {BUILD_KEY_COMMENT}"  # recognisable if ever left
+            seed = write_seed_iso(work / "seed.iso", seed_files(recipe.packer.sshUser, public_key))
+        variables = packer_variables(plan, builder, work, base_image, key, seed)
+        var_file = work / "variables.json"
+        var_file.write_text(json.dumps(variables, indent=2) + "\n")
+        templates = packer.template_dir(work, version, log)
 
-        key, public_key = generate_ssh_key(work)
-        public_key = public_key.rsplit(" ", 1)[0] + f" {BUILD_KEY_COMMENT}"  # recognisable if ever left
-        seed = write_seed_iso(work / "seed.iso", seed_files(recipe.packer.sshUser, public_key))
-    variables = packer_variables(plan, builder, work, base_image, key, seed)
-    var_file = work / "variables.json"
-    var_file.write_text(json.dumps(variables, indent=2) + "\n")
-    templates = packer.template_dir(work, version, log)
-    stage_done("stage bake steps, seed, templates", t)
-
-    t = time.monotonic()
-    with Progress(console, builder) as progress:
+    with stages(f"packer build ({builder}: boot, bake steps, export tree)"), Progress(console, builder) as progress:
         try:
             packer.build(templates, var_file, packer.SOURCES[builder], log, on_event=progress)
         finally:  # the build VM's serial console: where a base that does not boot shows why
             if (work / "console.log").exists():
                 shutil.copy2(work / "console.log", log.with_name(f"{plan.stem}.console.log"))
-    stage_done(f"packer build ({builder}: boot, bake steps, export tree)", t)
     built = [a for a in packer.read_manifest(Path(variables["manifest_file"])) if a.name == "node"]
     if not built:
         raise packer.PackerError(f"Packer's manifest {variables['manifest_file']} records no build of source 'node'")
@@ -407,78 +397,42 @@ def _build(
         raise packer.PackerError(f"Packer finished but the baked tree {tree_file} was not downloaded")
     shutil.rmtree(work / "packer-output", ignore_errors=True)  # Packer's own disk: not the image
 
-    t = time.monotonic()
-    tree = work / "tree"
-    _extract(tree_file, tree, log)
-    tree_file.unlink()
-    user = recipe.packer.sshUser if builder == "packer-qemu" else recipe.packer.openstack.sshUser  # type: ignore[union-attr]
-    with open(log, "a") as f:
-        for item in remove_build_access(tree, user, public_key):
-            f.write(f"nodekiln: removed {item} (build access only)\n")
-    stage_done("unpack root tree", t)
+    with stages("unpack root tree"):
+        tree = work / "tree"
+        _extract(tree_file, tree, log)
+        tree_file.unlink()
+        user = _build_user(recipe, builder)
+        with open(log, "a") as f:
+            for item in remove_build_access(tree, user, public_key):
+                f.write(f"nodekiln: removed {item} (build access only)\n")
 
-    t = time.monotonic()
-    kernel_file, _ = disk.find_kernel(tree)
-    tools = {
-        **tool_versions(),
-        "packer": str(version),
-        "builder": builder,
-        "qemu-system": output(["qemu-system-x86_64", "--version"]).splitlines()[0],
-    }
-    tools["baseImage"] = (
-        base_image.name
-        if base_image is not None
-        else "openstack:"
-        + (
-            recipe.packer.openstack.sourceImage  # type: ignore[union-attr]
-            if recipe.packer.openstack
-            else ""
-        )
-    )
-    inside = manifest.inside_manifest(
-        site=plan.site,
-        hash_hex=plan.input_hash,
-        input_data=plan.inputs,
-        tools=tools,
-        packages=manifest.installed_packages(tree),
-        kernel=kernel_file[len("vmlinuz-") :],
-        bake_steps=progress.steps.steps,
-        kubernetes_source=_source_report(tree),
-    )
-    target = tree / manifest.IMAGE_MANIFEST_PATH
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(manifest.dumps(inside))
-    stage_done("manifest", t)
+    def tools() -> dict[str, str]:
+        return {
+            **tool_versions(),
+            "packer": str(version),
+            "builder": builder,
+            "qemu-system": output(["qemu-system-x86_64", "--version"]).splitlines()[0],
+            "baseImage": base_image.name if base_image is not None else "openstack:" + _openstack_source(recipe),
+        }
 
-    t = time.monotonic()
-    raw = work / "disk.raw"
-    disk.assemble(tree, raw, recipe.diskSizeGiB * GIB, manifest.short(plan.input_hash), work / "assembly", log=log)
-    shutil.rmtree(tree)
-    stage_done("assemble GPT disk (BIOS + UEFI)", t)
+    result = disk_tail(plan, tree, work, stages, tools=tools, bake_steps=progress.steps.steps, started=started)
+    console.print(f"{builder}: built {', '.join(p.name for p in result.artifacts.values())} in {result.seconds:.0f} s")
+    for line in stage_lines(result.stages):
+        console.print(line)
+    return result
 
-    artifacts: dict[str, Path] = {}
-    entries = []
-    for fmt in sorted(plan.formats, key=lambda f: f == "raw"):  # raw last: moved, not copied
-        final = plan.artifact(fmt)
-        partial = final.with_name(f".{final.name}.partial")
-        t = time.monotonic()
-        if fmt == "raw":
-            raw.rename(partial)
-        else:
-            disk.convert(raw, partial, fmt, log=log, compression=recipe.qcow2Compression)
-        entries.append({**manifest.artifact_entry(partial, fmt), "file": final.name})
-        artifacts[fmt] = partial
-        stage_done(f"convert to {fmt}", t)
-    for fmt, partial in artifacts.items():
-        partial.replace(plan.artifact(fmt))
-        artifacts[fmt] = plan.artifact(fmt)
 
-    seconds = time.monotonic() - started
-    full = manifest.write_beside(plan.manifest_path, inside, stages=stages, artifacts=entries, seconds=seconds)
-    console.print(f"{builder}: built {', '.join(p.name for p in artifacts.values())} in {seconds:.0f} s")
-    for s in stages:
-        console.print(f"  {s['seconds']:7.1f} s  {s['name']}")
-    return BuildResult(plan.site, plan.input_hash, artifacts, plan.manifest_path, full, False, seconds, log, stages)
+def _build_user(recipe: ImageRecipe, builder: str) -> str:
+    """The user Packer logged in as: what remove_build_access takes out again."""
+    if builder == "packer-qemu":
+        return recipe.packer.sshUser
+    if recipe.packer.openstack is None:  # build_image_packer refuses this before any work
+        raise NodekilnError("--builder packer-openstack needs image.packer.openstack in the site")
+    return recipe.packer.openstack.sshUser
+
+
+def _openstack_source(recipe: ImageRecipe) -> str:
+    return recipe.packer.openstack.sourceImage if recipe.packer.openstack else ""
 
 
 def _delete_snapshot(cloud: str | None, image_id: str, console: Console) -> None:

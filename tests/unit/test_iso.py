@@ -383,3 +383,36 @@ def test_a_given_tree_is_identified_by_its_content(tmp_path: Path) -> None:
     tar = tmp_path / "root.tar"
     tar.write_bytes(b"tar")
     assert iso.tree_identity(tar) == {"tar": iso.mf.sha256_file(tar)}
+
+
+def test_assembly_stages_are_announced_timed_and_the_iso_appears_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ISO's stages through the shared timer (programs faked: only the bookkeeping counts)."""
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot/vmlinuz-6.1.0-42-amd64").write_bytes(b"kernel")
+    (tree / "boot/initrd.img-6.1.0-42-amd64").write_bytes(b"initrd")
+
+    def grub(work: Path, volume: str, log: Path | None) -> tuple[Path, Path]:
+        (work / "eltorito.img").write_bytes(b"bios")
+        (work / "BOOTX64.EFI").write_bytes(b"efi")
+        return work / "eltorito.img", work / "BOOTX64.EFI"
+
+    def xorriso(argv: list[str], **kwargs: object) -> None:
+        out = Path(argv[argv.index("-o") + 1])
+        assert out.name.endswith(".partial") and not (tmp_path / "out/lab.iso").exists()
+        out.write_bytes(b"iso")
+
+    monkeypatch.setattr(iso, "make_squashfs", lambda tree, target, log: target.write_bytes(b"sq"))
+    monkeypatch.setattr(iso, "make_grub_images", grub)
+    monkeypatch.setattr(iso, "make_efi_image", lambda efi, target, log: target.write_bytes(b"fat"))
+    monkeypatch.setattr(iso, "run", xorriso)
+    announced: list[str] = []
+    content = iso.IsoContent("lab", NODES, {"cp1": {"user-data": b"#cloud-config\n"}}, Appliance(), "ab" * 32)
+    target = tmp_path / "out/lab.iso"
+    stages = iso.assemble_iso(tree, target, content, tmp_path / "work", on_stage=announced.append)
+    assert announced == [s["name"] for s in stages] == ["squashfs", "boot", "xorriso"]
+    assert all(isinstance(s["seconds"], float) for s in stages)
+    assert target.read_bytes() == b"iso" and target.stat().st_mode & 0o077 == 0
+    assert not list(target.parent.glob(".*partial")) and not (tmp_path / "work/iso").exists()
