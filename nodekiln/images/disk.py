@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodekiln import templates
 from nodekiln.errors import NodekilnError
 from nodekiln.run import run
 
@@ -177,31 +178,15 @@ def patch_core_img(core_img: bytes, core_lba: int) -> bytes:
     return bytes(padded)
 
 
-EARLY_CFG = f"""\
-search --no-floppy --label {ROOT_LABEL} --set=root
-set prefix=($root)/boot/grub
-configfile ($root)/boot/grub/grub.cfg
-"""
+def early_cfg() -> str:
+    """Config built into both GRUB images: find the root by its label, load its grub.cfg."""
+    return templates.render("images", "grub/early.cfg.j2", label=ROOT_LABEL)
 
 
 def grub_cfg(kernel: str, initrd: str, cmdline: str) -> str:
-    return f"""\
-# nodekiln: written at disk assembly; the kernel line comes from /usr/share/nodekiln/kernel-cmdline
-serial --unit=0 --speed=115200
-terminal_input serial console
-terminal_output serial console
-set timeout=1
-set default=0
-menuentry "nodekiln node" {{
-    # a boot that stops shows where on the serial console, even with `quiet` on the kernel line
-    echo "nodekiln: loading the kernel"
-    search --no-floppy --label {ROOT_LABEL} --set=root
-    linux /boot/{kernel} root=LABEL={ROOT_LABEL} {cmdline}
-    echo "nodekiln: loading the initramfs"
-    initrd /boot/{initrd}
-    echo "nodekiln: starting the kernel"
-}}
-"""
+    return templates.render(
+        "images", "grub/disk.cfg.j2", label=ROOT_LABEL, kernel=kernel, initrd=initrd, cmdline=cmdline
+    )
 
 
 def find_kernel(tree: Path) -> tuple[str, str]:
@@ -281,7 +266,7 @@ def make_esp(image: Path, size: int, efi_binary: Path, volume_id: str, log: Path
 def make_grub_images(work: Path, log: Path | None) -> tuple[Path, Path]:
     """GRUB for BIOS (core.img) and UEFI (BOOTX64.EFI), each finding root by its label."""
     early = work / "grub-early.cfg"
-    early.write_text(EARLY_CFG)
+    early.write_text(early_cfg())
     core = work / "core.img"
     efi = work / "BOOTX64.EFI"
     run(

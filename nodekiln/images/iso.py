@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodekiln import templates
 from nodekiln.config.appliance import Appliance
 from nodekiln.errors import NodekilnError
 from nodekiln.images import disk
@@ -88,11 +89,7 @@ def kernel_cmdline(tree: Path, volume: str) -> str:
 
 def early_cfg(volume: str) -> str:
     """Config built into both GRUB images: find the ISO by its label, load its grub.cfg."""
-    return (
-        f"search --no-floppy --label {volume} --set=root\n"
-        "set prefix=($root)/boot/grub\n"
-        "configfile ($root)/boot/grub/grub.cfg\n"
-    )
+    return templates.render("images", "grub/early.cfg.j2", label=volume)
 
 
 @dataclass(frozen=True)
@@ -106,27 +103,9 @@ class MenuNode:
 def grub_cfg(site_name: str, nodes: list[MenuNode], cmdline: str, timeout: int) -> str:
     """Boot menu: the automatic entry first (node by the data disk, else MAC, else a seed), then
     one entry per node for machines whose MAC the site does not list."""
-    lines = [
-        f"# nodekiln appliance ISO of site {site_name}",
-        "serial --unit=0 --speed=115200",
-        "terminal_input serial console",
-        "terminal_output serial console",
-        f"set timeout={timeout}",
-        "set default=0",
-        f'menuentry "nodekiln {site_name}: automatic (the data disk\'s node, else by MAC address)" {{',
-        f"    linux /boot/vmlinuz {cmdline}",
-        "    initrd /boot/initrd.img",
-        "}",
-    ]
-    for node in nodes:
-        mac = f", MAC {node.mac}" if node.mac else ""
-        lines += [
-            f'menuentry "node {node.name} ({node.role}, {node.address}{mac})" {{',
-            f"    linux /boot/vmlinuz {cmdline} nodekiln.node={node.name}",
-            "    initrd /boot/initrd.img",
-            "}",
-        ]
-    return "\n".join(lines) + "\n"
+    return templates.render(
+        "images", "iso/grub.cfg.j2", site_name=site_name, nodes=nodes, cmdline=cmdline, timeout=timeout
+    )
 
 
 def nodes_map(nodes: list[MenuNode]) -> str:
@@ -433,6 +412,8 @@ def medium_readme(content: IsoContent) -> str:
 
 def iso_code_digests() -> dict[str, str]:
     out = {f"images/iso/{k}": v for k, v in mf.tree_digests(ASSETS).items()}
+    # the GRUB config built into the ISO's boot images is the disk's template (images/grub/)
+    out.update({f"images/grub/{k}": v for k, v in mf.tree_digests(mf.IMAGES_DIR / "grub").items()})
     for code in ISO_CODE:
         out[f"nodekiln/images/{code.name}"] = mf.sha256_file(code)
     return dict(sorted(out.items()))
