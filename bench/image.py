@@ -22,10 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "sites" / "example" / "site.yaml"
 
 
-def _figure(raw: dict) -> Figure:
-    return Figure(raw["name"], raw["value"], raw["unit"], f"<= {raw['goal']}", raw.get("detail", ""))
-
-
 def _local_source() -> str:
     tools = REPO / "build" / "tools"
     if not (tools / "bin" / "kubectl").exists():
@@ -41,8 +37,8 @@ def _cold() -> tuple[Figure, BuildResult, Site, Path, str]:
     site = load_site(EXAMPLE)
     out = Path(tempfile.mkdtemp(prefix="nodekiln-bench-images-"))
     source = _local_source()
-    raw, result = image_bench.image_cold_build_s(site, out, kubernetes_source_override=source)
-    return _figure(raw), result, site, out, source
+    figure, result = image_bench.image_cold_build_s(site, out, kubernetes_source_override=source)
+    return figure, result, site, out, source
 
 
 def image_cold_build_s() -> Figure:
@@ -51,13 +47,13 @@ def image_cold_build_s() -> Figure:
 
 def image_cache_hit_s() -> Figure:
     _, _, site, out, source = _cold()
-    return _figure(image_bench.image_cache_hit_s(site, out, kubernetes_source_override=source))
+    return image_bench.image_cache_hit_s(site, out, kubernetes_source_override=source)
 
 
 def image_qcow2_mb() -> Figure:
-    return _figure(image_bench.image_qcow2_mb(_cold()[1].image))
+    return image_bench.image_qcow2_mb(_cold()[1].image)
 
 
 def boot_to_cloudinit_s() -> Figure:
     _, result, site, _, _ = _cold()
-    return _figure(image_bench.boot_to_cloudinit_s(result.image, site))
+    return image_bench.boot_to_cloudinit_s(result.image, site)

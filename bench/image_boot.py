@@ -1,6 +1,6 @@
 """Figures for `invoke bench`: how long an image build and a first boot take, how big it is.
 
-Each function returns {name, value, unit, goal} (plus `detail`, what the number includes).
+Each function returns a `Figure` (its `detail` says what the number includes).
 Goals are the issue's, for a 2-core build host with the Debian mirror, and TCG (no KVM).
 """
 
@@ -12,19 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.figures import Figure
 from nodekiln.images.build import BuildResult, SiteLike, build_image
 from testing import qemu
 
 GOALS = {"image_cold_build_s": 300, "image_cache_hit_s": 2, "image_qcow2_mb": 300, "boot_to_cloudinit_s": 90}
 
 
-def _figure(name: str, value: float, unit: str, detail: str) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 1), "unit": unit, "goal": GOALS[name], "detail": detail}
+def _figure(name: str, value: float, unit: str, detail: str) -> Figure:
+    return Figure(name, round(value, 1), unit, f"<= {GOALS[name]}", detail)
 
 
 def image_cold_build_s(
     site: SiteLike, out_dir: Path | None = None, kubernetes_source_override: str | None = None
-) -> tuple[dict[str, Any], BuildResult]:
+) -> tuple[Figure, BuildResult]:
     """Build with an empty artifact cache (a fresh output directory). Returns (figure, result)
     so the other figures can use the image without building it again.
 
@@ -43,7 +44,7 @@ def image_cold_build_s(
     return _figure("image_cold_build_s", seconds, "s", f"stages: {where}; slowest DIB hooks: {inside}"), result
 
 
-def image_cache_hit_s(site: SiteLike, out_dir: Path, kubernetes_source_override: str | None = None) -> dict[str, Any]:
+def image_cache_hit_s(site: SiteLike, out_dir: Path, kubernetes_source_override: str | None = None) -> Figure:
     """A second `build-image` with unchanged inputs (the image must already be in out_dir)."""
     started = time.monotonic()
     result = build_image(site, out_dir, kubernetes_source_override=kubernetes_source_override)
@@ -53,12 +54,12 @@ def image_cache_hit_s(site: SiteLike, out_dir: Path, kubernetes_source_override:
     return _figure("image_cache_hit_s", seconds, "s", "input hash (recipe, steps, local source) + manifest check")
 
 
-def image_qcow2_mb(image: Path) -> dict[str, Any]:
+def image_qcow2_mb(image: Path) -> Figure:
     size = image.stat().st_size
     return _figure("image_qcow2_mb", size / 1e6, "MB", f"compressed qcow2, {size} bytes")
 
 
-def boot_to_cloudinit_s(image: Path, site: Any, firmware: str = "uefi") -> dict[str, Any]:
+def boot_to_cloudinit_s(image: Path, site: Any, firmware: str = "uefi") -> Figure:
     """Start qemu -> `cloud-init status --wait` done, seen over SSH (first boot, fresh overlay)."""
     node = site.nodes[0]
     with tempfile.TemporaryDirectory(prefix="nodekiln-bench-key-") as keydir:
@@ -91,7 +92,7 @@ def boot_to_cloudinit_s(image: Path, site: Any, firmware: str = "uefi") -> dict[
 
 def image_figures(
     site: SiteLike, kubernetes_source_override: str | None = None, out_dir: Path | None = None, boot: bool = True
-) -> list[dict[str, Any]]:
+) -> list[Figure]:
     """All four figures, building once."""
     cold, result = image_cold_build_s(site, out_dir, kubernetes_source_override)
     figures = [

@@ -1,8 +1,9 @@
 """Figures of the appliance ISO: size, build time from a root tree, boot to SSH (UEFI).
 
-They need a root tree: NODEKILN_ROOT_TREE (a directory or diskimage-builder's tar), else the
-newest tree `invoke build-iso` cached under build/iso/trees. The lab site below is also the
-one the ISO boot tests use (tests/image/test_iso.py).
+They time the ISO from a root tree: NODEKILN_ROOT_TREE (a directory or diskimage-builder's tar),
+else the newest tree `invoke build-iso` cached under build/iso/trees, else one built here first
+(diskimage-builder, ~10 min, cached there for the next run). The lab site below is also the one
+the ISO boot tests use (tests/image/test_iso.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ import tempfile
 import time
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.figures import Figure
 from nodekiln.errors import NodekilnError
+
+if TYPE_CHECKING:
+    from nodekiln.config.site import Site
+    from nodekiln.secrets import Secrets
 
 LAB_CIDR = "10.20.0.0/24"
 LAB_GATEWAY = "10.20.0.1"
@@ -52,13 +58,23 @@ appliance:
     return site
 
 
-def root_tree() -> Path:
+TREES = Path("build/iso")  # build-iso's default out folder: its trees/ are reused
+
+
+def root_tree(site: Site, secrets: Secrets) -> Path:
+    """The tree to time the ISO from; built (and cached where build-iso caches it) when none is."""
     given = os.environ.get("NODEKILN_ROOT_TREE")
     if given:
+        if not Path(given).exists():
+            raise NodekilnError(f"NODEKILN_ROOT_TREE={given}: no such directory or tar")
         return Path(given)
-    trees = sorted(Path("build/iso/trees").glob("*.tar"), key=lambda p: p.stat().st_mtime)
+    trees = sorted((TREES / "trees").glob("*.tar"), key=lambda p: p.stat().st_mtime)
     if not trees:
-        raise NodekilnError("no root tree: set NODEKILN_ROOT_TREE (directory or tar) or run `invoke build-iso` once")
+        from nodekiln.images import iso
+
+        print("iso figures: no root tree yet: building one with diskimage-builder (~10 min, cached)", flush=True)
+        iso.build_iso(site, secrets, TREES)
+        trees = sorted((TREES / "trees").glob("*.tar"), key=lambda p: p.stat().st_mtime)
     return trees[-1]
 
 
@@ -75,7 +91,7 @@ def _lab_build() -> tuple[Path, float, Path, Path]:
     key, public = generate_ssh_key(work)
     site = load_site(lab_site(work / "site", public))
     secrets, _ = SecretStore(site.directory, site.name).ensure()
-    tree = root_tree()
+    tree = root_tree(site, secrets)
     if not tree.is_dir():  # time the ISO from a tree, not the tar's extraction
         from nodekiln.images.dib import extract_tree
 

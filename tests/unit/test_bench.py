@@ -56,3 +56,36 @@ def test_figure_details_say_what_each_figure_includes():
 
     figures = [Figure("a_s", 1.0, "s", "<= 2", "stages: dib 100 s"), Figure("b_mb", 3.0, "MB", "<= 4")]
     assert figure_details(figures) == "a_s: stages: dib 100 s"
+
+
+def test_the_iso_figures_build_their_root_tree_when_none_is_there(tmp_path, monkeypatch) -> None:
+    """A fresh checkout has no tree: the benchmark makes one (as build-iso would) instead of failing."""
+    import bench.iso as bench_iso
+    from nodekiln.images import iso
+
+    built: list[Path] = []
+
+    def fake_build_iso(site, secrets, out_dir):  # stands in for the ~10 min diskimage-builder run
+        tar = out_dir / "trees" / "abc123.tar"
+        tar.parent.mkdir(parents=True)
+        tar.write_bytes(b"tree")
+        built.append(out_dir)
+
+    monkeypatch.delenv("NODEKILN_ROOT_TREE", raising=False)
+    monkeypatch.setattr(bench_iso, "TREES", tmp_path / "iso")
+    monkeypatch.setattr(iso, "build_iso", fake_build_iso)
+    assert bench_iso.root_tree(site=None, secrets=None) == tmp_path / "iso" / "trees" / "abc123.tar"
+    assert built == [tmp_path / "iso"]
+    assert bench_iso.root_tree(site=None, secrets=None) == tmp_path / "iso" / "trees" / "abc123.tar"
+    assert len(built) == 1  # the second run reuses the cached tree
+
+
+def test_a_given_root_tree_that_is_not_there_is_a_clear_error(monkeypatch) -> None:
+    import pytest
+
+    import bench.iso as bench_iso
+    from nodekiln.errors import NodekilnError
+
+    monkeypatch.setenv("NODEKILN_ROOT_TREE", "/nonexistent/tree.tar")
+    with pytest.raises(NodekilnError, match="no such directory or tar"):
+        bench_iso.root_tree(site=None, secrets=None)
