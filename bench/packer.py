@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 from bench.figures import Figure
+from nodekiln.report import Reporter
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_CACHE = REPO / "build" / "bench" / "packer-base"
 
 
 def packer_qemu_build_s() -> Figure:
-    from rich.console import Console
 
     from bench.image import EXAMPLE, _local_source
     from nodekiln.config.site import load_site
@@ -38,7 +38,7 @@ def packer_qemu_build_s() -> Figure:
             "packer-qemu",
             out,
             kubernetes_source_override=_local_source(),
-            console=Console(stderr=True, quiet=True),
+            report=Reporter.quiet(),
             base_image=base,
         )
         seconds = time.perf_counter() - started

@@ -130,9 +130,9 @@ def build_image(
     loaded = _site(site)
     target = Path(out) if out else Path("build/images")
     if builder == "dib":
-        result = build(loaded, target, kubernetes_source, format or None)
+        result = build(loaded, target, kubernetes_source, format or None, report=report)
     else:
-        result = build_image_packer(loaded, builder, target, kubernetes_source, format or None)
+        result = build_image_packer(loaded, builder, target, kubernetes_source, format or None, report=report)
     state = "cache hit: inputs unchanged" if result.cache_hit else f"built in {result.seconds:.0f} s"
     report.say(f"{state}; manifest {result.manifest_path}")
     report.result(str(result.image))
@@ -181,7 +181,7 @@ def build_iso(
         Path(out) if out else Path("build/iso"),
         kubernetes_source=kubernetes_source,
         tree=Path(tree) if tree else None,
-        on_stage=lambda name: report.say(f"[dim]… {name}[/]"),
+        report=report,
     )
     how = "cache hit (inputs unchanged)" if result.cached else f"built in {result.seconds:.0f} s"
     report.say(f"{how}; manifest {result.manifest}; the ISO holds the site's credentials (mode 0600)")

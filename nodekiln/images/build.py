@@ -48,6 +48,7 @@ from nodekiln.images.pipeline import (
     tool_versions,
     unmount_under,
 )
+from nodekiln.report import Reporter
 
 # The pipeline's names that callers (tests, bench, the ISO) have always imported from here.
 __all__ = [
@@ -88,13 +89,13 @@ def build_image(
     kubernetes_source_override: str | None = None,
     formats: list[str] | tuple[str, ...] | None = None,
     *,
-    console: Console | None = None,
+    report: Reporter | None = None,
     check_sources: bool = True,
     install_tools: bool = True,
 ) -> BuildResult:
     """Build the site's node image (or find it built); see the module docstring."""
     started = time.monotonic()
-    console = console or Console(stderr=True)
+    console = (report or Reporter()).live  # the progress, the step log and the cache-hit line
     plan = plan_build(site, out_dir, kubernetes_source_override, formats)
     hit = report_cache_hit(plan, started, console)
     if hit is not None:

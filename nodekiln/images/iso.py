@@ -40,6 +40,7 @@ from nodekiln.images.pipeline import (
     write_inside_manifest,
     write_manifest,
 )
+from nodekiln.report import Reporter
 from nodekiln.run import output, run
 
 if TYPE_CHECKING:
@@ -531,7 +532,7 @@ def build_iso(
     kubernetes_source: str | None = None,
     tree: Path | None = None,
     work_dir: Path | None = None,
-    on_stage: Callable[[str], None] | None = None,
+    report: Reporter | None = None,
 ) -> IsoResult:
     """The site's appliance ISO in `out_dir`, named by its input hash; built only when missing.
 
@@ -543,6 +544,11 @@ def build_iso(
     from nodekiln.images.build import plan_build
 
     started = time.monotonic()
+    say = (report or Reporter.quiet()).say
+
+    def on_stage(name: str) -> None:
+        say(f"[dim]… {name}[/]")
+
     # The disk image's recipe and inputs, with the generic kernel: the ISO boots on hardware.
     plan = plan_build(site, out_dir, kubernetes_source, kernel=ISO_KERNEL)
     recipe = plan.recipe

@@ -42,6 +42,7 @@ from nodekiln.images.pipeline import (
     start_build,
     tool_versions,
 )
+from nodekiln.report import Reporter
 from nodekiln.run import output, run
 
 if TYPE_CHECKING:
@@ -302,7 +303,7 @@ def build_image_packer(
     kubernetes_source_override: str | None = None,
     formats: list[str] | tuple[str, ...] | None = None,
     *,
-    console: Console | None = None,
+    report: Reporter | None = None,
     base_image: Path | None = None,
     check_sources: bool = True,
     install_tools: bool = True,
@@ -314,7 +315,7 @@ def build_image_packer(
     overrides image.packer.baseImage; with neither, nodekiln-base is built (once) first.
     """
     started = time.monotonic()
-    console = console or Console(stderr=True)
+    console = (report or Reporter()).live  # the progress, the step log and the cache-hit line
     if builder not in BUILDERS:
         raise NodekilnError(f"unknown builder {builder!r}: expected one of {', '.join(BUILDERS)}")
     if builder == "packer-openstack" and site.image.packer.openstack is None:

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from nodekiln.config.recipe import ImageRecipe
 from nodekiln.images import build, dib, disk, manifest, packer, pipeline, preflight
+from nodekiln.report import Reporter
 
 KERNEL = "6.1.0-42-cloud-amd64"
 
@@ -155,7 +156,7 @@ def test_a_cache_hit_writes_nothing(tmp_path: Path, fake_disk: FakeDisk) -> None
     plan, first = run_tail(tmp_path, formats=("qcow2",))
     before = listing(tmp_path)
     out = Console(record=True, width=200)
-    again = build.build_image(fake_site(tmp_path), plan.out_dir, formats=["qcow2"], console=out)
+    again = build.build_image(fake_site(tmp_path), plan.out_dir, formats=["qcow2"], report=Reporter(console=out))
     assert again.cache_hit and again.artifacts == first.artifacts and again.stages == first.stages
     assert listing(tmp_path) == before  # not even the build log is started again
     assert out.export_text() == f"cache hit: {plan.stem} (inputs unchanged), nothing to do\n"
@@ -225,7 +226,7 @@ def test_the_diskimage_builder_source_records_its_stages(
     monkeypatch.setattr(dib, "extract_tree", lambda tar, tree: make_tree(tree))
     monkeypatch.setattr(build, "tool_versions", lambda: {"diskimage-builder": "3"})
     out = Console(record=True, width=200)
-    result = build.build_image(fake_site(tmp_path), tmp_path / "out", console=out, check_sources=False)
+    result = build.build_image(fake_site(tmp_path), tmp_path / "out", report=Reporter(console=out), check_sources=False)
     names = [s["name"] for s in result.stages]
     assert names == [
         "stage bake steps",
@@ -275,7 +276,12 @@ def test_the_packer_source_records_its_stages(
     monkeypatch.setattr(seed, "write_seed_iso", lambda path, files: path)
     out = Console(record=True, width=200)
     result = packer_build.build_image_packer(
-        load_site(example_site), "packer-qemu", tmp_path / "out", console=out, base_image=base, check_sources=False
+        load_site(example_site),
+        "packer-qemu",
+        tmp_path / "out",
+        report=Reporter(console=out),
+        base_image=base,
+        check_sources=False,
     )
     assert [s["name"] for s in result.stages] == [
         "base image",
