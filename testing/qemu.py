@@ -396,11 +396,14 @@ def boot(
     timeout: float = 600.0,
     wait_cloud_init: bool = True,
     workdir: Path | None = None,
+    power_cycle: bool | None = None,
 ) -> Iterator[VM]:
     """Boot `image` copy-on-write with a NoCloud seed; yield the VM once SSH and cloud-init are
     done. The VM is always killed and its files removed, whatever happens.
 
     firmware: "uefi" (q35 + OVMF) or "bios" (SeaBIOS on the `pc` machine).
+    power_cycle: whether a guest reboot ends qemu for `VM.reboot` to start it again (default:
+    under TCG); False keeps the warm reset inside the process (the reboot loop's --warm).
     """
     if firmware not in ("uefi", "bios"):
         raise ValueError("firmware must be uefi or bios")
@@ -425,7 +428,7 @@ def boot(
         port = free_port()
         console = work / "console.log"
         argv = [
-            *machine_args(memory_mib=memory_mib, cpus=cpus, console=console),
+            *machine_args(memory_mib=memory_mib, cpus=cpus, console=console, power_cycle=power_cycle),
             "-drive",
             f"file={overlay},if=virtio,format=qcow2,discard=unmap,cache=unsafe",
             *seed_args(seed),

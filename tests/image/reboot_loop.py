@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         key=key,
         firmware=args.firmware,
         timeout=args.timeout,
+        power_cycle=False if args.warm else None,  # --warm: no -no-reboot, the reset stays in qemu
     ) as vm:
         clock = ConsoleClock(vm.console)
         clock.start()
