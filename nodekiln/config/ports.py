@@ -15,7 +15,8 @@ KUBE_SCHEDULER = 10259
 KUBE_CONTROLLER_MANAGER = 10257
 # kubernetes pkg/cluster/ports/ports.go, KubeletPort.
 KUBELET = 10250
-# kube-apiserver's default --service-node-port-range (pkg/kubeapiserver/options, DefaultServiceNodePortRange).
+# kube-apiserver's default --service-node-port-range: kubernetes pkg/kubeapiserver/options/options.go,
+# DefaultServiceNodePortRange = utilnet.PortRange{Base: 30000, Size: 2768}.
 NODE_PORTS = (30000, 32767)
 # nodekiln's own: HAProxy's frontend on the control planes, beside the kube-apiserver it balances.
 LOAD_BALANCER = 7443
