@@ -99,7 +99,7 @@ def boot_iso(
         port = free_port()
         console = work / "console.log"
         argv = [
-            *machine_args(memory_mib=memory_mib, cpus=cpus, console=console),
+            *machine_args(memory_mib=memory_mib, cpus=cpus, console=console, smm=firmware == "uefi-secureboot"),
             *medium_args(iso.resolve(), medium),
             *data_disk_args(data_disk),
             *network_args(cidr=cidr, gateway=gateway, address=address, port=port, mac=mac),

@@ -24,7 +24,7 @@ from pathlib import Path
 from nodekiln.errors import NodekilnError
 
 # what a build needs of qemu lives in the product; the harness re-exports it for the tests
-from nodekiln.images.machine import OVMF_CODE, OVMF_VARS, accel_args
+from nodekiln.images.machine import OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, OVMF_VARS_MS, accel_args
 from nodekiln.images.machine import accelerator as accelerator
 from nodekiln.images.machine import disk_format as disk_format
 from nodekiln.images.machine import generate_ssh_key as generate_ssh_key
@@ -258,17 +258,19 @@ def network_config(address: str, cidr: str, gateway: str, dns: list[str]) -> str
     )
 
 
-def machine_args(*, memory_mib: int, cpus: int | None, console: Path, power_cycle: bool | None = None) -> list[str]:
+def machine_args(
+    *, memory_mib: int, cpus: int | None, console: Path, power_cycle: bool | None = None, smm: bool = False
+) -> list[str]:
     """qemu with the accelerator, memory, cores, and the serial console appended to a file
     (kept across restarts of the same machine).
 
     power_cycle (default: under TCG) adds -no-reboot: a guest reboot ends qemu, and
     `VM.reboot()` starts the machine again (see there for why).
     """
-    cycle = accelerator() == "tcg" if power_cycle is None else power_cycle
+    cycle = accelerator(smm) == "tcg" if power_cycle is None else power_cycle
     return [
         "qemu-system-x86_64",
-        *accel_args(),
+        *accel_args(smm),
         "-m",
         str(memory_mib),
         "-smp",
@@ -304,9 +306,27 @@ def seed_args(seed: Path) -> list[str]:
     return ["-drive", f"file={seed},if=virtio,format=raw,readonly=on"]
 
 
+FIRMWARES = ("uefi", "uefi-secureboot", "bios")
+
+
 def firmware_args(firmware: str, work: Path) -> list[str]:
-    """uefi: q35 + OVMF (a private copy of the variable store); bios: the i440fx `pc` machine
-    and SeaBIOS, what most OpenStack clouds default to."""
+    """uefi: q35 + OVMF (a private copy of the variable store); uefi-secureboot: the same with
+    OVMF's SMM build, Microsoft's keys enrolled and Secure Boot enforcing (the flash marked
+    secure so only SMM writes the variables, as libvirt does for `secure='yes'`); bios: the
+    i440fx `pc` machine and SeaBIOS, what most OpenStack clouds default to."""
+    if firmware == "uefi-secureboot":
+        vars_copy = work / "OVMF_VARS.ms.fd"
+        shutil.copy(OVMF_VARS_MS, vars_copy)
+        return [
+            "-machine",
+            "q35,smm=on",
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        ]
     if firmware == "uefi":
         vars_copy = work / "OVMF_VARS.fd"
         shutil.copy(OVMF_VARS, vars_copy)
@@ -320,7 +340,7 @@ def firmware_args(firmware: str, work: Path) -> list[str]:
         ]
     if firmware == "bios":
         return ["-machine", "pc"]
-    raise ValueError("firmware must be uefi or bios")
+    raise ValueError(f"firmware must be one of {', '.join(FIRMWARES)}")
 
 
 @contextlib.contextmanager
@@ -401,12 +421,13 @@ def boot(
     """Boot `image` copy-on-write with a NoCloud seed; yield the VM once SSH and cloud-init are
     done. The VM is always killed and its files removed, whatever happens.
 
-    firmware: "uefi" (q35 + OVMF) or "bios" (SeaBIOS on the `pc` machine).
+    firmware: "uefi" (q35 + OVMF), "uefi-secureboot" (the same, Secure Boot enforcing) or "bios"
+    (SeaBIOS on the `pc` machine).
     power_cycle: whether a guest reboot ends qemu for `VM.reboot` to start it again (default:
     under TCG); False keeps the warm reset inside the process (the reboot loop's --warm).
     """
-    if firmware not in ("uefi", "bios"):
-        raise ValueError("firmware must be uefi or bios")
+    if firmware not in FIRMWARES:
+        raise ValueError(f"firmware must be one of {', '.join(FIRMWARES)}")
     with vm_workdir("nodekiln-vm-", workdir) as work:
         overlay = work / "disk.qcow2"
         run(
@@ -428,7 +449,13 @@ def boot(
         port = free_port()
         console = work / "console.log"
         argv = [
-            *machine_args(memory_mib=memory_mib, cpus=cpus, console=console, power_cycle=power_cycle),
+            *machine_args(
+                memory_mib=memory_mib,
+                cpus=cpus,
+                console=console,
+                power_cycle=power_cycle,
+                smm=firmware == "uefi-secureboot",
+            ),
             "-drive",
             f"file={overlay},if=virtio,format=qcow2,discard=unmap,cache=unsafe",
             *seed_args(seed),

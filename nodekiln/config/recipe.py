@@ -61,6 +61,7 @@ class PackerRecipe(Strict):
 
 
 ImageFormat = Literal["qcow2", "raw"]
+SecureBoot = Literal["required", "supported", "off"]
 
 
 def _default_formats() -> list[ImageFormat]:
@@ -95,6 +96,12 @@ class ImageRecipe(Strict):
         description="cloud: the distribution's kernel for virtual machines (virtio, Xen, Hyper-V, ENA, "
         "NVMe; 40 % of the generic kernel's modules: smaller image, faster boot); generic: "
         "every hardware driver, for disks written to bare metal (build-iso always uses it)",
+    )
+    secureBoot: SecureBoot = Field(
+        default="supported",
+        description="supported: boot through the distribution's signed chain (shim, GRUB, kernel), with or without "
+        "Secure Boot; required: the same, and clouds are told to enforce it (Glance os_secure_boot=required); "
+        "off: nodekiln's own unsigned GRUB, which firmware enforcing Secure Boot refuses",
     )
     extraPackages: list[str] = Field(default_factory=list)
     preloadImages: list[str] = Field(default_factory=list)

@@ -7,7 +7,8 @@ file at its partition's offset, and GRUB is installed by writing its images ours
 
 Layout (GPT, 1 MiB aligned):
   1  BIOS boot  1 MiB      GRUB core.img for legacy BIOS (i386-pc)
-  2  ESP        64 MiB     FAT32, EFI/BOOT/BOOTX64.EFI (the fallback path: no NVRAM entry)
+  2  ESP        64 MiB     FAT32, EFI/BOOT/BOOTX64.EFI (the fallback path: no NVRAM entry): shim
+                           and the signed GRUB, or our own GRUB (nodekiln.images.bootchain)
   3  root       sized      ext4, the OS, mounted read-only
   4  data       the rest   ext4, /var (and /etc's overlay upper layer), grown at first boot
 """
@@ -18,11 +19,14 @@ import os
 import shutil
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from nodekiln import templates
+from nodekiln.config.recipe import SecureBoot
 from nodekiln.errors import NodekilnError
+from nodekiln.images import bootchain
 from nodekiln.run import run
 
 SECTOR = 512
@@ -255,16 +259,42 @@ def make_ext4(source: Path, image: Path, label: str, size: int, fs_uuid: str, lo
     )
 
 
-def make_esp(image: Path, size: int, efi_binary: Path, volume_id: str, log: Path | None) -> None:
+def write_fat(image: Path, files: Mapping[str, bytes], label: str, volume_id: str, kib: int, log: Path | None) -> None:
+    """A FAT image holding `files` (path in the image -> content): mkfs.vfat -C and mtools, no mount.
+    FAT32 from 64 MiB on (the ESP), else mkfs's choice (the ISO's small El Torito image)."""
     image.unlink(missing_ok=True)
-    run(["mkfs.vfat", "-C", "-F", "32", "-n", ESP_LABEL, "-i", volume_id, image, str(size // 1024)], log=log)
+    fat32 = ["-F", "32"] if kib >= 64 * 1024 else []
+    run(["mkfs.vfat", "-C", *fat32, "-n", label, "-i", volume_id, image, str(kib)], log=log)
     env = {"MTOOLS_SKIP_CHECK": "1"}
-    run(["mmd", "-i", image, "::/EFI", "::/EFI/BOOT"], log=log, env=env)
-    run(["mcopy", "-i", image, efi_binary, "::/EFI/BOOT/BOOTX64.EFI"], log=log, env=env)
+    dirs = sorted({str(parent) for path in files for parent in PurePosixPath(path).parents if str(parent) != "."})
+    if dirs:
+        run(["mmd", "-i", image, *(f"::/{d}" for d in dirs)], log=log, env=env)
+    staging = image.with_name(f"{image.name}.files")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for path, data in sorted(files.items()):
+            local = staging / path
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+            run(["mcopy", "-i", image, local, f"::/{path}"], log=log, env=env)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def make_grub_images(work: Path, log: Path | None) -> tuple[Path, Path]:
-    """GRUB for BIOS (core.img) and UEFI (BOOTX64.EFI), each finding root by its label."""
+def efi_files(tree: Path, kernel: str, secure_boot: SecureBoot, early: str, grub_efi: Path | None) -> dict[str, bytes]:
+    """What the ESP holds: the distribution's signed chain, or (secureBoot: off) our own GRUB."""
+    if secure_boot == "off":
+        if grub_efi is None:
+            raise DiskError("secureBoot: off needs the self-built GRUB EFI image")
+        return {bootchain.FIRST_STAGE: grub_efi.read_bytes()}
+    chain = bootchain.signed_chain(tree, kernel)
+    bootchain.check(chain)
+    return bootchain.esp_files(chain, early)
+
+
+def make_grub_images(work: Path, log: Path | None, uefi: bool = True) -> tuple[Path, Path | None]:
+    """GRUB for BIOS (core.img) and, unless the signed chain replaces it, UEFI (BOOTX64.EFI),
+    each finding root by its label."""
     early = work / "grub-early.cfg"
     early.write_text(early_cfg())
     core = work / "core.img"
@@ -286,6 +316,8 @@ def make_grub_images(work: Path, log: Path | None) -> tuple[Path, Path]:
         ],
         log=log,
     )
+    if not uefi:
+        return core, None
     run(
         [
             "grub-mkimage",
@@ -331,12 +363,19 @@ def copy_sparse(src: Path, dst_fd: int, offset: int) -> None:
 
 
 def assemble(
-    tree: Path, raw: Path, disk_bytes: int, seed: str, work: Path, log: Path | None = None, root_extra_bytes: int = 0
+    tree: Path,
+    raw: Path,
+    disk_bytes: int,
+    seed: str,
+    work: Path,
+    log: Path | None = None,
+    root_extra_bytes: int = 0,
+    secure_boot: SecureBoot = "supported",
 ) -> Layout:
     """Make the bootable raw disk `raw` from `tree` (which must have /var empty or absent).
 
     `root_extra_bytes` leaves room on the root file system (Packer's base image: the bake steps
-    install into it).
+    install into it). `secure_boot` picks the ESP's boot chain (see nodekiln.images.bootchain).
 
     `tree/var` is moved aside to become the data file system; everything is built under
     `work` (same file system as `tree`, so the move is a rename).
@@ -360,14 +399,15 @@ def assemble(
     os.chmod(tree / "tmp", 0o1777)
 
     layout = plan_layout(root_size_for(tree) + root_extra_bytes, disk_bytes, seed)
-    core, efi = make_grub_images(work, log)
+    core, grub_efi = make_grub_images(work, log, uefi=secure_boot == "off")
+    esp_files = efi_files(tree, kernel, secure_boot, early_cfg(), grub_efi)
     esp_part, root_part, data_part, bios_part = (layout.part(n) for n in ("esp", "root", "data", "bios"))
     core_bytes = core.read_bytes()
     if len(core_bytes) > bios_part.size:
         raise DiskError(f"GRUB core.img ({len(core_bytes)} bytes) does not fit the BIOS boot partition")
 
     esp_img, root_img, data_img = work / "esp.img", work / "root.img", work / "data.img"
-    make_esp(esp_img, esp_part.size, efi, esp_part.uuid.replace("-", "")[:8], log)
+    write_fat(esp_img, esp_files, ESP_LABEL, esp_part.uuid.replace("-", "")[:8], esp_part.size // 1024, log)
     make_ext4(tree, root_img, ROOT_LABEL, root_part.size, root_part.uuid, log)
     make_ext4(var_src, data_img, DATA_LABEL, data_part.size, data_part.uuid, log)
 

@@ -4,8 +4,9 @@ Made from files only (no loop devices, mounts or vfat on the build host):
 
   root tree ──mksquashfs──► nodekiln/root.squashfs  (zstd, read-only root at run time)
   tree's kernel + initramfs + a small appended cpio (boot=nodekiln script, squashfs module)
-  GRUB: i386-pc-eltorito image (BIOS, CD and USB through boot_hybrid.img) and BOOTX64.EFI in a
-        FAT image made with mkfs.vfat -C + mcopy (UEFI), both finding the ISO by volume label
+  GRUB: i386-pc-eltorito image (BIOS, CD and USB through boot_hybrid.img); for UEFI a FAT image
+        (mkfs.vfat -C + mcopy) with shim and the distribution's signed CD GRUB (or, secureBoot:
+        off, our own), both finding the ISO by volume label
   every node's NoCloud seed (nodekiln/nodes/<node>/...), nodes.map (MAC -> node), manifest
   ──xorriso -as mkisofs──► <site>-<hash>.iso   (El Torito BIOS + EFI, isohybrid MBR)
 
@@ -28,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from nodekiln import templates
 from nodekiln.config.appliance import Appliance
+from nodekiln.config.recipe import SecureBoot
 from nodekiln.errors import NodekilnError
-from nodekiln.images import disk
+from nodekiln.images import bootchain, disk
 from nodekiln.images import manifest as mf
 from nodekiln.images.pipeline import (
     AnnounceStages,
@@ -251,19 +253,30 @@ def make_squashfs(tree: Path, target: Path, log: Path | None) -> None:
     run(argv, log=log)
 
 
-def make_efi_image(efi_binary: Path, target: Path, log: Path | None) -> None:
-    """A FAT image holding EFI/BOOT/BOOTX64.EFI: no mount, mkfs.vfat -C and mtools."""
-    target.unlink(missing_ok=True)
-    kib = max(1024, -(-efi_binary.stat().st_size // 1024) + 512)
-    kib = -(-kib // 64) * 64
-    run(["mkfs.vfat", "-C", "-n", "NK-EFI", "-i", "4E4B4546", target, str(kib)], log=log)
-    env = {"MTOOLS_SKIP_CHECK": "1"}
-    run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"], log=log, env=env)
-    run(["mcopy", "-i", target, efi_binary, "::/EFI/BOOT/BOOTX64.EFI"], log=log, env=env)
+def make_efi_image(files: Mapping[str, bytes], target: Path, log: Path | None) -> None:
+    """The El Torito EFI image (also the USB stick's ESP): a FAT image just big enough."""
+    kib = max(1024, -(-sum(len(d) for d in files.values()) // 1024) + 512)
+    disk.write_fat(target, files, "NK-EFI", "4E4B4546", -(-kib // 64) * 64, log)
 
 
-def make_grub_images(work: Path, volume: str, log: Path | None) -> tuple[Path, Path]:
-    """GRUB for BIOS (i386-pc-eltorito) and UEFI (x86_64-efi), each finding the ISO by label."""
+def efi_boot_files(
+    tree: Path, kernel: str, secure_boot: SecureBoot, volume: str, grub_efi: Path | None
+) -> dict[str, bytes]:
+    """The EFI image's files: shim and the distribution's signed CD GRUB, whose built-in prefix
+    (/boot/grub, read from the binary) gets our configuration that finds the ISO by label; or,
+    with secureBoot: off, our own GRUB."""
+    if secure_boot == "off":
+        if grub_efi is None:
+            raise IsoError("secureBoot: off needs the self-built GRUB EFI image")
+        return {bootchain.FIRST_STAGE: grub_efi.read_bytes()}
+    chain = bootchain.signed_chain(tree, kernel, bootchain.CD_GRUB)
+    bootchain.check(chain)
+    return bootchain.esp_files(chain, early_cfg(volume))
+
+
+def make_grub_images(work: Path, volume: str, log: Path | None, uefi: bool = True) -> tuple[Path, Path | None]:
+    """GRUB for BIOS (i386-pc-eltorito) and, unless the signed chain replaces it, UEFI
+    (x86_64-efi), each finding the ISO by label."""
     early = work / "grub-early.cfg"
     early.write_text(early_cfg(volume))
     eltorito = work / "eltorito.img"
@@ -286,6 +299,8 @@ def make_grub_images(work: Path, volume: str, log: Path | None) -> tuple[Path, P
         ],
         log=log,
     )
+    if not uefi:
+        return eltorito, None
     run(
         [
             "grub-mkimage",
@@ -319,6 +334,7 @@ class IsoContent:
     appliance: Appliance
     hash_hex: str
     inside_manifest: dict[str, Any] = field(default_factory=dict)
+    secure_boot: SecureBoot = "supported"
 
 
 def assemble_iso(
@@ -374,9 +390,15 @@ def _stage_boot(
     (staging / "boot/initrd.img").write_bytes(
         combined_initrd((tree / "boot" / initrd).read_bytes(), initrd_overlay(tree, version))
     )
-    eltorito, efi = make_grub_images(work, volume, log)
+    eltorito, grub_efi = make_grub_images(work, volume, log, uefi=content.secure_boot == "off")
     shutil.copyfile(eltorito, staging / "boot/grub/eltorito.img")
-    make_efi_image(efi, staging / "boot/grub/efi.img", log)
+    make_efi_image(
+        efi_boot_files(tree, kernel, content.secure_boot, volume, grub_efi), staging / "boot/grub/efi.img", log
+    )
+    # The signed CD GRUB's built-in configuration looks for this file when its prefix is not on
+    # the device it was started from (grub-efi-amd64-signed's memdisk grub.cfg).
+    (staging / ".disk").mkdir(exist_ok=True)
+    (staging / ".disk/info").write_text(f"nodekiln {content.site_name} {content.hash_hex[:16]}\n")
     cmdline = kernel_cmdline(tree, volume)
     (staging / "boot/grub/grub.cfg").write_text(
         grub_cfg(content.site_name, content.nodes, cmdline, content.appliance.menuTimeout)
@@ -581,8 +603,11 @@ def build_iso(
         "kubernetesSource": recipe.kubernetesSource,
         "tools": tool_versions(),
         **facts,
+        "bootChain": bootchain.record(
+            root, f"vmlinuz-{facts['kernel']}", recipe.secureBoot, facts["packages"], bootchain.CD_GRUB
+        ),
     }
-    content = IsoContent(site.name, nodes, seeds, appliance, hash_hex, inside)
+    content = IsoContent(site.name, nodes, seeds, appliance, hash_hex, inside, recipe.secureBoot)
     stages.extend(assemble_iso(root, iso, content, work, log, on_stage))
     seconds = time.monotonic() - started
     write_manifest(
@@ -635,7 +660,13 @@ def root_tree(
     extract_tree(tar, tree)
     # The image manifest inside the root, as the disk image carries it.
     write_inside_manifest(
-        tree, site=site.name, input_hash=mf.input_hash(image_inputs), inputs=image_inputs, tools={}, bake_steps=[]
+        tree,
+        site=site.name,
+        input_hash=mf.input_hash(image_inputs),
+        inputs=image_inputs,
+        tools={},
+        bake_steps=[],
+        secure_boot=recipe.secureBoot,
     )
     return tree
 

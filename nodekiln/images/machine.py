@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from nodekiln.errors import NodekilnError
@@ -12,14 +14,33 @@ from nodekiln.run import run
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Debian's ovmf (README.Debian, /usr/share/qemu/firmware/40-edk2-x86_64-secure-enrolled.json):
+# the Secure Boot build needs SMM, and the .ms variable store has Microsoft's keys in db and
+# Secure Boot already enforcing, as on a PC from the shop.
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_VARS_MS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+
+
+class _Verdict(Exception):
+    def __init__(self, works: bool):
+        self.works = works
+
+
+# What qemu prints when KVM cannot run the guest's code: nested KVM without the CPU
+# features (an "emulation failure" in firmware, then a paused guest), or without SMM.
+KVM_FAILURES = ("KVM internal error", "emulation failure", "failed to set MSR", "not supported by this hypervisor")
+FIRMWARE_REACHED = "BdsDxe"  # OVMF's boot manager: everything before it ran
 
 
 @functools.cache
-def accelerator() -> str:
-    """'kvm' if a KVM guest really starts here, else 'tcg'. NODEKILN_QEMU_ACCEL overrides.
+def accelerator(smm: bool = False) -> str:
+    """'kvm' if a KVM guest really runs here, else 'tcg'. NODEKILN_QEMU_ACCEL overrides.
 
-    /dev/kvm existing is not enough: on hosts without VT-x/AMD-V passthrough qemu aborts
-    ("failed to set MSR 0x10a") or crawls, so a tiny guest is started and must exit cleanly.
+    /dev/kvm existing is not enough, nor is a guest that starts: on hosts with nested
+    virtualisation but not the CPU features qemu aborts ("failed to set MSR 0x10a"), or OVMF
+    stops at its first instructions with "KVM internal error ... emulation failure" and the
+    guest hangs. So OVMF itself is started and must reach its boot manager. `smm`: the
+    machine Secure Boot needs (q35 with SMM, OVMF's SMM build), which some KVMs lack.
     """
     forced = os.environ.get("NODEKILN_QEMU_ACCEL")
     if forced in ("kvm", "tcg"):
@@ -32,38 +53,54 @@ def accelerator() -> str:
         cpuinfo = ""
     if " vmx" not in cpuinfo and " svm" not in cpuinfo and "hypervisor" not in cpuinfo:
         return "tcg"
-    try:
-        result = run(
-            [
-                "qemu-system-x86_64",
-                "-accel",
-                "kvm",
-                "-machine",
-                "q35",
-                "-cpu",
-                "host",
-                "-m",
-                "64",
-                "-display",
-                "none",
-                "-nodefaults",
-                "-no-reboot",
-                "-monitor",
-                "stdio",
-                "-S",
-            ],
-            input="cont\nquit\n",
-            check=False,
-            timeout=20,
-        )
-    except (TimeoutError, NodekilnError):
+    code, template = (OVMF_CODE_SECBOOT, OVMF_VARS_MS) if smm else (OVMF_CODE, OVMF_VARS)
+    if not (code.exists() and template.exists()):
         return "tcg"
-    bad = ("failed to set MSR", "KVM_", "Could not access KVM", "kvm: ")
-    return "kvm" if result.returncode == 0 and not any(b in result.output for b in bad) else "tcg"
+
+    def judge(line: str) -> None:
+        if FIRMWARE_REACHED in line:
+            raise _Verdict(True)
+        if any(f in line for f in KVM_FAILURES):
+            raise _Verdict(False)
+
+    with tempfile.TemporaryDirectory(prefix="nodekiln-kvm-probe-") as tmp:
+        variables = Path(tmp) / "vars.fd"
+        shutil.copyfile(template, variables)
+        argv = [
+            "qemu-system-x86_64",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-machine",
+            "q35,smm=on" if smm else "q35",
+            *(["-global", "driver=cfi.pflash01,property=secure,value=on"] if smm else []),
+            "-m",
+            "256",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={variables}",
+        ]
+        try:
+            run(argv, check=False, timeout=30, capture=False, on_line=judge)
+        except _Verdict as verdict:
+            return "kvm" if verdict.works else "tcg"
+        except (TimeoutError, NodekilnError):
+            return "tcg"
+    return "tcg"  # qemu ended before the firmware got anywhere
 
 
-def accel_args() -> list[str]:
-    if accelerator() == "kvm":
+def accel_args(smm: bool = False) -> list[str]:
+    if accelerator(smm) == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]
 

@@ -130,6 +130,7 @@ def inside_manifest(
     kernel: str,
     bake_steps: list[dict[str, Any]],
     kubernetes_source: str,
+    boot_chain: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
@@ -141,6 +142,7 @@ def inside_manifest(
         "kernel": kernel,
         "packages": packages,
         "bakeSteps": bake_steps,
+        "bootChain": boot_chain,
     }
 
 

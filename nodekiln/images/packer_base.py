@@ -61,8 +61,17 @@ def build_base_image(recipe: ImageRecipe, out_dir: Path, on_line: Callable[[str]
         tar.unlink()
         raw = work / "disk.raw"
         data = input_hash(base_inputs(recipe))
+        # Our own GRUB: the base tree has no bake steps, so no signed chain; Packer boots it
+        # without Secure Boot and the baked image gets the recipe's chain at assembly.
         disk.assemble(
-            tree, raw, recipe.diskSizeGiB * 1024 * disk.MIB, data, work / "asm", log, root_extra_bytes=ROOT_HEADROOM
+            tree,
+            raw,
+            recipe.diskSizeGiB * 1024 * disk.MIB,
+            data,
+            work / "asm",
+            log,
+            root_extra_bytes=ROOT_HEADROOM,
+            secure_boot="off",
         )
         partial = target.with_suffix(".partial")
         # Uncompressed: the build VM reads it under TCG, where every CPU cycle counts.

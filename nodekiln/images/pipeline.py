@@ -33,10 +33,10 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
-from nodekiln.config.recipe import ImageRecipe
+from nodekiln.config.recipe import ImageRecipe, SecureBoot
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_atomic
-from nodekiln.images import dib, disk, manifest
+from nodekiln.images import bootchain, dib, disk, manifest
 from nodekiln.run import run
 
 DEFAULT_OUT = Path("build/images")
@@ -305,18 +305,21 @@ def write_inside_manifest(
     inputs: dict[str, Any],
     tools: dict[str, str],
     bake_steps: list[dict[str, Any]],
+    secure_boot: SecureBoot,
 ) -> dict[str, Any]:
     """Put the image manifest into the tree (/usr/share/nodekiln/manifest.json); return it."""
     kernel_file, _ = disk.find_kernel(tree)
+    packages = manifest.installed_packages(tree)
     inside = manifest.inside_manifest(
         site=site,
         hash_hex=input_hash,
         input_data=inputs,
         tools=tools,
-        packages=manifest.installed_packages(tree),
+        packages=packages,
         kernel=kernel_file[len("vmlinuz-") :],
         bake_steps=bake_steps,
         kubernetes_source=kubernetes_source_report(tree),
+        boot_chain=bootchain.record(tree, kernel_file, secure_boot, packages),
     )
     target = tree / manifest.IMAGE_MANIFEST_PATH
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -375,12 +378,19 @@ def disk_tail(
             inputs=plan.inputs,
             tools=tools(),
             bake_steps=bake_steps,
+            secure_boot=plan.recipe.secureBoot,
         )
 
     raw = work / "disk.raw"
     with stages("assemble GPT disk (BIOS + UEFI)"):
         disk.assemble(
-            tree, raw, plan.recipe.diskSizeGiB * GIB, manifest.short(plan.input_hash), work / "assembly", log=plan.log
+            tree,
+            raw,
+            plan.recipe.diskSizeGiB * GIB,
+            manifest.short(plan.input_hash),
+            work / "assembly",
+            log=plan.log,
+            secure_boot=plan.recipe.secureBoot,
         )
         shutil.rmtree(tree)
 

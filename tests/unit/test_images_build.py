@@ -129,6 +129,7 @@ def test_manifest_inside_and_beside_agree(tmp_path):
         kernel="6.1",
         bake_steps=[{"name": "10", "seconds": 1}],
         kubernetes_source="none",
+        boot_chain={"secureBoot": "off", "links": []},
     )
     art = tmp_path / "lab.qcow2"
     art.write_bytes(b"qcow")

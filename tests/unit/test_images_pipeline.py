@@ -18,8 +18,10 @@ from rich.console import Console
 from nodekiln.config.recipe import ImageRecipe
 from nodekiln.images import build, dib, disk, manifest, packer, pipeline, preflight
 from nodekiln.report import Reporter
+from tests.efi_fixtures import make_chain, write_chain
 
 KERNEL = "6.1.0-42-cloud-amd64"
+CHAIN = make_chain()
 
 
 def fake_site(tmp_path: Path, recipe: ImageRecipe | None = None) -> SimpleNamespace:
@@ -33,7 +35,7 @@ def fake_site(tmp_path: Path, recipe: ImageRecipe | None = None) -> SimpleNamesp
 
 def make_tree(tree: Path) -> None:
     (tree / "boot").mkdir(parents=True)
-    (tree / "boot" / f"vmlinuz-{KERNEL}").write_bytes(b"kernel")
+    write_chain(tree, CHAIN, f"vmlinuz-{KERNEL}")  # the default secureBoot (supported) reads it
     (tree / "boot" / f"initrd.img-{KERNEL}").write_bytes(b"initrd")
     (tree / "usr/share/nodekiln").mkdir(parents=True)
     (tree / "usr/share/nodekiln/kubernetes-source.txt").write_text("none\n")
@@ -51,7 +53,9 @@ class FakeDisk:
         monkeypatch.setattr(disk, "assemble", self.assemble)
         monkeypatch.setattr(disk, "convert", self.convert)
 
-    def assemble(self, tree: Path, raw: Path, size: int, disk_id: str, work: Path, log: Path | None = None) -> None:
+    def assemble(
+        self, tree: Path, raw: Path, size: int, disk_id: str, work: Path, log: Path | None = None, **_: Any
+    ) -> None:
         self.inside = json.loads((tree / manifest.IMAGE_MANIFEST_PATH).read_text())
         raw.write_bytes(b"R" * 4096)
 

@@ -15,6 +15,7 @@ from nodekiln.config.appliance import Appliance, DataDisk
 from nodekiln.config.site import load_site
 from nodekiln.errors import SiteError
 from nodekiln.images import iso
+from tests.efi_fixtures import make_chain, write_chain
 
 NODES = [
     iso.MenuNode("cp1", "control-plane", "10.0.0.11", "52:54:00:AA:00:01"),
@@ -391,10 +392,10 @@ def test_assembly_stages_are_announced_timed_and_the_iso_appears_complete(
     """The ISO's stages through the shared timer (programs faked: only the bookkeeping counts)."""
     tree = tmp_path / "tree"
     (tree / "boot").mkdir(parents=True)
-    (tree / "boot/vmlinuz-6.1.0-42-amd64").write_bytes(b"kernel")
+    write_chain(tree, make_chain(), "vmlinuz-6.1.0-42-amd64")
     (tree / "boot/initrd.img-6.1.0-42-amd64").write_bytes(b"initrd")
 
-    def grub(work: Path, volume: str, log: Path | None) -> tuple[Path, Path]:
+    def grub(work: Path, volume: str, log: Path | None, uefi: bool = True) -> tuple[Path, Path]:
         (work / "eltorito.img").write_bytes(b"bios")
         (work / "BOOTX64.EFI").write_bytes(b"efi")
         return work / "eltorito.img", work / "BOOTX64.EFI"

@@ -48,11 +48,11 @@ def test_disk_format_from_the_magic(tmp_path):
 
 
 def test_under_tcg_a_guest_reboot_ends_qemu_and_the_console_is_kept_across_starts(tmp_path, monkeypatch):
-    monkeypatch.setattr(qemu, "accelerator", lambda: "tcg")
+    monkeypatch.setattr(qemu, "accelerator", lambda smm=False: "tcg")
     args = qemu.machine_args(memory_mib=512, cpus=1, console=tmp_path / "c.log")
     assert "-no-reboot" in args
     assert f"file,id=console,path={tmp_path / 'c.log'},append=on" in args
-    monkeypatch.setattr(qemu, "accelerator", lambda: "kvm")
+    monkeypatch.setattr(qemu, "accelerator", lambda smm=False: "kvm")
     assert "-no-reboot" not in qemu.machine_args(memory_mib=512, cpus=1, console=tmp_path / "c.log")
 
 
