@@ -426,6 +426,13 @@ def check_site(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
                 "the firewall would drop them: list their networks in firewall.apiFrom (0.0.0.0/0 for anyone)",
             )
         )
+    if site.openstack is not None and site.image.secureBoot == "required" and site.openstack.image.firmware != "uefi":
+        found.append(
+            (
+                ("openstack", "image", "firmware"),
+                "image.secureBoot is required, and Secure Boot exists only with UEFI firmware: set firmware: uefi",
+            )
+        )
     found.extend(check_addons(site))
     return found
 

@@ -101,7 +101,18 @@ def image_properties(site: Site, manifest: dict[str, Any], manifest_path: Path) 
     firmware = manifest.get("firmware") or spec.image.firmware
     if firmware == "uefi":
         props["hw_firmware_type"] = "uefi"
+        # The artifact's own chain decides (its manifest), else the recipe. Nova's values
+        # (nova/objects/fields.py SecureBoot): required, disabled, optional.
+        mode = (manifest.get("bootChain") or {}).get("secureBoot") or site.image.secureBoot
+        props["os_secure_boot"] = SECURE_BOOT_PROPERTY[mode]
+        if mode != "off":
+            # libvirt's Secure Boot firmware needs SMM, which only the q35 machine has
+            # (Debian's 40-edk2-x86_64-secure-enrolled.json: machines pc-q35-*).
+            props["hw_machine_type"] = "q35"
     return props
+
+
+SECURE_BOOT_PROPERTY = {"required": "required", "supported": "optional", "off": "disabled"}
 
 
 class _Reader:

@@ -104,7 +104,13 @@ def build_artifact() -> Callable[..., tuple[Path, Path]]:
 
 
 def write_build(
-    directory: Path, site_name: str, *, size_mib: int = 8, suffix: str = "qcow2", content_hash: str | None = None
+    directory: Path,
+    site_name: str,
+    *,
+    size_mib: int = 8,
+    suffix: str = "qcow2",
+    content_hash: str | None = None,
+    secure_boot: str | None = None,
 ) -> tuple[Path, Path]:
     """A build artifact and its manifest as the image build writes them (small, made here)."""
     from nodekiln import run
@@ -129,6 +135,7 @@ def write_build(
                 "site": site_name,
                 "inputHash": content_hash,
                 "inputs": {"kubernetesVersion": "1.31.4", "recipe": {"distribution": "debian", "release": "12"}},
+                **({"bootChain": {"secureBoot": secure_boot, "links": []}} if secure_boot else {}),
             }
         )
     )

@@ -65,12 +65,24 @@ def test_upload_verifies_checksum_then_reuses_by_hash(make_site, build_artifact,
     )
     assert props["nodekiln_kubernetes_version"] == "1.31.4"
     assert props["nodekiln_manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    # no bootChain in this manifest: the recipe's default, the signed chain that boots either way
+    assert (props["os_secure_boot"], props["hw_machine_type"]) == ("optional", "q35")
 
     calls = count_calls(user)
     before = calls.writes
     again = upload_image(site, image, manifest, conn=user, progress=False)
     assert again.reused and again.image_id == first.image_id
     assert calls.writes == before, calls.write_calls()
+
+
+def test_upload_tells_the_cloud_the_artifacts_secure_boot(make_site, build_artifact, user, tmp_path):
+    """The manifest's bootChain decides: required and off reach Glance as Nova reads them."""
+    site, _ = _load(make_site(image={"firmware": "uefi"}))
+    for mode, expected in (("required", ("required", "q35")), ("off", ("disabled", None))):
+        image, manifest = build_artifact(tmp_path / mode, site.name, size_mib=1, secure_boot=mode)
+        uploaded = upload_image(site, image, manifest, conn=user, progress=False)
+        props = user.image.get(f"/images/{uploaded.image_id}").json()
+        assert (props["hw_firmware_type"], props["os_secure_boot"], props.get("hw_machine_type")) == ("uefi", *expected)
 
 
 def test_interrupted_upload_is_cleaned_up_on_the_next_run(make_site, build_artifact, user, tmp_path):

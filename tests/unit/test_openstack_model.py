@@ -122,3 +122,21 @@ def test_call_counter_counts_writes_apart_from_logins():
     calls.add("PUT", "/y")
     assert (calls.writes, calls.total) == (3, 5)
     assert (calls.since(mark).writes, calls.since(mark).write_calls()) == (1, [("PUT", "/y")])
+
+
+def test_required_secure_boot_needs_uefi_firmware_on_the_cloud(site_file):
+    def edit(doc, firmware):
+        doc["image"]["secureBoot"] = "required"
+        doc["openstack"] = {**SECTION, "image": {"firmware": firmware}}
+
+    with pytest.raises(SiteError) as failed:
+        load_site(site_file(lambda d: edit(d, "bios")))
+    message = str(failed.value)
+    assert "openstack.image.firmware" in message and "set firmware: uefi" in message
+    assert load_site(site_file(lambda d: edit(d, "uefi"))).image.secureBoot == "required"
+
+
+def test_secure_boot_takes_only_its_three_values(site_file):
+    with pytest.raises(SiteError) as failed:
+        load_site(site_file(lambda d: d["image"].update(secureBoot="yes")))
+    assert "image.secureBoot" in str(failed.value) and "'required', 'supported' or 'off'" in str(failed.value)
