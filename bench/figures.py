@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, str] = {
     "image_cache_hit_s": "bench.image:image_cache_hit_s",
     "image_qcow2_mb": "bench.image:image_qcow2_mb",
     "boot_to_cloudinit_s": "bench.image:boot_to_cloudinit_s",
+    "boot_secureboot_s": "bench.image:boot_secureboot_s",
     "deploy_50_nodes_calls": "bench.openstack:deploy_50_nodes_calls",
     "deploy_50_nodes_s": "bench.openstack:deploy_50_nodes_s",
     "redeploy_nochange_writes": "bench.openstack:redeploy_nochange_writes",

@@ -57,3 +57,9 @@ def image_qcow2_mb() -> Figure:
 def boot_to_cloudinit_s() -> Figure:
     _, result, site, _, _ = _cold()
     return image_bench.boot_to_cloudinit_s(result.image, site)
+
+
+def boot_secureboot_s() -> Figure:
+    """boot_to_cloudinit_s with OVMF's Secure Boot firmware, Microsoft's keys, enforcing."""
+    _, result, site, _, _ = _cold()
+    return image_bench.boot_to_cloudinit_s(result.image, site, "uefi-secureboot", "boot_secureboot_s")

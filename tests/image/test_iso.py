@@ -137,6 +137,36 @@ def test_uefi_usb_stick_blank_disk_node_by_mac_then_reboot(lab: Lab) -> None:
         assert _sh(host, "sudo wc -l < /var/lib/nodekiln/boots.log") == "2"
 
 
+def test_secure_boot_cd_boots_through_the_signed_chain(lab: Lab) -> None:
+    """A PC from the shop: OVMF with Microsoft's keys, Secure Boot enforcing, booting the CD
+    (El Torito EFI image: shim, the distribution's signed CD GRUB, the signed kernel)."""
+    name, address, mac = LAB_CP
+    with boot_iso(
+        lab.iso,
+        firmware="uefi-secureboot",
+        medium="cdrom",
+        mac=mac,
+        address=address,
+        cidr=LAB_CIDR,
+        gateway=LAB_GATEWAY,
+        user=LAB_USER,
+        key=lab.key,
+        timeout=BOOT_TIMEOUT,
+    ) as vm:
+        host = vm.testinfra_host()
+        _check_node(host, name, address)
+        efivar = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+        assert _sh(host, f"od -An -t u1 {efivar}").split()[-1] == "1"
+        assert _sh(host, "cat /sys/kernel/security/lockdown") == "none [integrity] confidentiality"
+    chain = json.loads(lab.result.manifest.read_text())["bootChain"]
+    assert [(link["stage"], bool(link["signers"])) for link in chain["links"]] == [
+        ("shim", True),
+        ("grub", True),
+        ("kernel", True),
+    ]
+    assert chain["links"][1]["prefix"] == "/boot/grub"  # the CD GRUB's own, where our config goes
+
+
 def test_bios_cd_with_the_node_seed_attached(lab: Lab) -> None:
     name, address = LAB_WORKER
     with boot_iso(
