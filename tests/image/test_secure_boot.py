@@ -154,13 +154,18 @@ def test_lockdown_refuses_kexec_and_still_loads_signed_modules(sb_host):
     assert sb_host.check_output("lsmod | grep -c '^dummy '") == "1"
 
 
-NODE_CHECKS = [
-    fn
-    for name, fn in inspect.getmembers(node_checks, inspect.isfunction)
-    if name.startswith("test_")
-    and set(inspect.signature(fn).parameters) <= {"host", "test_site", "node_image"}
-    and "host" in inspect.signature(fn).parameters
-]
+def _node_checks() -> list:
+    """test_node_image's checks that need only the booted host (and the site or image), in that
+    file's order: some rely on what an earlier one left (as they do on the UEFI boot)."""
+    wanted = []
+    for name, fn in inspect.getmembers(node_checks, inspect.isfunction):
+        params = set(inspect.signature(fn).parameters)
+        if name.startswith("test_") and "host" in params and params <= {"host", "test_site", "node_image"}:
+            wanted.append(fn)
+    return sorted(wanted, key=lambda fn: fn.__code__.co_firstlineno)
+
+
+NODE_CHECKS = _node_checks()
 
 
 @pytest.mark.parametrize("check", NODE_CHECKS, ids=[f.__name__.removeprefix("test_") for f in NODE_CHECKS])
