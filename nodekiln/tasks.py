@@ -135,6 +135,10 @@ def build_image(
         result = build_image_packer(loaded, builder, target, kubernetes_source, format or None, report=report)
     state = "cache hit: inputs unchanged" if result.cache_hit else f"built in {result.seconds:.0f} s"
     report.say(f"{state}; manifest {result.manifest_path}")
+    if result.manifest.get("bootChain"):
+        from nodekiln.images.bootchain import summary
+
+        report.say(summary(result.manifest["bootChain"]))
     report.result(str(result.image))
 
 
@@ -185,6 +189,11 @@ def build_iso(
     )
     how = "cache hit (inputs unchanged)" if result.cached else f"built in {result.seconds:.0f} s"
     report.say(f"{how}; manifest {result.manifest}; the ISO holds the site's credentials (mode 0600)")
+    chain = json.loads(result.manifest.read_text()).get("bootChain")
+    if chain:
+        from nodekiln.images.bootchain import summary
+
+        report.say(summary(chain))
     report.result(str(result.path))
 
 

@@ -182,3 +182,18 @@ def record(
         ],
         "mokManager": _link("mok-manager", chain.mok_manager, esp=SHIM_MOK_MANAGER, **deb("shim-helpers-amd64-signed")),
     }
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line for the build's report: each link, its version and who signed it."""
+
+    def link(entry: dict[str, Any]) -> str:
+        what = {"grub": "GRUB"}.get(entry["stage"], entry["stage"])
+        if entry.get("builtBy"):
+            what += f" ({entry['builtBy']})"
+        version = f" {entry['version']}" if entry.get("version") else ""
+        issuers = sorted({s["issuer"] for s in entry.get("signers", [])})
+        signed = f" signed by {' and '.join(issuers)}" if issuers else " unsigned"
+        return f"{what}{version}{signed}"
+
+    return f"boot chain (secureBoot: {record['secureBoot']}): " + " → ".join(link(e) for e in record["links"])

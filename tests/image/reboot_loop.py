@@ -101,7 +101,7 @@ def split_boot(clock: ConsoleClock, asked: float, shutdown_s: float | None, back
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--firmware", choices=("uefi", "bios"), default="uefi")
+    parser.add_argument("--firmware", choices=("uefi", "uefi-secureboot", "bios"), default="uefi")
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--warm", action="store_true", help="reset inside the qemu process (no power cycle)")
     parser.add_argument("--image", type=Path, help="a built node image (default: build the test image)")

@@ -115,3 +115,14 @@ def test_the_manifest_records_each_link_with_package_version_and_signer(tmp_path
     assert kernel["signers"] == [{"subject": "Test Secure Boot Signer", "issuer": "Test Secure Boot CA"}]
     off = bootchain.record(tmp_path, KERNEL, "off", {})
     assert off["links"][0] == {"stage": "grub", "esp": "EFI/BOOT/BOOTX64.EFI", "builtBy": "grub-mkimage", "signers": []}
+
+
+def test_the_build_report_names_each_link_and_its_signer(tmp_path):
+    write_chain(tmp_path, make_chain(), KERNEL)
+    line = bootchain.summary(bootchain.record(tmp_path, KERNEL, "supported", {}))
+    assert line == (
+        "boot chain (secureBoot: supported): shim 1.51 signed by Test UEFI CA → GRUB 1+2.06 signed by "
+        "Test Secure Boot CA → kernel signed by Test Secure Boot CA"
+    )
+    off = bootchain.summary(bootchain.record(tmp_path, KERNEL, "off", {}))
+    assert off.startswith("boot chain (secureBoot: off): GRUB (grub-mkimage) unsigned → kernel")
