@@ -24,7 +24,7 @@ from pathlib import Path
 from nodekiln.errors import NodekilnError
 
 # what a build needs of qemu lives in the product; the harness re-exports it for the tests
-from nodekiln.images.machine import OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, OVMF_VARS_MS, accel_args
+from nodekiln.images.machine import accel_args, ovmf_args
 from nodekiln.images.machine import accelerator as accelerator
 from nodekiln.images.machine import disk_format as disk_format
 from nodekiln.images.machine import generate_ssh_key as generate_ssh_key
@@ -314,30 +314,8 @@ def firmware_args(firmware: str, work: Path) -> list[str]:
     OVMF's SMM build, Microsoft's keys enrolled and Secure Boot enforcing (the flash marked
     secure so only SMM writes the variables, as libvirt does for `secure='yes'`); bios: the
     i440fx `pc` machine and SeaBIOS, what most OpenStack clouds default to."""
-    if firmware == "uefi-secureboot":
-        vars_copy = work / "OVMF_VARS.ms.fd"
-        shutil.copy(OVMF_VARS_MS, vars_copy)
-        return [
-            "-machine",
-            "q35,smm=on",
-            "-global",
-            "driver=cfi.pflash01,property=secure,value=on",
-            "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}",
-            "-drive",
-            f"if=pflash,format=raw,unit=1,file={vars_copy}",
-        ]
-    if firmware == "uefi":
-        vars_copy = work / "OVMF_VARS.fd"
-        shutil.copy(OVMF_VARS, vars_copy)
-        return [
-            "-machine",
-            "q35",
-            "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive",
-            f"if=pflash,format=raw,unit=1,file={vars_copy}",
-        ]
+    if firmware in ("uefi", "uefi-secureboot"):
+        return ovmf_args(work, secure_boot=firmware == "uefi-secureboot")
     if firmware == "bios":
         return ["-machine", "pc"]
     raise ValueError(f"firmware must be one of {', '.join(FIRMWARES)}")

@@ -21,6 +21,25 @@ OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS_MS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 
 
+def ovmf_args(work: Path, secure_boot: bool = False) -> list[str]:
+    """q35 with OVMF: the firmware read-only, a private copy of its variable store in `work`.
+    secure_boot: OVMF's SMM build and the store with Microsoft's keys, Secure Boot enforcing;
+    the flash is marked secure so only SMM code writes the variables (edk2 OvmfPkg/README,
+    libvirt's `secure='yes'` loader)."""
+    code, template = (OVMF_CODE_SECBOOT, OVMF_VARS_MS) if secure_boot else (OVMF_CODE, OVMF_VARS)
+    variables = work / template.name
+    shutil.copyfile(template, variables)
+    return [
+        "-machine",
+        "q35,smm=on" if secure_boot else "q35",
+        *(["-global", "driver=cfi.pflash01,property=secure,value=on"] if secure_boot else []),
+        "-drive",
+        f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive",
+        f"if=pflash,format=raw,unit=1,file={variables}",
+    ]
+
+
 class _Verdict(Exception):
     def __init__(self, works: bool):
         self.works = works
@@ -64,17 +83,12 @@ def accelerator(smm: bool = False) -> str:
             raise _Verdict(False)
 
     with tempfile.TemporaryDirectory(prefix="nodekiln-kvm-probe-") as tmp:
-        variables = Path(tmp) / "vars.fd"
-        shutil.copyfile(template, variables)
         argv = [
             "qemu-system-x86_64",
             "-accel",
             "kvm",
             "-cpu",
             "host",
-            "-machine",
-            "q35,smm=on" if smm else "q35",
-            *(["-global", "driver=cfi.pflash01,property=secure,value=on"] if smm else []),
             "-m",
             "256",
             "-display",
@@ -85,10 +99,7 @@ def accelerator(smm: bool = False) -> str:
             "none",
             "-serial",
             "stdio",
-            "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-            "-drive",
-            f"if=pflash,format=raw,unit=1,file={variables}",
+            *ovmf_args(Path(tmp), secure_boot=smm),
         ]
         try:
             run(argv, check=False, timeout=30, capture=False, on_line=judge)

@@ -98,12 +98,13 @@ def _first_boot_facts(host) -> dict[str, str]:
     }
 
 
-def test_uefi_usb_stick_blank_disk_node_by_mac_then_reboot(lab: Lab) -> None:
-    name, address, mac = LAB_CP
-    with boot_iso(
+def _boot_cp_by_mac(lab: Lab, firmware: str, medium: str):
+    """The control plane's machine (found by its MAC) from the ISO, with a blank disk."""
+    _name, address, mac = LAB_CP
+    return boot_iso(
         lab.iso,
-        firmware="uefi",
-        medium="usb",
+        firmware=firmware,
+        medium=medium,
         mac=mac,
         address=address,
         cidr=LAB_CIDR,
@@ -111,7 +112,12 @@ def test_uefi_usb_stick_blank_disk_node_by_mac_then_reboot(lab: Lab) -> None:
         user=LAB_USER,
         key=lab.key,
         timeout=BOOT_TIMEOUT,
-    ) as vm:
+    )
+
+
+def test_uefi_usb_stick_blank_disk_node_by_mac_then_reboot(lab: Lab) -> None:
+    name, address, _mac = LAB_CP
+    with _boot_cp_by_mac(lab, "uefi", "usb") as vm:
         host = vm.testinfra_host()
         _check_node(host, name, address)
         console = vm.console.read_text(errors="replace")
@@ -140,19 +146,8 @@ def test_uefi_usb_stick_blank_disk_node_by_mac_then_reboot(lab: Lab) -> None:
 def test_secure_boot_cd_boots_through_the_signed_chain(lab: Lab) -> None:
     """A PC from the shop: OVMF with Microsoft's keys, Secure Boot enforcing, booting the CD
     (El Torito EFI image: shim, the distribution's signed CD GRUB, the signed kernel)."""
-    name, address, mac = LAB_CP
-    with boot_iso(
-        lab.iso,
-        firmware="uefi-secureboot",
-        medium="cdrom",
-        mac=mac,
-        address=address,
-        cidr=LAB_CIDR,
-        gateway=LAB_GATEWAY,
-        user=LAB_USER,
-        key=lab.key,
-        timeout=BOOT_TIMEOUT,
-    ) as vm:
+    name, address, _mac = LAB_CP
+    with _boot_cp_by_mac(lab, "uefi-secureboot", "cdrom") as vm:
         host = vm.testinfra_host()
         _check_node(host, name, address)
         efivar = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"

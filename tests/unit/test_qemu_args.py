@@ -20,11 +20,22 @@ def test_network_forwards_ssh_to_the_sites_own_address():
 
 
 def test_uefi_gets_a_private_variable_store_and_bios_the_pc_machine(tmp_path, monkeypatch):
-    vars_file = tmp_path / "OVMF_VARS_4M.fd"
-    vars_file.write_bytes(b"vars")
-    monkeypatch.setattr(qemu, "OVMF_VARS", vars_file)
-    uefi = qemu.firmware_args("uefi", tmp_path)
-    assert uefi[:2] == ["-machine", "q35"] and (tmp_path / "OVMF_VARS.fd").read_bytes() == b"vars"
+    from nodekiln.images import machine
+
+    firmware = tmp_path / "firmware"
+    firmware.mkdir()
+    for name in ("OVMF_VARS", "OVMF_VARS_MS"):
+        (firmware / name).write_bytes(name.encode())
+        monkeypatch.setattr(machine, name, firmware / name)
+    work = tmp_path / "vm"
+    work.mkdir()
+    uefi = qemu.firmware_args("uefi", work)
+    assert uefi[:2] == ["-machine", "q35"] and (work / "OVMF_VARS").read_bytes() == b"OVMF_VARS"
+    assert f"if=pflash,format=raw,unit=1,file={work / 'OVMF_VARS'}" in uefi
+    secure = qemu.firmware_args("uefi-secureboot", work)
+    assert secure[:4] == ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
+    assert f"if=pflash,format=raw,unit=0,readonly=on,file={machine.OVMF_CODE_SECBOOT}" in secure
+    assert (work / "OVMF_VARS_MS").read_bytes() == b"OVMF_VARS_MS"  # Microsoft's keys, enforcing
     assert qemu.firmware_args("bios", tmp_path) == ["-machine", "pc"]
     with pytest.raises(ValueError):
         qemu.firmware_args("coreboot", tmp_path)
