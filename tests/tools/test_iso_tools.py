@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from nodekiln.config.appliance import Appliance, DataDisk
-from nodekiln.images import iso
+from nodekiln.images import bootchain, iso
 from nodekiln.run import output, run
+from tests.efi_fixtures import make_chain, write_chain
 
 TOOLS = ("xorriso", "mksquashfs", "grub-mkimage", "mkfs.vfat", "mcopy", "unsquashfs")
 
@@ -27,11 +28,13 @@ def _iso_tools() -> None:
 
 
 VERSION = "6.1.0-99-amd64"
+CHAIN = make_chain()
 
 
 def fake_tree(root: Path) -> Path:
     (root / "boot").mkdir(parents=True)
-    (root / f"boot/vmlinuz-{VERSION}").write_bytes(b"kernel" * 100)
+    # stand-ins for the signed chain bake step 12-boot-chain leaves (and a kernel signed like it)
+    write_chain(root, CHAIN, f"vmlinuz-{VERSION}")
     (root / f"boot/initrd.img-{VERSION}").write_bytes(b"(\xb5/\xfd" + b"initrd" * 100)
     ko = root / f"lib/modules/{VERSION}/kernel/fs/squashfs/squashfs.ko"
     ko.parent.mkdir(parents=True)
@@ -71,6 +74,15 @@ def test_assembled_iso_boots_bios_and_uefi_and_holds_what_the_boot_script_needs(
     assert "El Torito boot img :   1  BIOS" in report and "/boot/grub/eltorito.img" in report
     assert "El Torito boot img :   2  UEFI" in report and "/boot/grub/efi.img" in report
     assert "grub2-mbr" in report and "GPT" in report
+    efi_img = tmp_path / "efi.img"
+    efi_img.write_bytes(iso.read_iso_file(target, "/boot/grub/efi.img"))
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    for path, data in ((bootchain.FIRST_STAGE, CHAIN.shim), (bootchain.SHIM_NEXT, CHAIN.cd_grub)):
+        run(["mcopy", "-n", "-i", efi_img, f"::/{path}", tmp_path / "got"], env=env)
+        assert (tmp_path / "got").read_bytes() == data, path
+    early = run(["mtype", "-i", efi_img, "::/boot/grub/grub.cfg"], env=env).output  # the CD GRUB's prefix
+    assert f"--label {iso.volume_id('c0ffee' * 10)}" in early
+    assert iso.read_iso_file(target, "/.disk/info").startswith(b"nodekiln lab ")
     table = output(["sfdisk", "-d", target])
     assert "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" in table  # the ESP, for USB sticks on UEFI
     assert f"Volume id    : '{iso.volume_id(content.hash_hex)}'" in output(["xorriso", "-indev", target, "-pvd_info"])
