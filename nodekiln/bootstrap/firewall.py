@@ -39,6 +39,16 @@ def firewall_files(site: Site, node: Node) -> list[NodeFile]:
     return [NodeFile(PATH, ruleset(site, node.role), 0o755)]
 
 
+def edge_ports(site: Site) -> list[int]:
+    """The ingress NodePorts the workers open to the edge nodes (and to no one else)."""
+    if site.edge is None:
+        return []
+    found = {site.edge_backend_port}
+    if site.addons.ingress.enabled and site.addons.ingress.serviceType == "NodePort":
+        found.add(site.addons.ingress.nodePorts.http)
+    return sorted(p for p in found if p is not None)
+
+
 def ruleset(site: Site, role: str) -> str:
     return templates.render(
         "bootstrap",
@@ -50,6 +60,8 @@ def ruleset(site: Site, role: str) -> str:
         kubelet_port=ports.KUBELET,
         cni=CALICO,
         node_ports=NODE_PORTS if role == "worker" and site.firewall.nodePorts else None,
+        edge_ports=edge_ports(site) if role == "worker" else [],
+        edge_nodes=[n.address for n in site.edge_nodes],
         extra_tcp=sorted(set(site.firewall.extraTCPPorts)),
         vrrp=site.load_balanced and role == "control-plane",
         etcd=ports.ETCD,

@@ -86,6 +86,21 @@ HOST_BINARIES = {"keepalived": "/usr/sbin/keepalived", "haproxy": "/usr/sbin/hap
 
 
 @dataclass(frozen=True)
+class Vrrp:
+    """What differs between the VRRP groups nodekiln renders (the API endpoint's, the edge's)."""
+
+    purpose: str
+    script: str  # the vrrp_script's name
+    instance: str  # the vrrp_instance's name
+    router_id: int
+
+
+def priority_at(index: int) -> int:
+    """The VRRP priority of the group's index-th node (site order)."""
+    return max(TOP_PRIORITY - PRIORITY_STEP * index, 1)
+
+
+@dataclass(frozen=True)
 class PinnedImage:
     repository: str
     tag: str
@@ -137,8 +152,7 @@ def ha_services(site: Site) -> list[str]:
 
 
 def priority(site: Site, node: Node) -> int:
-    index = [cp.name for cp in site.control_planes].index(node.name)
-    return max(TOP_PRIORITY - PRIORITY_STEP * index, 1)
+    return priority_at([cp.name for cp in site.control_planes].index(node.name))
 
 
 def _context(site: Site, node: Node) -> dict[str, object]:
@@ -170,6 +184,12 @@ def _context(site: Site, node: Node) -> dict[str, object]:
             "timeout_tunnel": HAPROXY_TIMEOUT_TUNNEL,
         },
         "paths": {"keepalived_conf": KEEPALIVED_CONF, "check_script": CHECK_SCRIPT, "haproxy_cfg": HAPROXY_CFG},
+        "vrrp": Vrrp(
+            purpose="the API endpoint's VIP",
+            script="check_apiserver",
+            instance="kube_apiserver",
+            router_id=site.controlPlane.virtualRouterId,
+        ),
     }
 
 

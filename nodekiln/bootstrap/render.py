@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from nodekiln import contract, templates
+from nodekiln.bootstrap import edge
 from nodekiln.bootstrap.firewall import firewall_files
 from nodekiln.bootstrap.ha import ha_files, ha_services
 from nodekiln.bootstrap.nodefiles import NodeFile
@@ -53,8 +54,8 @@ class RenderedNode:
 
 
 def role_of(site: Site, node: Node) -> str:
-    if node.role == "worker":
-        return "worker"
+    if node.role in ("worker", "edge"):
+        return node.role
     return "init" if node.name == site.init_node.name else "control-plane"
 
 
@@ -133,7 +134,9 @@ def bootstrap_files(site: Site, node: Node) -> list[NodeFile]:
 
 
 def node_files(site: Site, secrets: Secrets, node: Node) -> list[NodeFile]:
-    """Every file nodekiln writes on `node`, sorted by path. Workers get no CA keys."""
+    """Every file nodekiln writes on `node`, sorted by path. Workers and edge nodes get no CA keys."""
+    if node.role == "edge":
+        return edge.edge_files(site, secrets, node)
     files = [NodeFile("/etc/nodekiln/kubeadm.yaml", kubeadm_config(site, secrets, node), 0o600)]
     files += bootstrap_files(site, node)
     files += firewall_files(site, node)
@@ -166,7 +169,15 @@ _BlockDumper.add_representer(str, _str)
 def user_data(site: Site, secrets: Secrets, node: Node) -> bytes:
     fqdn = f"{node.name}.{site.name}.{site.kubernetes.clusterDomain}"
     # The template gives the readable head of the file; write_files is dumped after it.
-    head = templates.render("bootstrap", "cloudinit/user-data.yaml.j2", site=site, node=node, fqdn=fqdn)
+    head = templates.render(
+        "bootstrap",
+        "cloudinit/user-data.yaml.j2",
+        site=site,
+        node=node,
+        fqdn=fqdn,
+        edge_masked=edge.MASKED,
+        edge_services=edge.services(site) if node.role == "edge" else [],
+    )
     write_files = [
         {"path": f.path, "owner": "root:root", "permissions": f"{f.mode:04o}", "content": f.content}
         for f in node_files(site, secrets, node)
@@ -206,7 +217,7 @@ def render_node(site: Site, secrets: Secrets, node: Node) -> RenderedNode:
 
 
 def render_site(site: Site, secrets: Secrets) -> dict[str, RenderedNode]:
-    return {node.name: render_node(site, secrets, node) for node in site.nodes}
+    return {node.name: render_node(site, secrets, node) for node in site.machines}
 
 
 def write_site(site: Site, secrets: Secrets, out_dir: Path) -> list[Path]:

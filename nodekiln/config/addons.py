@@ -266,11 +266,12 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
     if spec.ingress.enabled and spec.ingress.serviceType == "NodePort":
         if spec.ingress.nodePorts.http == spec.ingress.nodePorts.https:
             found.append((("addons", "ingress", "nodePorts", "https"), "must differ from nodePorts.http"))
-        if not site.firewall.nodePorts:
+        if not site.firewall.nodePorts and site.edge is None:
             found.append(
                 (
                     ("addons", "ingress", "serviceType"),
-                    "NodePort, but firewall.nodePorts is false: the nodes would drop the traffic (set firewall.nodePorts: true)",
+                    "NodePort, but firewall.nodePorts is false and the site has no edge section: the nodes would "
+                    "drop the traffic (add an edge section, which is let in, or set firewall.nodePorts: true)",
                 )
             )
     if spec.naavre.enabled:

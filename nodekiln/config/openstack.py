@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from nodekiln.config.model import Strict
 
-Role = Literal["control-plane", "worker"]
+Role = Literal["control-plane", "worker", "edge"]
 
 
 class ImageSpec(Strict):

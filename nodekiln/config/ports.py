@@ -38,3 +38,10 @@ RESERVED = {
     KUBE_CONTROLLER_MANAGER: "kube-controller-manager",
     KUBE_SCHEDULER: "kube-scheduler",
 }
+
+# The edge nodes (nodekiln/bootstrap/edge.py): the public ports; certbot's HTTP-01 server
+# (--standalone, on 127.0.0.1 behind HAProxy) and HAProxy's health frontend are nodekiln's own.
+HTTP = 80
+HTTPS = 443
+ACME_STANDALONE = 8402
+EDGE_HEALTH = 8405

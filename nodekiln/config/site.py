@@ -20,6 +20,7 @@ from nodekiln import contract
 from nodekiln.config import ports, yamlsrc
 from nodekiln.config.addons import AddonsSpec, check_addons
 from nodekiln.config.appliance import Appliance
+from nodekiln.config.edge import Edge
 from nodekiln.config.model import DNS_LABEL, DURATION, Strict
 from nodekiln.config.openstack import OpenStackSpec
 from nodekiln.config.recipe import ImageRecipe
@@ -140,7 +141,8 @@ class Taint(Strict):
 
 class Node(Strict):
     name: DnsLabel
-    role: Literal["control-plane", "worker"]
+    # "edge": the nodes of the edge section (Site.machines); in `nodes` a site check refuses it
+    role: Literal["control-plane", "worker", "edge"]
     address: IPv4Address
     mac: str | None = Field(
         default=None, pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", description="match the NIC by MAC instead of by name"
@@ -191,6 +193,10 @@ class Site(Strict):
     openstack: OpenStackSpec | None = Field(
         default=None, description="where `invoke site-deploy` runs the site on OpenStack (cloud, flavors, network)"
     )
+    edge: Edge | None = Field(
+        default=None,
+        description="the public load balancer: HAProxy with Let's Encrypt certificates in front of the ingress",
+    )
 
     _file: Path = PrivateAttr(default=Path("site.yaml"))
 
@@ -213,6 +219,36 @@ class Site(Strict):
     @cached_property
     def workers(self) -> list[Node]:
         return [n for n in self.nodes if n.role == "worker"]
+
+    @cached_property
+    def edge_nodes(self) -> list[Node]:
+        """The edge section's nodes, as nodes of role edge (they boot the same image)."""
+        if self.edge is None:
+            return []
+        return [Node(name=e.name, role="edge", address=e.address, mac=e.mac) for e in self.edge.nodes]
+
+    @cached_property
+    def machines(self) -> list[Node]:
+        """Every machine of the site: the Kubernetes nodes, then the edge nodes."""
+        return [*self.nodes, *self.edge_nodes]
+
+    @property
+    def edge_address(self) -> IPv4Address | None:
+        """Where the public names point: the edge pair's VIP, or the single edge node's address."""
+        if self.edge is None:
+            return None
+        return self.edge.vip or self.edge.nodes[0].address
+
+    @property
+    def edge_backend_port(self) -> int | None:
+        """The ingress's HTTPS NodePort the edge balances over the workers."""
+        if self.edge is None:
+            return None
+        return self.edge.backendPort or self.addons.ingress.nodePorts.https
+
+    def site_file_text(self, name: str) -> str:
+        """A file the site names (CA bundles), read from beside the site file."""
+        return (self.directory / name).read_text(encoding="utf-8")
 
     @property
     def init_node(self) -> Node:
@@ -434,6 +470,110 @@ def check_site(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
             )
         )
     found.extend(check_addons(site))
+    found.extend(check_edge(site))
+    return found
+
+
+def _pem_certificates(site: Site, name: str) -> str | None:
+    """None when `name` (beside the site file) holds PEM certificates, else what is wrong."""
+    from cryptography import x509
+
+    path = site.directory / name
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except FileNotFoundError:
+        return f"{path}: no such file (expected a PEM file of CA certificates beside the site file)"
+    except (OSError, ValueError) as exc:
+        return f"{path}: not PEM certificates ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return None if certs else f"{path}: holds no certificate"
+
+
+def check_edge(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
+    """The edge section against the rest of the site."""
+    found: list[tuple[yamlsrc.PathKey, str]] = []
+    for i, node in enumerate(site.nodes):
+        if node.role == "edge":
+            found.append(
+                (("nodes", i, "role"), "edge nodes are listed in edge.nodes (with the edge's domains and ACME account)")
+            )
+    edge = site.edge
+    if edge is None:
+        return found
+    cidr = site.network.cidr
+
+    def usable(addr: IPv4Address) -> bool:
+        return addr in cidr and addr not in (cidr.network_address, cidr.broadcast_address)
+
+    taken: dict[IPv4Address, str] = {n.address: f"nodes[{i}] ({n.name})" for i, n in enumerate(site.nodes)}
+    taken[site.network.gateway] = "the gateway"
+    if site.load_balanced and site.controlPlane.endpoint.vip is not None:
+        taken[site.controlPlane.endpoint.vip] = "the API endpoint's VIP"
+    names = {n.name: f"nodes[{i}]" for i, n in enumerate(site.nodes)}
+    for i, node in enumerate(edge.nodes):
+        if node.name in names:
+            found.append((("edge", "nodes", i, "name"), f"name {node.name!r} repeats {names[node.name]}.name"))
+        names.setdefault(node.name, f"edge.nodes[{i}]")
+        if not usable(node.address):
+            found.append(
+                (("edge", "nodes", i, "address"), f"address {node.address} is not a host address of network.cidr {cidr}")
+            )
+        elif node.address in taken:
+            found.append((("edge", "nodes", i, "address"), f"address {node.address} is {taken[node.address]}'s"))
+        taken.setdefault(node.address, f"edge.nodes[{i}] ({node.name})")
+    if len(edge.nodes) == 2:
+        if edge.vip is None:
+            found.append((("edge", "vip"), "required with two edge nodes: a free address of network.cidr they share"))
+        elif not usable(edge.vip):
+            found.append((("edge", "vip"), f"VIP {edge.vip} is not a host address of network.cidr {cidr}"))
+        elif edge.vip in taken:
+            found.append((("edge", "vip"), f"VIP {edge.vip} is {taken[edge.vip]}'s: expected a free address"))
+        if site.load_balanced and edge.virtualRouterId == site.controlPlane.virtualRouterId:
+            found.append(
+                (
+                    ("edge", "virtualRouterId"),
+                    f"{edge.virtualRouterId} is controlPlane.virtualRouterId too: two VRRP groups on one "
+                    "network need different ids",
+                )
+            )
+    elif edge.vip is not None:
+        found.append((("edge", "vip"), "remove it: one edge node is reached at its own address (a VIP needs two)"))
+    if not site.workers:
+        found.append((("edge",), "the edge balances the ingress over the workers, and the site has none"))
+    ingress = site.addons.ingress
+    if edge.backendPort is None and not (ingress.enabled and ingress.serviceType == "NodePort"):
+        found.append(
+            (
+                ("edge", "backendPort"),
+                "required unless addons.ingress runs with serviceType NodePort: the ingress's HTTPS NodePort",
+            )
+        )
+    elif edge.backendPort is not None and ingress.enabled and ingress.serviceType == "NodePort":
+        if edge.backendPort != ingress.nodePorts.https:
+            found.append(
+                (
+                    ("edge", "backendPort"),
+                    f"{edge.backendPort}, but addons.ingress.nodePorts.https is {ingress.nodePorts.https}: "
+                    "remove backendPort (the ingress's is used)",
+                )
+            )
+    if edge.backups and edge.backupCAFile is None:
+        found.append(
+            (("edge", "backupCAFile"), "required with backups: the CA the backup servers' certificates chain to")
+        )
+    if edge.backupCAFile is not None:
+        if not edge.backups:
+            found.append((("edge", "backupCAFile"), "set without edge.backups: remove it or list the backup servers"))
+        elif (problem := _pem_certificates(site, edge.backupCAFile)) is not None:
+            found.append((("edge", "backupCAFile"), problem))
+    if edge.acme.caFile is not None and (problem := _pem_certificates(site, edge.acme.caFile)) is not None:
+        found.append((("edge", "acme", "caFile"), problem))
+    backup_names: dict[str, int] = {}
+    for i, backup in enumerate(edge.backups):
+        if backup.name in backup_names:
+            found.append(
+                (("edge", "backups", i, "name"), f"name {backup.name!r} repeats edge.backups[{backup_names[backup.name]}]")
+            )
+        backup_names.setdefault(backup.name, i)
     return found
 
 
