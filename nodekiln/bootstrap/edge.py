@@ -22,6 +22,8 @@ placeholder lets HAProxy start; a failed issuance leaves the last good certifica
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 from nodekiln import templates
 from nodekiln.bootstrap import ha
 from nodekiln.bootstrap.nodefiles import NodeFile
@@ -79,6 +81,14 @@ def _edge(site: Site) -> Edge:
     return site.edge
 
 
+def _is_ipv4(address: str) -> bool:
+    try:
+        IPv4Address(address)
+    except ValueError:
+        return False
+    return True
+
+
 def cert_name(site: Site) -> str:
     """certbot's lineage (/etc/letsencrypt/live/<name>/): one certificate for all the domains."""
     return site.name
@@ -114,6 +124,7 @@ def _context(site: Site, node: Node) -> dict[str, object]:
         "cert_name": cert_name(site),
         "backend_port": site.edge_backend_port,
         "backups": edge.backups,
+        "named_backups": [b.address for b in edge.backups if not _is_ipv4(b.address)],
         "ports": PORTS,
         "paths": PATHS,
         "lb": EDGE_LB,
@@ -131,7 +142,9 @@ def _context(site: Site, node: Node) -> dict[str, object]:
             "rise": ha.CHECK_RISE,
             "max_time": ha.CHECK_MAX_TIME,
         },
-        "vrrp": ha.Vrrp(purpose="the edge's VIP", script="check_haproxy", instance="edge", router_id=edge.virtualRouterId),
+        "vrrp": ha.Vrrp(
+            purpose="the edge's VIP", script="check_haproxy", instance="edge", router_id=edge.virtualRouterId
+        ),
     }
 
 
@@ -166,7 +179,9 @@ def edge_files(site: Site, secrets: Secrets, node: Node) -> list[NodeFile]:
         auth_pass = secrets.vrrpPassword[:8]
         files += [
             NodeFile(
-                PATHS["keepalived_conf"], templates.render("bootstrap", "keepalived.conf.j2", auth_pass=auth_pass, **ctx), 0o600
+                PATHS["keepalived_conf"],
+                templates.render("bootstrap", "keepalived.conf.j2", auth_pass=auth_pass, **ctx),
+                0o600,
             ),
             NodeFile(PATHS["check_script"], render("check_haproxy.sh.j2"), 0o755),
         ]

@@ -515,7 +515,10 @@ def check_edge(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
         names.setdefault(node.name, f"edge.nodes[{i}]")
         if not usable(node.address):
             found.append(
-                (("edge", "nodes", i, "address"), f"address {node.address} is not a host address of network.cidr {cidr}")
+                (
+                    ("edge", "nodes", i, "address"),
+                    f"address {node.address} is not a host address of network.cidr {cidr}",
+                )
             )
         elif node.address in taken:
             found.append((("edge", "nodes", i, "address"), f"address {node.address} is {taken[node.address]}'s"))
@@ -547,15 +550,19 @@ def check_edge(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
                 "required unless addons.ingress runs with serviceType NodePort: the ingress's HTTPS NodePort",
             )
         )
-    elif edge.backendPort is not None and ingress.enabled and ingress.serviceType == "NodePort":
-        if edge.backendPort != ingress.nodePorts.https:
-            found.append(
-                (
-                    ("edge", "backendPort"),
-                    f"{edge.backendPort}, but addons.ingress.nodePorts.https is {ingress.nodePorts.https}: "
-                    "remove backendPort (the ingress's is used)",
-                )
+    elif (
+        edge.backendPort is not None
+        and ingress.enabled
+        and ingress.serviceType == "NodePort"
+        and edge.backendPort != ingress.nodePorts.https
+    ):
+        found.append(
+            (
+                ("edge", "backendPort"),
+                f"{edge.backendPort}, but addons.ingress.nodePorts.https is {ingress.nodePorts.https}: "
+                "remove backendPort (the ingress's is used)",
             )
+        )
     if edge.backups and edge.backupCAFile is None:
         found.append(
             (("edge", "backupCAFile"), "required with backups: the CA the backup servers' certificates chain to")
@@ -571,7 +578,10 @@ def check_edge(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
     for i, backup in enumerate(edge.backups):
         if backup.name in backup_names:
             found.append(
-                (("edge", "backups", i, "name"), f"name {backup.name!r} repeats edge.backups[{backup_names[backup.name]}]")
+                (
+                    ("edge", "backups", i, "name"),
+                    f"name {backup.name!r} repeats edge.backups[{backup_names[backup.name]}]",
+                )
             )
         backup_names.setdefault(backup.name, i)
     return found

@@ -28,7 +28,7 @@ def write_files(user_data: Path) -> dict[str, str]:
 def test_user_data_passes_cloud_init_schema(rendered):
     site, out = rendered
     tool = require("cloud-init")
-    for node in site.nodes:
+    for node in site.machines:  # the edge nodes' too
         result = subprocess.run(
             [tool, "schema", "-c", str(out / node.name / "user-data")], capture_output=True, text=True
         )
