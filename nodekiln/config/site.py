@@ -509,20 +509,20 @@ def check_edge(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
     if site.load_balanced and site.controlPlane.endpoint.vip is not None:
         taken[site.controlPlane.endpoint.vip] = "the API endpoint's VIP"
     names = {n.name: f"nodes[{i}]" for i, n in enumerate(site.nodes)}
-    for i, node in enumerate(edge.nodes):
-        if node.name in names:
-            found.append((("edge", "nodes", i, "name"), f"name {node.name!r} repeats {names[node.name]}.name"))
-        names.setdefault(node.name, f"edge.nodes[{i}]")
-        if not usable(node.address):
+    for i, machine in enumerate(edge.nodes):
+        if machine.name in names:
+            found.append((("edge", "nodes", i, "name"), f"name {machine.name!r} repeats {names[machine.name]}.name"))
+        names.setdefault(machine.name, f"edge.nodes[{i}]")
+        if not usable(machine.address):
             found.append(
                 (
                     ("edge", "nodes", i, "address"),
-                    f"address {node.address} is not a host address of network.cidr {cidr}",
+                    f"address {machine.address} is not a host address of network.cidr {cidr}",
                 )
             )
-        elif node.address in taken:
-            found.append((("edge", "nodes", i, "address"), f"address {node.address} is {taken[node.address]}'s"))
-        taken.setdefault(node.address, f"edge.nodes[{i}] ({node.name})")
+        elif machine.address in taken:
+            found.append((("edge", "nodes", i, "address"), f"address {machine.address} is {taken[machine.address]}'s"))
+        taken.setdefault(machine.address, f"edge.nodes[{i}] ({machine.name})")
     if len(edge.nodes) == 2:
         if edge.vip is None:
             found.append((("edge", "vip"), "required with two edge nodes: a free address of network.cidr they share"))
