@@ -125,10 +125,12 @@ class Boots:
         self.vms: dict[str, qemu.VM] = {}
         self.stack = contextlib.ExitStack()
 
-    def __call__(self, firmware: str) -> qemu.VM:
-        if firmware not in self.vms:
-            node = self.site.nodes[0]
-            self.vms[firmware] = self.stack.enter_context(
+    def __call__(self, firmware: str, node_name: str | None = None) -> qemu.VM:
+        """The first node (or `node_name`, e.g. an edge node) booted with `firmware`."""
+        key = firmware if node_name is None else f"{firmware}:{node_name}"
+        if key not in self.vms:
+            node = next(n for n in self.site.machines if n.name == node_name) if node_name else self.site.nodes[0]
+            self.vms[key] = self.stack.enter_context(
                 qemu.boot(
                     self.image.path,
                     seed_files(self.site, node, self.key[1]),
@@ -141,7 +143,7 @@ class Boots:
                     workdir=TEST_IMAGES if TEST_IMAGES.exists() else None,
                 )
             )
-        return self.vms[firmware]
+        return self.vms[key]
 
     def close(self) -> None:
         self.stack.close()
