@@ -543,7 +543,7 @@ def cached(iso: Path, manifest_path: Path) -> bool:
 
 
 def menu_nodes(site: Site) -> list[MenuNode]:
-    return [MenuNode(n.name, n.role, str(n.address), n.mac) for n in site.nodes]
+    return [MenuNode(n.name, n.role, str(n.address), n.mac) for n in site.machines]
 
 
 def build_iso(
