@@ -137,18 +137,14 @@ def _issuer(ca: KeyPair) -> tuple[x509.Name, CertificateIssuerPublicKeyTypes, Ce
     return cert.subject, public, key
 
 
-def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int) -> KeyPair:
-    """A client certificate signed by `ca` (for the admin kubeconfig)."""
+def _leaf(
+    ca: KeyPair, subject: x509.Name, days: int, usage: x509.ObjectIdentifier, dns_names: list[str] | None = None
+) -> KeyPair:
+    """A certificate signed by `ca` for one extended key usage (and, for servers, DNS names)."""
     ca_name, ca_public, ca_key = _issuer(ca)
     key = _key()
     now = dt.datetime.now(dt.UTC)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_name)
@@ -158,11 +154,32 @@ def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if dns_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
     return KeyPair(cert=cert.public_bytes(serialization.Encoding.PEM).decode(), key=_pem_key(key))
+
+
+def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int) -> KeyPair:
+    """A client certificate signed by `ca` (for the admin kubeconfig)."""
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    return _leaf(ca, subject, days, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
+
+
+def make_serving_cert(ca: KeyPair, dns_names: list[str], days: int) -> KeyPair:
+    """A TLS server certificate signed by `ca` for `dns_names` (the first is the common name)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
+    return _leaf(ca, subject, days, x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, dns_names)
 
 
 def bootstrap_token() -> str:
@@ -277,6 +294,12 @@ class SecretStore:
         updated = current.model_copy(update={"extra": {**current.extra, name: value}})
         write_atomic(self.path, yaml.safe_dump(updated.model_dump(), sort_keys=True), mode=0o600)
         return value
+
+    def replace_named(self, name: str, value: str) -> None:
+        """Store a new value for the extra secret `name` (a certificate nodekiln renews)."""
+        current, _ = self.ensure()
+        updated = current.model_copy(update={"extra": {**current.extra, name: value}})
+        write_atomic(self.path, yaml.safe_dump(updated.model_dump(), sort_keys=True), mode=0o600)
 
     def ensure(self) -> tuple[Secrets, bool]:
         """The site's secrets, created on first use. Returns (secrets, created)."""

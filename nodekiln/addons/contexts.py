@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nodekiln import contract
 from nodekiln.config.addons import AddonBase, Bucket
+from nodekiln.secrets import KeyPair
 
 if TYPE_CHECKING:
     from nodekiln.addons.catalog import AddonDef
@@ -28,6 +29,8 @@ class Secrets(Protocol):
     def secret(self, name: str, kind: SecretKind = "password") -> str: ...
 
     def user_secret(self, name: str) -> str: ...
+
+    def certificate(self, name: str, dns_names: list[str]) -> KeyPair: ...
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,23 @@ def common(inputs: Inputs) -> Context:
 def calico(inputs: Inputs) -> Context:
     site = inputs.site
     return {"pool": str(site.addons.calico.ipPool or site.kubernetes.podSubnet)}
+
+
+# The Secret the ingress serves when a request names no host it has a certificate for: the
+# edge nodes connect without SNI, and their health checks verify it against the cluster CA.
+INGRESS_DEFAULT_CERT = "nodekiln-ingress-default-cert"
+
+
+@context("ingress")
+def ingress(inputs: Inputs) -> Context:
+    site = inputs.site
+    if site.edge is None:
+        return {"default_certificate": None}
+    names = [f"ingress.{site.name}.{site.kubernetes.clusterDomain}", *site.edge.domains]
+    return {
+        "default_certificate": inputs.secrets.certificate("ingress-default-cert", names),
+        "default_certificate_secret": INGRESS_DEFAULT_CERT,
+    }
 
 
 @context("minio")

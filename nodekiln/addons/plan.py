@@ -27,6 +27,7 @@ from nodekiln.config.addons import BUILTIN_KEYS, AddonBase, AddonsSpec, ExtraRel
 from nodekiln.config.yamlsrc import PathKey
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
+from nodekiln.secrets import KeyPair
 
 if TYPE_CHECKING:
     from nodekiln.config.site import Site
@@ -161,6 +162,32 @@ class Secrets:
             self.cache[name] = self.store.named(name, factory)
         return self.cache[name]
 
+    def certificate(self, name: str, dns_names: list[str]) -> KeyPair:
+        """A serving certificate the cluster CA signs, stored as `<name>.crt` and `<name>.key`.
+
+        Made on first use; made again when its names change or it has fewer than
+        CERT_RENEW_DAYS left, so running `invoke addons` (and re-applying) renews it.
+        """
+        import datetime as dt
+
+        from cryptography import x509
+
+        from nodekiln.secrets import make_serving_cert
+
+        self.used = True
+        cert_pem, key_pem = self.cache.get(f"{name}.crt"), self.cache.get(f"{name}.key")
+        if cert_pem is not None and key_pem is not None:
+            cert = x509.load_pem_x509_certificate(cert_pem.encode())
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+            if names.get_values_for_type(x509.DNSName) == dns_names and left > dt.timedelta(days=CERT_RENEW_DAYS):
+                return KeyPair(cert=cert_pem, key=key_pem)
+        pair = make_serving_cert(self.store.load().ca, dns_names, CERT_DAYS)
+        for suffix, value in ((".crt", pair.cert), (".key", pair.key)):
+            self.store.replace_named(name + suffix, value)
+            self.cache[name + suffix] = value
+        return pair
+
     def user_secret(self, name: str) -> str:
         self.used = True
         if name in self.cache:
@@ -184,6 +211,12 @@ class Secrets:
             self.missing.append((name, env))
             return f"UNSET-{name}"
         return self.cache[name]
+
+
+# Serving certificates of the cluster CA (the ingress's default one): 397 days, the longest
+# browsers accept for a public CA's, renewed by `invoke addons` when fewer than 60 are left.
+CERT_DAYS = 397
+CERT_RENEW_DAYS = 60
 
 
 def env_name(secret: str) -> str:

@@ -101,6 +101,10 @@ def test_every_values_file_renders_on_its_chart_and_validates(site, tmp_path, he
     assert [(c["metadata"]["name"], c["spec"]["controller"]) for c in ingress_classes] == [
         ("nginx", "k8s.io/ingress-nginx")
     ]
+    # the edge balances over the ingress's NodePorts (the example's edge section)
+    (service,) = [d for d in yaml.safe_load_all(rendered["ingress"]) if d and d["kind"] == "Service"]
+    assert service["spec"]["type"] == "NodePort"
+    assert {p["name"]: p["nodePort"] for p in service["spec"]["ports"]} == {"web": 32080, "websecure": 32443}
     velero = [d for d in yaml.safe_load_all(rendered["velero"]) if d]
     assert {d["kind"] for d in velero} >= {"Deployment", "DaemonSet", "Secret", "BackupStorageLocation", "Schedule"}
     assert "VolumeSnapshotLocation" not in {d["kind"] for d in velero}

@@ -14,6 +14,7 @@ from nodekiln.addons.plan import build_plan, split_image
 from nodekiln.config.addons import CycleError, order
 from nodekiln.config.site import load_site
 from nodekiln.errors import SiteError
+from nodekiln.secrets import SecretStore
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "sites" / "example" / "site.yaml"
@@ -79,8 +80,9 @@ def test_values_with_secrets_are_0600_and_secrets_stay_out_of_the_plan(site_file
     site = load_site(site_file)
     plan, plan_file = make_plan(site, tmp_path / "out")
     modes = {r.name: (plan_file.parent / r.values).stat().st_mode & 0o777 for r in plan.releases}
-    assert modes["minio"] == modes["velero"] == modes["naavre"] == 0o600
-    assert modes["calico"] == modes["nfs"] == modes["ingress"] == 0o644
+    # the ingress's values hold its default certificate's key (the example has an edge section)
+    assert modes["minio"] == modes["velero"] == modes["naavre"] == modes["ingress"] == 0o600
+    assert modes["calico"] == modes["nfs"] == 0o644
     store = yaml.safe_load((site_file.parent / ".nodekiln" / "vlic-lab.secrets.yaml").read_text())
     assert (site_file.parent / ".nodekiln" / "vlic-lab.secrets.yaml").stat().st_mode & 0o777 == 0o600
     text = plan_file.read_text()
@@ -122,10 +124,38 @@ def test_ingress_serves_class_nginx(site_file):
     plan = build_plan(load_site(site_file))
     values = yaml.safe_load(plan.files["ingress.values.yaml"][0])
     assert values["providers"]["kubernetesIngressNGINX"]["ingressClass"] == "nginx"
-    (ingress_class,) = values["extraObjects"]
+    (ingress_class,) = [o for o in values["extraObjects"] if o["kind"] == "IngressClass"]
     assert (
         ingress_class["metadata"]["name"] == "nginx" and ingress_class["spec"]["controller"] == "k8s.io/ingress-nginx"
     )
+
+
+def test_ingress_default_certificate_is_the_cluster_cas_for_the_edge(site_file):
+    """The edge checks each worker's NodePort with `ssl verify required ca-file <cluster CA>`:
+    Traefik's default certificate (served without SNI) is one the cluster CA signs."""
+    from cryptography import x509
+
+    site = load_site(site_file)
+    values = yaml.safe_load(build_plan(site).files["ingress.values.yaml"][0])
+    secret_name = values["tlsStore"]["default"]["defaultCertificate"]["secretName"]
+    (secret,) = [o for o in values["extraObjects"] if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == secret_name and secret["type"] == "kubernetes.io/tls"
+    cert = x509.load_pem_x509_certificate(secret["stringData"]["tls.crt"].encode())
+    ca = x509.load_pem_x509_certificate(SecretStore(site.directory, site.name).load().ca.cert.encode())
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert names == ["ingress.vlic-lab.cluster.local", "naavre.vlic-lab.example.org"]
+    assert "PRIVATE KEY" in secret["stringData"]["tls.key"]
+    # made once: the next plan serves the same certificate
+    again = yaml.safe_load(build_plan(load_site(site_file)).files["ingress.values.yaml"][0])
+    assert [o for o in again["extraObjects"] if o["kind"] == "Secret"] == [secret]
+    # without an edge section there is none
+    doc = yaml.safe_load(site_file.read_text())
+    doc.pop("edge")
+    doc["addons"]["ingress"]["serviceType"] = "LoadBalancer"
+    site_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    plain = yaml.safe_load(build_plan(load_site(site_file)).files["ingress.values.yaml"][0])
+    assert "tlsStore" not in plain and [o["kind"] for o in plain["extraObjects"]] == ["IngressClass"]
 
 
 def test_keycloak_operator_runs_in_naavres_namespace(site_file):
