@@ -151,8 +151,9 @@ def render(c: Context, site: str | None = None, out: str | None = None) -> None:
 
     loaded = _site(site)
     target = Path(out) if out else Path("build/render") / loaded.name
-    written = write_site(loaded, _secrets(loaded), target)
-    report.say(f"rendered {len(written)} nodes of site {loaded.name} into {target}")
+    write_site(loaded, _secrets(loaded), target)
+    edge = f" and {len(loaded.edge_nodes)} edge nodes" if loaded.edge_nodes else ""
+    report.say(f"rendered {len(loaded.nodes)} nodes{edge} of site {loaded.name} into {target}")
 
 
 @task(

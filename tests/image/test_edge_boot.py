@@ -1,5 +1,5 @@
-"""An edge node booted from the node image with its rendered user-data: HAProxy, certbot and
-keepalived of the image run it, and nothing of Kubernetes starts.
+"""An edge node booted from the node image with its rendered user-data (legacy BIOS): HAProxy,
+certbot and keepalived of the image run it, and nothing of Kubernetes starts.
 
 No ACME server or worker is reachable from the VM (qemu user networking, no internet): the
 certificate stays the placeholder, the issuance that the test starts fails, and the ingress
@@ -17,9 +17,32 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
-def edge(boots, test_site):
+def edge_vm(boots, test_site):
+    """The first edge node, booted with legacy BIOS (SeaBIOS): this boot is also the suite's
+    proof that BIOS firmware reaches a running node. Stopped after this module, so that no
+    two emulated VMs share the two cores."""
     assert test_site.edge_nodes, "the example site has edge nodes"
-    return boots("uefi", test_site.edge_nodes[0].name).testinfra_host()
+    name = test_site.edge_nodes[0].name
+    vm = boots("bios", name)
+    yield vm
+    from nodekiln.run import stop
+
+    boots.vms.pop(f"bios:{name}")
+    stop(vm.proc)
+
+
+@pytest.fixture(scope="module")
+def edge(edge_vm):
+    return edge_vm.testinfra_host()
+
+
+def test_bios_boot_reaches_a_running_node(edge, test_site):
+    node = test_site.edge_nodes[0]
+    assert edge.check_output("test -d /sys/firmware/efi && echo uefi || echo bios") == "bios"
+    assert edge.check_output("hostname") == node.name
+    assert str(node.address) in edge.interface("eth0").addresses
+    assert edge.run("sudo touch /usr/x").rc != 0  # the read-only root, as under UEFI
+    assert edge.run("cloud-init status --wait").stdout.split()[-1] == "done"
 
 
 def test_nothing_of_kubernetes_runs(edge):

@@ -1,7 +1,7 @@
 """The built node image, booted: what every node of every site can rely on.
 
-One UEFI (q35 + OVMF) boot carries most checks and then a reboot; a BIOS (pc machine) boot,
-last, checks that legacy firmware reaches the same state.
+One UEFI (q35 + OVMF) boot carries most checks and then a reboot; legacy BIOS (pc machine) is
+booted by tests/image/test_edge_boot.py (an edge node of the same image).
 """
 
 from __future__ import annotations
@@ -259,25 +259,3 @@ def test_var_survives_a_reboot(uefi_vm, host):
     assert after.file("/etc/nodekiln-reboot-check").content_string.strip() == "kept"
     assert after.run("sudo touch /usr/x").rc != 0
     assert after.service("containerd").is_running
-
-
-def test_bios_boot_reaches_the_same_state(boots, test_site):
-    """Last: the UEFI VM is stopped first (two emulated VMs on two cores slow both down)."""
-    if "uefi" in boots.vms:
-        vm_stop(boots.vms["uefi"])
-    vm = boots("bios")
-    host = vm.testinfra_host()
-    node = test_site.nodes[0]
-    assert host.check_output("hostname") == node.name
-    assert str(node.address) in host.interface("eth0").addresses
-    assert host.run("sudo touch /usr/x").rc != 0
-    assert host.service("containerd").is_running
-    assert host.check_output("test -d /sys/firmware/efi && echo uefi || echo bios") == "bios"
-    boots.vms.pop("bios")  # done with it: free the CPU for the rest
-    vm_stop(vm)
-
-
-def vm_stop(vm) -> None:
-    from nodekiln.run import stop
-
-    stop(vm.proc)
