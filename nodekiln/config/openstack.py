@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from nodekiln.config.model import Strict
+from nodekiln.config.yamlsrc import PathKey
+
+if TYPE_CHECKING:  # the site imports this module: no import back at run time
+    from nodekiln.config.site import Site
 
 Role = Literal["control-plane", "worker", "edge"]
 
@@ -51,7 +55,8 @@ class OpenStackSpec(Strict):
     region: str | None = None
     image: ImageSpec = Field(default_factory=ImageSpec)
     flavors: dict[Role, str] = Field(
-        description="Nova flavor per role, e.g. {control-plane: m1.large, worker: m1.xlarge}"
+        description="Nova flavor per role, e.g. {control-plane: m1.large, worker: m1.xlarge, edge: m1.small}; "
+        "edge is required when the site has an edge section"
     )
     nodeFlavors: dict[str, str] = Field(
         default_factory=dict, description="flavor of single nodes, by node name, over their role's"
@@ -66,6 +71,12 @@ class OpenStackSpec(Strict):
     )
     floatingIP: bool = Field(
         default=False, description="a floating IP for the endpoint VIP (needs externalNetwork and a router)"
+    )
+    edgeFloatingIP: bool = Field(
+        default=True,
+        description="a floating IP from externalNetwork on the edge's public address (edge.vip, or the single edge "
+        "node's), whenever the site has an edge section and externalNetwork is set: the edge is the public entry; "
+        "false when the edge is reached otherwise (the site network routed, your own NAT)",
     )
     configDrive: bool = Field(
         default=False, description="give nodes their user-data on a config drive instead of the metadata service"
@@ -94,3 +105,20 @@ class OpenStackSpec(Strict):
         if missing:
             raise ValueError(f"flavors needs an entry for {', '.join(sorted(missing))}")
         return self
+
+
+def check_openstack(site: Site) -> list[tuple[PathKey, str]]:
+    """Rules of the openstack section that span the site (the edge section); (path, message) for each."""
+    spec = site.openstack
+    found: list[tuple[PathKey, str]] = []
+    if spec is None:
+        return found
+    if site.edge is not None and "edge" not in spec.flavors:
+        found.append(
+            (
+                ("openstack", "flavors"),
+                "needs an entry for edge: the site has an edge section, and its nodes are servers too "
+                "(e.g. edge: m1.small)",
+            )
+        )
+    return found

@@ -272,20 +272,22 @@ class DeleteServer:
     detail: ClassVar[str] = ""
 
 
-# -- the API endpoint's floating IP ------------------------------------------------------------
+# -- floating IPs: the API endpoint's VIP, the edge's public address ------------------------------
 
 
 @dataclass(frozen=True)
 class CreateFloatingIP:
-    vip: str
+    vip: str  # the fixed address it points at: the API endpoint's VIP, or the edge's public address
     external_network: str  # its name in the site; converge takes the id the checks found
-    description: str
+    description: str  # what tells the site's floating IPs apart (Names.fip_description)
+    port: str  # the name of the port holding `vip`
+    edge: bool = False  # the edge's, not the API endpoint's
     kind: ClassVar[Kind] = "floating-ip"
     action: ClassVar[Verb] = "create"
 
     @property
     def name(self) -> str:
-        return f"VIP {self.vip}"
+        return f"{'edge' if self.edge else 'VIP'} {self.vip}"
 
     @property
     def detail(self) -> str:
@@ -294,13 +296,18 @@ class CreateFloatingIP:
 
 @dataclass(frozen=True)
 class UpdateFloatingIP:
-    """The floating IP exists but is not on the VIP port (or the VIP port is made this run)."""
+    """The floating IP exists but is not on its port (or that port is made this run)."""
 
     name: str  # its address
     vip: str
+    port: str  # the name of the port holding `vip`
+    edge: bool = False
     kind: ClassVar[Kind] = "floating-ip"
     action: ClassVar[Verb] = "update"
-    detail: ClassVar[str] = "associate with the VIP port"
+
+    @property
+    def detail(self) -> str:
+        return f"associate with port {self.port} ({self.vip})"
 
 
 Action = (

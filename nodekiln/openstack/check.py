@@ -58,7 +58,7 @@ def check(
         wanted.setdefault(flavor, f"openstack.flavors.{role}")
     for node, flavor in spec.nodeFlavors.items():
         wanted.setdefault(flavor, f"openstack.nodeFlavors.{node}")
-        if node not in {n.name for n in site.nodes}:
+        if node not in {n.name for n in site.machines}:
             problems.append(f"openstack.nodeFlavors.{node}: the site has no node {node}")
     for flavor, where in wanted.items():
         if flavor not in st.flavors:
@@ -86,9 +86,12 @@ def check(
             )
         else:
             cidr = IPv4Network(st.subnet.cidr)
-            for n in site.nodes:
+            for n in site.machines:
                 if n.address not in cidr:
-                    problems.append(f"nodes.{n.name}.address: {n.address} is outside subnet {st.subnet.name} ({cidr})")
+                    where = "edge.nodes" if n.role == "edge" else "nodes"
+                    problems.append(
+                        f"{where}.{n.name}.address: {n.address} is outside subnet {st.subnet.name} ({cidr})"
+                    )
     if spec.externalNetwork:
         with about(f"external network {spec.externalNetwork}: reading"):
             st.external = conn.network.find_network(spec.externalNetwork)

@@ -1,6 +1,7 @@
 """Carry out a plan, in an order Neutron and Nova accept: network, subnet, router, security groups and
-their rules, ports (the VIP in the control planes' allowed address pairs), server group, servers (in
-parallel, bounded), deletes, floating IP.
+their rules, ports (the VIPs in the allowed address pairs of the control planes and the edge nodes),
+server group, servers (in parallel, bounded; the edge nodes' too), deletes, floating IPs (the API
+endpoint's, the edge's).
 
 Each step takes its action objects from the plan (actions.py) and records what it made in the
 observed state, which later steps (and the wait) read ids from.
@@ -40,6 +41,7 @@ from nodekiln.openstack.userdata import digest
 from nodekiln.openstack.wait import POLL_SECONDS
 
 if TYPE_CHECKING:
+    from openstack.network.v2.floating_ip import FloatingIP
     from openstack.network.v2.network import Network
     from openstack.network.v2.subnet import Subnet
 
@@ -92,8 +94,7 @@ def converge(
         with about(f"port {gone.port.name}: deleting"):
             conn.network.delete_port(gone.port, ignore_missing=True)
         st.ports.pop(gone.port.name, None)
-    if spec.floatingIP:
-        failures += _floating_ip(cloud, site, names, st, plan)
+    failures += _floating_ips(cloud, names, st, plan)
     return failures
 
 
@@ -273,26 +274,47 @@ def _servers(
     return failures
 
 
-def _floating_ip(cloud: Cloud, site: Site, names: Names, st: Observed, plan: Plan) -> list[str]:
+def _floating_ips(cloud: Cloud, names: Names, st: Observed, plan: Plan) -> list[str]:
+    """The API endpoint's and the edge's: each on the port its action names (made by now)."""
     conn = cloud.conn
-    vip_port = st.ports.get(names.vip_port)
-    if vip_port is None:
-        return ["floating IP: the site has no VIP port (controlPlane.endpoint.vip)"]
-    for fip in plan.of(CreateFloatingIP):
-        external: Network = _made(f"external network {fip.external_network}", st.external)
-        with about(f"floating IP for VIP {fip.vip}: creating"):
-            st.fip = tagged(
-                cloud,
-                conn.network.create_ip,
-                names.tag,
-                floating_network_id=external.id,
-                port_id=vip_port.id,
-                fixed_ip_address=fip.vip,
-                description=fip.description,
+    failures: list[str] = []
+
+    def record(edge: bool, fip: FloatingIP) -> None:
+        if edge:
+            st.edge_fip = fip
+        else:
+            st.fip = fip
+
+    for new in plan.of(CreateFloatingIP):
+        port = st.ports.get(new.port)
+        if port is None:
+            failures.append(f"floating IP for {new.name}: the site has no port {new.port}")
+            continue
+        external: Network = _made(f"external network {new.external_network}", st.external)
+        with about(f"floating IP for {new.name}: creating"):
+            record(
+                new.edge,
+                tagged(
+                    cloud,
+                    conn.network.create_ip,
+                    names.tag,
+                    floating_network_id=external.id,
+                    port_id=port.id,
+                    fixed_ip_address=new.vip,
+                    description=new.description,
+                ),
             )
     for move in plan.of(UpdateFloatingIP):
-        with about(f"floating IP {move.name}: associating"):
-            st.fip = conn.network.update_ip(
-                _made(f"floating IP {move.name}", st.fip), port_id=vip_port.id, fixed_ip_address=move.vip
+        port = st.ports.get(move.port)
+        if port is None:
+            failures.append(f"floating IP {move.name}: the site has no port {move.port}")
+            continue
+        fip = st.edge_fip if move.edge else st.fip
+        with about(f"floating IP {move.name}: associating with port {move.port}"):
+            record(
+                move.edge,
+                conn.network.update_ip(
+                    _made(f"floating IP {move.name}", fip), port_id=port.id, fixed_ip_address=move.vip
+                ),
             )
-    return []
+    return failures

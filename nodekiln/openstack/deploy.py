@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nodekiln.config.openstack import check_openstack
+from nodekiln.config.yamlsrc import dotted
 from nodekiln.openstack.actions import Plan
 from nodekiln.openstack.check import check
 from nodekiln.openstack.cloud import CallCounter, OpenStackError, cloud_of, connect, one_line
@@ -74,6 +76,10 @@ def site_deploy(
     spec = site.openstack
     if spec is None:
         raise OpenStackError(f"site {site.name} has no openstack section: add one to {site.file}")
+    # The site model's own rule (config/openstack.py), before flavor_of would miss the edge's flavor.
+    site_problems = [f"{dotted(path)}: {message}" for path, message in check_openstack(site)]
+    if site_problems:
+        raise CheckError(site_problems)
     report = report or Reporter.quiet()
     say = report.say
     started = time.monotonic()

@@ -36,10 +36,11 @@ def joining(site: Site, st: Observed, plan: Plan) -> list[Node]:
     """The servers this run creates that join a running cluster: the init node's server exists and stays.
 
     When the init node is (re)created itself, it runs `kubeadm init` with the stored token and
-    the others join with that; nothing runs yet that a token could have expired in.
+    the others join with that; nothing runs yet that a token could have expired in. Edge nodes
+    join nothing: they need no token.
     """
     init = site.init_node.name
-    to_boot = [a.node for a in plan.booting]
+    to_boot = [a.node for a in plan.booting if a.node.role != "edge"]
     if not to_boot or init not in st.servers or any(n.name == init for n in to_boot):
         return []
     return to_boot

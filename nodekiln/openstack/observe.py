@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nodekiln.openstack.cloud import about
-from nodekiln.openstack.resources import ROLES, Names
+from nodekiln.openstack.resources import ROLES, Names, wants_edge_fip
 
 if TYPE_CHECKING:
     from openstack.compute.v2.flavor import Flavor
@@ -44,7 +44,8 @@ class Observed:
     ports: dict[str, Port] = field(default_factory=dict)  # port name -> port
     server_group: ServerGroup | None = None
     servers: dict[str, Server] = field(default_factory=dict)  # node name -> server
-    fip: FloatingIP | None = None
+    fip: FloatingIP | None = None  # the API endpoint's (openstack.floatingIP)
+    edge_fip: FloatingIP | None = None  # the edge's public address's (openstack.edgeFloatingIP)
     flavors: dict[str, Flavor] = field(default_factory=dict)  # flavor name and id -> flavor
     image: Image | ImageV1 | None = None
 
@@ -91,7 +92,14 @@ def observe(conn: Connection, site: Site, names: Names) -> Observed:
             meta = server.metadata or {}
             if meta.get("nodekiln-site") == site.name and meta.get("nodekiln-node"):
                 st.servers[meta["nodekiln-node"]] = server
-    if spec.floatingIP:
-        with about("reading the VIP's floating IP"):
-            st.fip = next(iter(conn.network.ips(tags=tag)), None)
+    edge_fip = wants_edge_fip(site)
+    if spec.floatingIP or edge_fip:
+        with about("reading the site's floating IPs"):
+            # Told apart by their description; one made before the edge existed is the API endpoint's.
+            edge_description = names.fip_description(edge=True)
+            ips = list(conn.network.ips(tags=tag))
+        if spec.floatingIP:
+            st.fip = next((ip for ip in ips if ip.description != edge_description), None)
+        if edge_fip:
+            st.edge_fip = next((ip for ip in ips if ip.description == edge_description), None)
     return st

@@ -32,7 +32,16 @@ from nodekiln.openstack.actions import (
     UpdateFloatingIP,
     UpdatePort,
 )
-from nodekiln.openstack.resources import ROLES, Names, Rule, allocation_pool, flavor_of, observed_rule, rules
+from nodekiln.openstack.resources import (
+    Names,
+    Rule,
+    allocation_pool,
+    flavor_of,
+    observed_rule,
+    rules,
+    site_roles,
+    wants_edge_fip,
+)
 
 if TYPE_CHECKING:
     from openstack.compute.v2.server import Server
@@ -43,12 +52,24 @@ if TYPE_CHECKING:
 
 
 def port_spec(site: Site, names: Names, node: Node | None) -> PortSpec:
-    """The desired port of a node (or, with node None, of the VIP)."""
+    """The desired port of a machine (a node or an edge node), or, with node None, of the API endpoint's VIP."""
     vip = site.controlPlane.endpoint.vip
     if node is None:
         return PortSpec(names.vip_port, str(vip), frozenset({"control-plane"}), frozenset())
-    pairs = {str(vip)} if node.role == "control-plane" and site.load_balanced and vip is not None else set()
+    pairs: set[str] = set()
+    if node.role == "control-plane" and site.load_balanced and vip is not None:
+        pairs.add(str(vip))
+    if node.role == "edge" and site.edge is not None and site.edge.vip is not None:
+        pairs.add(str(site.edge.vip))
     return PortSpec(names.port(node.name), str(node.address), frozenset({node.role}), frozenset(pairs))
+
+
+def wanted_ports(site: Site, names: Names) -> list[PortSpec]:
+    """Every port the site wants, in plan order: the VIPs' (API endpoint, edge pair), then the machines'."""
+    wanted = [port_spec(site, names, None)] if site.load_balanced and site.controlPlane.endpoint.vip else []
+    if site.edge is not None and site.edge.vip is not None:
+        wanted.append(PortSpec(names.edge_vip_port, str(site.edge.vip), frozenset({"edge"}), frozenset()))
+    return wanted + [port_spec(site, names, node) for node in site.machines]
 
 
 def port_drift(port: Port, want: PortSpec, st: Observed) -> str:
@@ -112,9 +133,8 @@ def make_plan(site: Site, names: Names, st: Observed, hashes: dict[str, str], pr
             steps.append(CreateRouterInterface(names.router, names.subnet))
     steps += _security_groups(site, names, st)
 
-    wanted_ports = [port_spec(site, names, None)] if site.load_balanced and site.controlPlane.endpoint.vip else []
-    wanted_ports += [port_spec(site, names, node) for node in site.nodes]
-    for want in wanted_ports:
+    ports = wanted_ports(site, names)
+    for want in ports:
         port = st.ports.get(want.name)
         if port is None:
             steps.append(CreatePort(want))
@@ -137,7 +157,7 @@ def make_plan(site: Site, names: Names, st: Observed, hashes: dict[str, str], pr
                 detail = f"has policy {policy}, the site wants {spec.serverGroupPolicy}: delete it (with its servers) to change"
             steps.append(Keep("server-group", names.server_group, detail))
 
-    for node in site.nodes:
+    for node in site.machines:
         server = st.servers.get(node.name)
         flavor = flavor_of(site, node)
         if server is None:
@@ -149,36 +169,43 @@ def make_plan(site: Site, names: Names, st: Observed, hashes: dict[str, str], pr
             differs = f"; differs from the site ({drift}): replace the node to apply" if drift else ""
             steps.append(Keep("server", node.name, f"{server.status}{differs}"))
 
-    site_nodes = {n.name for n in site.nodes}
+    machines = {n.name for n in site.machines}
     for node_name, server in sorted(st.servers.items()):
-        if node_name not in site_nodes:
+        if node_name not in machines:
             steps.append(DeleteServer(node_name, server) if prune else Orphan("server", node_name))
-    wanted_names = {w.name for w in wanted_ports}
+    wanted_names = {w.name for w in ports}
     for name, port in sorted(st.ports.items()):
         if name not in wanted_names:
             steps.append(DeletePort(port) if prune else Orphan("port", name))
 
     if spec.floatingIP:
-        vip = str(site.controlPlane.endpoint.vip)
-        vip_port = st.ports.get(names.vip_port)
-        if st.fip is None:
-            steps.append(
-                CreateFloatingIP(
-                    vip, spec.externalNetwork or "", description=f"nodekiln: API endpoint of site {site.name}"
-                )
-            )
-        elif vip_port is None or st.fip.port_id != vip_port.id:
-            # A VIP port made by this run counts as one the floating IP is not on yet.
-            steps.append(UpdateFloatingIP(st.fip.floating_ip_address, vip))
-        else:
-            steps.append(Keep("floating-ip", st.fip.floating_ip_address, f"-> {vip}"))
+        steps.append(_floating_ip(site, names, st, edge=False))
+    if wants_edge_fip(site):
+        steps.append(_floating_ip(site, names, st, edge=True))
     return Plan(tuple(steps))
+
+
+def _floating_ip(site: Site, names: Names, st: Observed, edge: bool) -> Action:
+    """The floating IP of the API endpoint's VIP, or (edge) of the edge's public address."""
+    spec = site.openstack
+    assert spec is not None
+    if edge:
+        address, port_name, fip = str(site.edge_address), names.edge_public_port or "", st.edge_fip
+    else:
+        address, port_name, fip = str(site.controlPlane.endpoint.vip), names.vip_port, st.fip
+    port = st.ports.get(port_name)
+    if fip is None:
+        return CreateFloatingIP(address, spec.externalNetwork or "", names.fip_description(edge), port_name, edge)
+    if port is None or fip.port_id != port.id or fip.fixed_ip_address != address:
+        # A port made by this run counts as one the floating IP is not on yet.
+        return UpdateFloatingIP(fip.floating_ip_address, address, port_name, edge)
+    return Keep("floating-ip", fip.floating_ip_address, f"-> {'edge ' if edge else ''}{address}")
 
 
 def _security_groups(site: Site, names: Names, st: Observed) -> list[Action]:
     steps: list[Action] = []
     roles_by_id = {sg.id: r for r, sg in st.groups.items()}
-    for role in ROLES:
+    for role in site_roles(site):
         name = names.security_group(role)
         want = rules(site, role)
         group = st.groups.get(role)

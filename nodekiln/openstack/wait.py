@@ -33,8 +33,8 @@ POLL_MISSES = 5  # polls in a row that may fail (a dropped keep-alive connection
 def wait_active(
     conn: Connection, site: Site, st: Observed, timeout: float, console: Console | None
 ) -> tuple[dict[str, str], list[str]]:
-    """Poll the project's servers (one call per round) until every node's is ACTIVE or failed."""
-    wanted = [n.name for n in site.nodes if n.name in st.servers]
+    """Poll the project's servers (one call per round) until every machine's (edge nodes too) is ACTIVE or failed."""
+    wanted = [n.name for n in site.machines if n.name in st.servers]
     status = {name: st.servers[name].status for name in wanted}
     failures: dict[str, str] = {}
     display = _Display(len(wanted), console) if console is not None and wanted else None
@@ -75,7 +75,7 @@ def wait_active(
                 st.servers[n] = found
                 if found.status == "ERROR":
                     fault = (found.fault or {}).get("message") or "no reason given"
-                    node = next(x for x in site.nodes if x.name == n)
+                    node = next(x for x in site.machines if x.name == n)
                     failures[n] = f"server {n}: ERROR: {fault} (flavor {flavor_of(site, node)})"
     finally:
         if display:

@@ -63,7 +63,7 @@ def user(cloud: devcloud.DevCloud):
 def openstack_section(**overrides: Any) -> dict[str, Any]:
     section: dict[str, Any] = {
         "cloud": "nodekiln",
-        "flavors": {"control-plane": "m1.small", "worker": "m1.small"},
+        "flavors": {"control-plane": "m1.small", "worker": "m1.small", "edge": "m1.small"},
         "configDrive": True,
         # Never connect to the site's private addresses from here: there is nothing there.
         "waitHealthz": False,

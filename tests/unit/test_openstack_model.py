@@ -7,12 +7,14 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from nodekiln.bootstrap.firewall import edge_ports
+from nodekiln.config.openstack import check_openstack
 from nodekiln.config.site import load_site
 from nodekiln.errors import SiteError
 from nodekiln.openstack.cloud import CallCounter
 from nodekiln.openstack.resources import Names, Rule, allocation_pool, rules
 
-SECTION = {"cloud": "lab", "flavors": {"control-plane": "m1.large", "worker": "m1.xlarge"}}
+SECTION = {"cloud": "lab", "flavors": {"control-plane": "m1.large", "worker": "m1.xlarge", "edge": "m1.small"}}
 
 
 def test_the_example_site_has_an_openstack_section(example_site):
@@ -109,8 +111,9 @@ def test_node_ports_open_on_workers_only_when_asked(site_file):
 def test_allocation_pool_avoids_every_site_address(example_site):
     site = load_site(example_site)
     pool = allocation_pool(site)
-    assert pool == {"start": "10.0.1.129", "end": "10.0.1.254"}
-    used = {site.network.gateway, site.controlPlane.endpoint.vip, *(n.address for n in site.nodes)}
+    assert pool == {"start": "10.0.1.130", "end": "10.0.1.254"}  # 10.0.1.129 is edge.vip
+    assert site.edge is not None
+    used = {site.network.gateway, site.controlPlane.endpoint.vip, site.edge.vip, *(n.address for n in site.machines)}
     assert not any(IPv4Address(pool["start"]) <= a <= IPv4Address(pool["end"]) for a in used)
 
 
@@ -140,3 +143,82 @@ def test_secure_boot_takes_only_its_three_values(site_file):
     with pytest.raises(SiteError) as failed:
         load_site(site_file(lambda d: d["image"].update(secureBoot="yes")))
     assert "image.secureBoot" in str(failed.value) and "'required', 'supported' or 'off'" in str(failed.value)
+
+
+# -- the edge nodes ------------------------------------------------------------------------------
+
+
+def _no_edge(doc):
+    doc.pop("edge")
+    doc.setdefault("firewall", {})["nodePorts"] = True  # the ingress's NodePorts need someone let in
+
+
+def _tcp(port: int, **remote: str) -> Rule:
+    return Rule("ingress", "IPv4", "tcp", port, port, **remote)
+
+
+BASE = {
+    Rule("egress", "IPv4", None, None, None),
+    Rule("egress", "IPv6", None, None, None),
+    Rule("ingress", "IPv4", "icmp", None, None, remote_ip_prefix="0.0.0.0/0"),
+    Rule("ingress", "IPv6", "ipv6-icmp", None, None, remote_ip_prefix="::/0"),
+}
+
+
+def test_the_edge_group_is_the_edge_ruleset_exactly(site_file):
+    """bootstrap/edge/nftables.conf.j2: ICMP, SSH from sshFrom, HTTP and HTTPS from anywhere, VRRP from the pair."""
+
+    def ssh_from(doc):
+        doc.setdefault("firewall", {}).update(sshFrom=["192.0.2.0/24", "198.51.100.7/32"], extraTCPPorts=[8080])
+
+    site = load_site(site_file(ssh_from))
+    assert site.edge is not None and len(site.edge.nodes) == 2
+    assert rules(site, "edge") == BASE | {
+        _tcp(22, remote_ip_prefix="192.0.2.0/24"),
+        _tcp(22, remote_ip_prefix="198.51.100.7/32"),
+        _tcp(80, remote_ip_prefix="0.0.0.0/0"),
+        _tcp(443, remote_ip_prefix="0.0.0.0/0"),
+        Rule("ingress", "IPv4", "112", None, None, remote_group="edge"),
+    }  # no kubelet, no Calico, no extraTCPPorts: the edge node's ruleset has none of them
+
+
+def test_a_single_edge_node_has_no_vrrp(site_file):
+    def single(doc):
+        doc["edge"]["nodes"] = doc["edge"]["nodes"][:1]
+        doc["edge"].pop("vip")
+
+    site = load_site(site_file(single))
+    assert not any(r.protocol == "112" for r in rules(site, "edge"))
+    assert _tcp(443, remote_ip_prefix="0.0.0.0/0") in rules(site, "edge")
+
+
+def test_workers_open_the_ingress_node_ports_to_the_edge_group_only(site_file, example_site):
+    site = load_site(example_site)
+    assert edge_ports(site) == [32080, 32443]
+    from_edge = {_tcp(port, remote_group="edge") for port in edge_ports(site)}
+    assert from_edge <= rules(site, "worker")
+    assert not from_edge & rules(site, "control-plane")
+    assert not any(r.port_min in (32080, 32443) and r.remote_group != "edge" for r in rules(site, "worker"))
+    without = load_site(site_file(_no_edge))
+    assert not any(r.remote_group == "edge" for r in rules(without, "worker"))
+
+
+def test_an_edge_needs_an_edge_flavor(site_file, example_site):
+    def no_edge_flavor(doc):
+        doc["openstack"]["flavors"].pop("edge")
+
+    site = load_site(site_file(no_edge_flavor))
+    ((path, message),) = check_openstack(site)
+    assert path == ("openstack", "flavors") and message.startswith("needs an entry for edge")
+    assert check_openstack(load_site(example_site)) == []
+    assert check_openstack(load_site(site_file(lambda d: (no_edge_flavor(d), _no_edge(d))))) == []
+
+
+def test_edge_names(example_site):
+    names = Names(load_site(example_site))
+    assert (names.security_group("edge"), names.edge_vip_port, names.edge_public_port) == (
+        "vlic-lab-edge",
+        "vlic-lab-edge-vip",
+        "vlic-lab-edge-vip",
+    )
+    assert names.fip_description(edge=True) != names.fip_description(edge=False)

@@ -14,6 +14,7 @@ import pytest
 
 from nodekiln.config.site import Site, load_site
 from nodekiln.openstack.actions import (
+    CreateFloatingIP,
     CreateNetwork,
     CreatePort,
     CreateRouter,
@@ -25,7 +26,8 @@ from nodekiln.openstack.actions import (
     Keep,
     Plan,
 )
-from nodekiln.openstack.deploy import site_deploy
+from nodekiln.openstack.deploy import CheckError, site_deploy
+from nodekiln.openstack.resources import Names, rules
 from nodekiln.secrets import generate
 
 WRITES = ("create_", "update_", "delete_", "add_", "remove_", "set_")
@@ -65,7 +67,7 @@ def _writes(conn: MagicMock) -> list[str]:
 
 
 def _renderer(site: Site, _secrets: Any) -> dict[str, bytes]:
-    return {n.name: f"#cloud-config\n# {n.name}\n".encode() for n in site.nodes}
+    return {n.name: f"#cloud-config\n# {n.name}\n".encode() for n in site.machines}
 
 
 def test_a_dry_run_makes_no_write_call_and_plans_every_resource(site):
@@ -74,7 +76,7 @@ def test_a_dry_run_makes_no_write_call_and_plans_every_resource(site):
     assert _writes(conn) == []
     kinds = {type(s) for s in dry.plan.steps}
     assert {CreateNetwork, CreateSubnet, CreateRouter, CreateSecurityGroup, CreateRules, CreatePort} <= kinds
-    assert [s.name for s in dry.plan.of(CreateServer)] == [n.name for n in site.nodes]
+    assert [s.name for s in dry.plan.of(CreateServer)] == [n.name for n in site.machines]
 
 
 def test_the_printed_plan_and_converge_read_the_same_actions(site):
@@ -110,9 +112,72 @@ def test_the_printed_plan_and_converge_read_the_same_actions(site):
     assert sorted((a["name"], a["flavor_id"]) for a in booted) == sorted(
         (s.name, f"id-{s.flavor}") for s in done.plan.booting
     )
-    assert done.servers == {n.name: "ACTIVE" for n in site.nodes}
+    assert done.servers == {n.name: "ACTIVE" for n in site.machines}
 
 
 def test_changes_summary_and_counts_come_from_the_actions():
     plan = Plan((Keep("network", "n"), Keep("subnet", "s", "10.0.0.0/24")))
     assert plan.changes == [] and plan.summary() == "nothing to change"
+
+
+def test_the_edge_nodes_are_planned_and_created_like_the_others(site):
+    """Their group, the edge VIP's port, their ports with the VIP pair, their servers (outside the
+    control planes' server group) and the floating IP on the edge VIP's port."""
+    assert site.edge is not None and site.edge.vip is not None
+    names = Names(site)
+    conn = _empty_project(site)
+    done = site_deploy(site, generate(), conn=conn, renderer=_renderer, progress=False)
+    plan = done.plan
+
+    (edge_group,) = plan.of(CreateSecurityGroup, lambda g: g.role == "edge")
+    assert edge_group.name == f"{site.name}-edge"
+    (edge_rules,) = plan.of(CreateRules, lambda r: r.role == "edge")
+    assert set(edge_rules.rules) == rules(site, "edge")
+    ports = {p.spec.name: p.spec for p in plan.of(CreatePort)}
+    vip = str(site.edge.vip)
+    assert ports[names.edge_vip_port].fixed_ip == vip and ports[names.edge_vip_port].roles == {"edge"}
+    for node in site.edge_nodes:
+        spec = ports[names.port(node.name)]
+        assert (spec.fixed_ip, spec.roles, spec.pairs) == (str(node.address), {"edge"}, {vip})
+    for node in site.nodes:
+        assert vip not in ports[names.port(node.name)].pairs
+    edge_servers = plan.of(CreateServer, lambda s: s.node.role == "edge")
+    assert [(s.name, s.flavor) for s in edge_servers] == [(n.name, "m1.small") for n in site.edge_nodes]
+
+    booted = {c.kwargs["name"]: c.kwargs for c in conn.compute.create_server.call_args_list}
+    for node in site.edge_nodes:
+        assert "scheduler_hints" not in booted[node.name]
+        assert booted[node.name]["networks"] == [{"port": f"port-{names.port(node.name)}"}]
+        assert booted[node.name]["metadata"]["nodekiln-role"] == "edge"
+    assert all("scheduler_hints" in booted[n.name] for n in site.control_planes)
+
+    (fip,) = plan.of(CreateFloatingIP)  # the example has no floatingIP for the API endpoint
+    assert (fip.edge, fip.vip, fip.port, fip.name) == (True, vip, names.edge_vip_port, f"edge {vip}")
+    sent = conn.network.create_ip.call_args.kwargs
+    assert (sent["port_id"], sent["fixed_ip_address"], sent["description"]) == (
+        f"port-{names.edge_vip_port}",
+        vip,
+        names.fip_description(edge=True),
+    )
+
+
+def test_no_edge_floating_ip_when_the_site_says_so(site_file):
+    def change(doc: dict[str, Any]) -> None:
+        doc["openstack"]["image"]["name"] = "nodekiln-test"
+        doc["openstack"]["edgeFloatingIP"] = False
+
+    site = load_site(site_file(change))
+    dry = site_deploy(site, generate(), dry_run=True, conn=_empty_project(site), renderer=_renderer, progress=False)
+    assert dry.plan.of(CreateFloatingIP) == []
+
+
+def test_an_edge_without_its_flavor_is_refused_before_any_call(site_file):
+    def change(doc: dict[str, Any]) -> None:
+        doc["openstack"]["image"]["name"] = "nodekiln-test"
+        doc["openstack"]["flavors"].pop("edge")
+
+    site = load_site(site_file(change))  # (until config/site.py's check_site calls check_openstack)
+    conn = _empty_project(site)
+    with pytest.raises(CheckError, match=r"openstack\.flavors: needs an entry for edge"):
+        site_deploy(site, generate(), dry_run=True, conn=conn, renderer=_renderer, progress=False)
+    assert conn.mock_calls == []
