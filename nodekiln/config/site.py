@@ -22,7 +22,7 @@ from nodekiln.config.addons import AddonsSpec, check_addons
 from nodekiln.config.appliance import Appliance
 from nodekiln.config.edge import Edge
 from nodekiln.config.model import DNS_LABEL, DURATION, Strict
-from nodekiln.config.openstack import OpenStackSpec
+from nodekiln.config.openstack import OpenStackSpec, check_openstack
 from nodekiln.config.recipe import ImageRecipe
 from nodekiln.errors import Problem, SiteError
 
@@ -471,6 +471,7 @@ def check_site(site: Site) -> list[tuple[yamlsrc.PathKey, str]]:
         )
     found.extend(check_addons(site))
     found.extend(check_edge(site))
+    found.extend(check_openstack(site))
     return found
 
 

@@ -207,9 +207,11 @@ def test_an_edge_needs_an_edge_flavor(site_file, example_site):
     def no_edge_flavor(doc):
         doc["openstack"]["flavors"].pop("edge")
 
-    site = load_site(site_file(no_edge_flavor))
-    ((path, message),) = check_openstack(site)
-    assert path == ("openstack", "flavors") and message.startswith("needs an entry for edge")
+    path = site_file(no_edge_flavor)
+    with pytest.raises(SiteError) as info:  # load_site reports it with the line
+        load_site(path)
+    (problem,) = info.value.problems
+    assert str(problem).startswith(f"{path}:") and " openstack.flavors: needs an entry for edge" in str(problem)
     assert check_openstack(load_site(example_site)) == []
     assert check_openstack(load_site(site_file(lambda d: (no_edge_flavor(d), _no_edge(d))))) == []
 

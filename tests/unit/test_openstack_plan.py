@@ -26,7 +26,7 @@ from nodekiln.openstack.actions import (
     Keep,
     Plan,
 )
-from nodekiln.openstack.deploy import CheckError, site_deploy
+from nodekiln.openstack.deploy import site_deploy
 from nodekiln.openstack.resources import Names, rules
 from nodekiln.secrets import generate
 
@@ -169,15 +169,3 @@ def test_no_edge_floating_ip_when_the_site_says_so(site_file):
     site = load_site(site_file(change))
     dry = site_deploy(site, generate(), dry_run=True, conn=_empty_project(site), renderer=_renderer, progress=False)
     assert dry.plan.of(CreateFloatingIP) == []
-
-
-def test_an_edge_without_its_flavor_is_refused_before_any_call(site_file):
-    def change(doc: dict[str, Any]) -> None:
-        doc["openstack"]["image"]["name"] = "nodekiln-test"
-        doc["openstack"]["flavors"].pop("edge")
-
-    site = load_site(site_file(change))  # (until config/site.py's check_site calls check_openstack)
-    conn = _empty_project(site)
-    with pytest.raises(CheckError, match=r"openstack\.flavors: needs an entry for edge"):
-        site_deploy(site, generate(), dry_run=True, conn=conn, renderer=_renderer, progress=False)
-    assert conn.mock_calls == []
