@@ -155,3 +155,13 @@ def boot_image(cloud: devcloud.DevCloud, tmp_path_factory: pytest.TempPathFactor
     site = load_site(directory / "site.yaml")
     image, manifest = write_build(directory / "build", site.name, size_mib=1)
     return upload_image(site, image, manifest, progress=False).name
+
+
+def load_with_secrets(path: Path):
+    """The site at `path` and its secrets (made on first use)."""
+    from nodekiln.config.site import load_site
+    from nodekiln.secrets import SecretStore
+
+    site = load_site(path)
+    secrets, _ = SecretStore(site.directory, site.name).ensure()
+    return site, secrets

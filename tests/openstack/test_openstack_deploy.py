@@ -15,14 +15,13 @@ import pytest
 
 from nodekiln import run
 from nodekiln.bootstrap.jointoken import JoinTokenError
-from nodekiln.config.site import load_site
 from nodekiln.openstack import join, reach
 from nodekiln.openstack.cloud import count_calls
 from nodekiln.openstack.deploy import CheckError, DeployError, site_deploy, site_destroy, tagged_leftovers
 from nodekiln.openstack.images import ImageChecksumError, image_name, upload_image, verify
 from nodekiln.openstack.resources import Names
 from nodekiln.openstack.userdata import digest, render_user_data
-from nodekiln.secrets import SecretStore
+from tests.openstack.conftest import load_with_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,12 +29,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]  # openstacksdk 4.x deprecation notices
-
-
-def _load(path: Path):
-    site = load_site(path)
-    secrets, _ = SecretStore(site.directory, site.name).ensure()
-    return site, secrets
 
 
 def _three_plus_two(doc: dict) -> None:
@@ -46,7 +39,7 @@ def _three_plus_two(doc: dict) -> None:
 
 
 def test_upload_verifies_checksum_then_reuses_by_hash(make_site, build_artifact, user, tmp_path):
-    site, _ = _load(make_site(image={"visibility": "shared", "firmware": "uefi", "tags": ["lab"]}))
+    site, _ = load_with_secrets(make_site(image={"visibility": "shared", "firmware": "uefi", "tags": ["lab"]}))
     image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=8)
     first = upload_image(site, image, manifest, conn=user, progress=True)
     assert not first.reused and first.bytes == image.stat().st_size
@@ -77,7 +70,7 @@ def test_upload_verifies_checksum_then_reuses_by_hash(make_site, build_artifact,
 
 def test_upload_tells_the_cloud_the_artifacts_secure_boot(make_site, build_artifact, user, tmp_path):
     """The manifest's bootChain decides: required and off reach Glance as Nova reads them."""
-    site, _ = _load(make_site(image={"firmware": "uefi"}))
+    site, _ = load_with_secrets(make_site(image={"firmware": "uefi"}))
     for mode, expected in (("required", ("required", "q35")), ("off", ("disabled", None))):
         image, manifest = build_artifact(tmp_path / mode, site.name, size_mib=1, secure_boot=mode)
         uploaded = upload_image(site, image, manifest, conn=user, progress=False)
@@ -87,7 +80,7 @@ def test_upload_tells_the_cloud_the_artifacts_secure_boot(make_site, build_artif
 
 def test_interrupted_upload_is_cleaned_up_on_the_next_run(make_site, build_artifact, user, tmp_path):
     """The uploader is killed (SIGKILL) half way: Glance keeps a queued/saving image; the rerun deletes it."""
-    site, _ = _load(make_site())
+    site, _ = load_with_secrets(make_site())
     image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=64, suffix="raw")
     script = tmp_path / "killed_upload.py"
     script.write_text(
@@ -116,7 +109,7 @@ def test_interrupted_upload_is_cleaned_up_on_the_next_run(make_site, build_artif
 
 
 def test_checksum_mismatch_is_an_error_and_deletes_the_image(make_site, build_artifact, user, tmp_path):
-    site, _ = _load(make_site())
+    site, _ = load_with_secrets(make_site())
     image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=1)
     uploaded = upload_image(site, image, manifest, conn=user, progress=False)
     stored = user.image.get_image(uploaded.image_id)
@@ -126,7 +119,7 @@ def test_checksum_mismatch_is_an_error_and_deletes_the_image(make_site, build_ar
 
 
 def test_raw_is_converted_with_qemu_img_when_the_site_asks(make_site, build_artifact, user, tmp_path):
-    site, _ = _load(make_site(image={"diskFormat": "raw"}))
+    site, _ = load_with_secrets(make_site(image={"diskFormat": "raw"}))
     image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=4)
     uploaded = upload_image(site, image, manifest, conn=user, progress=False)
     stored = user.image.get_image(uploaded.image_id)
@@ -141,7 +134,7 @@ def test_site_lifecycle_3_plus_2(make_site, user, admin, boot_image):
     path = make_site(
         _three_plus_two, image={"name": boot_image}, router={"create": True}, externalNetwork="public", floatingIP=True
     )
-    site, secrets = _load(path)
+    site, secrets = load_with_secrets(path)
     names = Names(site)
 
     dry = site_deploy(site, secrets, dry_run=True, conn=user, progress=False)
@@ -217,7 +210,7 @@ def test_site_lifecycle_3_plus_2(make_site, user, admin, boot_image):
     added = make_site(
         name=site.name, image={"name": boot_image}, router={"create": True}, externalNetwork="public", floatingIP=True
     )
-    added_site, _ = _load(added)
+    added_site, _ = load_with_secrets(added)
     result = site_deploy(added_site, secrets, conn=user, progress=False)
     assert [(s.kind, s.name) for s in result.plan.changes] == [("port", names.port("worker03")), ("server", "worker03")]
     assert result.servers["worker03"] == "ACTIVE"
@@ -244,14 +237,14 @@ def test_a_failure_half_way_is_fixed_by_a_rerun(make_site, user, boot_image):
     """worker02 asks for a flavor that exists but fits no hypervisor: it ends in ERROR, the rest
     is ACTIVE; with the flavor fixed in the site, the rerun replaces that server alone."""
     bad = make_site(_three_plus_two, image={"name": boot_image}, nodeFlavors={"worker02": "m1.huge"})
-    site, secrets = _load(bad)
+    site, secrets = load_with_secrets(bad)
     with pytest.raises(DeployError) as failed:
         site_deploy(site, secrets, conn=user, progress=False)
     message = str(failed.value)
     assert "server worker02: ERROR" in message and "m1.huge" in message
     assert message.count("server ") == 1
 
-    fixed, _ = _load(make_site(_three_plus_two, name=site.name, image={"name": boot_image}))
+    fixed, _ = load_with_secrets(make_site(_three_plus_two, name=site.name, image={"name": boot_image}))
     calls = count_calls(user)
     before = calls.writes
     result = site_deploy(fixed, secrets, conn=user, progress=False)
@@ -267,13 +260,13 @@ def test_a_node_added_after_the_join_token_expired(make_site, user, admin, boot_
     the API unreachable from here the deploy fails before it creates anything; with it reachable
     the new server boots with a fresh token, while its metadata digest stays the stored token's,
     so the next run sees no drift and writes nothing."""
-    site, secrets = _load(make_site(_three_plus_two, image={"name": boot_image}))
+    site, secrets = load_with_secrets(make_site(_three_plus_two, image={"name": boot_image}))
     site_deploy(site, secrets, conn=user, progress=False)
 
     def later() -> datetime:  # the clock of a deploy 25 h after the first
         return datetime.now(UTC) + timedelta(hours=25)
 
-    added, _ = _load(make_site(name=site.name, image={"name": boot_image}))
+    added, _ = load_with_secrets(make_site(name=site.name, image={"name": boot_image}))
 
     monkeypatch.setattr(reach, "local_networks", list)  # no addresses: not on the site network, and no floating IP
     calls = count_calls(user)
@@ -326,7 +319,7 @@ def test_missing_flavor_and_image_are_reported_before_anything_is_created(make_s
     path = make_site(
         flavors={"control-plane": "m1.small", "worker": "m1.nope", "edge": "m1.small"}, image={"name": "no-such-image"}
     )
-    site, secrets = _load(path)
+    site, secrets = load_with_secrets(path)
     calls = count_calls(user)
     with pytest.raises(CheckError) as failed:
         site_deploy(site, secrets, conn=user, progress=False)
@@ -351,7 +344,7 @@ def test_quota_is_checked_before_anything_is_created(make_site, user, admin, boo
     project = admin.identity.find_project("nodekiln")
     admin.compute.update_quota_set(project.id, instances=2)
     try:
-        site, secrets = _load(make_site(image={"name": boot_image}))
+        site, secrets = load_with_secrets(make_site(image={"name": boot_image}))
         calls = count_calls(user)
         before = calls.writes
         with pytest.raises(CheckError, match=r"quota: 8 more instances needed, \d+ left of 2"):  # 6 nodes, 2 edge
@@ -364,7 +357,7 @@ def test_quota_is_checked_before_anything_is_created(make_site, user, admin, boo
 
 def test_task_upload_image_takes_the_newest_build_of_the_site(make_site, build_artifact, cloud, user, tmp_path):
     path = make_site()
-    site, _ = _load(path)
+    site, _ = load_with_secrets(path)
     build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)
     time.sleep(0.05)
     _newest, manifest = build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 
 from nodekiln.bootstrap.firewall import edge_ports
-from nodekiln.config.site import load_site
 from nodekiln.openstack.deploy import site_deploy, site_destroy, tagged_leftovers
 from nodekiln.openstack.resources import Names, Rule, observed_rule
 from nodekiln.openstack.userdata import render_user_data
-from nodekiln.secrets import SecretStore
+from tests.openstack.conftest import load_with_secrets
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]  # openstacksdk 4.x deprecation notices
-
-
-def _load(path: Path):
-    site = load_site(path)
-    secrets, _ = SecretStore(site.directory, site.name).ensure()
-    return site, secrets
 
 
 def _one_plus_one(doc: dict) -> None:
@@ -42,7 +34,7 @@ def _single_edge(doc: dict) -> None:
 def test_a_site_with_two_edge_nodes(make_site, user, admin, boot_image):
     """Dry run, deploy, rerun (no writes), destroy (nothing tagged left) of a site with an edge pair."""
     path = make_site(_one_plus_one, image={"name": boot_image}, router={"create": True}, externalNetwork="public")
-    site, secrets = _load(path)
+    site, secrets = load_with_secrets(path)
     names = Names(site)
     assert site.edge is not None and site.edge.vip is not None and len(site.edge_nodes) == 2
     vip = str(site.edge.vip)
@@ -139,7 +131,7 @@ def test_a_site_with_two_edge_nodes(make_site, user, admin, boot_image):
 
 def test_a_single_edge_node_gets_the_floating_ip_on_its_own_port(make_site, user, boot_image):
     path = make_site(_single_edge, image={"name": boot_image}, router={"create": True}, externalNetwork="public")
-    site, secrets = _load(path)
+    site, secrets = load_with_secrets(path)
     names = Names(site)
     (node,) = site.edge_nodes
     done = site_deploy(site, secrets, conn=user, progress=False)

@@ -12,7 +12,7 @@ import pytest
 from nodekiln.bootstrap.edge import PATHS, edge_files
 from nodekiln.config.site import Site, load_site
 from nodekiln.secrets import SecretStore
-from tests.tools.conftest import require
+from tests.tools.conftest import keepalived_test, require
 
 pytestmark = pytest.mark.tools
 
@@ -164,18 +164,9 @@ def test_keepalived_accepts_the_edge_pair(edge_out):
     if len(site.edge_nodes) != 2:
         assert not any((out / n.name / "etc/keepalived").exists() for n in site.edge_nodes)
         return
-    keepalived, unshare = require("keepalived"), require("unshare")
     for node in site.edge_nodes:
-        folder = out / node.name / "etc/keepalived"
-        script = f"ip link add {site.controlPlane.interface} type veth peer name nkpeer0 && mount --bind {folder} /etc/keepalived && exec {keepalived} -t -l -D -f /etc/keepalived/keepalived.conf"
-        result = subprocess.run(
-            [unshare, "-n", "-m", "--propagation", "private", "sh", "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        text = (result.stdout + result.stderr).strip()
-        assert result.returncode in (0, 143, -15) and text == "", f"exit {result.returncode}: {text}"
+        code, text = keepalived_test(out / node.name / "etc/keepalived", site.controlPlane.interface)
+        assert code in (0, 143, -15) and text == "", f"exit {code}: {text}"
 
 
 def unit_problems(units: dict[str, str], work: Path) -> list[str]:

@@ -12,6 +12,7 @@ from nodekiln.bootstrap.firewall import firewall_files
 from nodekiln.bootstrap.ha import ha_files
 from nodekiln.config.site import load_site
 from nodekiln.secrets import SecretStore
+from tests.tools.conftest import keepalived_test
 
 pytestmark = pytest.mark.tools
 
@@ -75,44 +76,24 @@ def test_haproxy_accepts_the_config(rendered):
 
 
 def test_keepalived_accepts_the_config(rendered):
-    """`keepalived -t` in a network namespace with the site's interface, the rendered folder
-    mounted on /etc/keepalived (the check script must pass keepalived's script security).
-    keepalived 2.2.7 exits 0 for a missing file, and SIGTERMs itself (143) after testing a
-    config with a vrrp_script: so the file must exist and the test must print nothing."""
+    """`keepalived -t` of every control plane's rendered folder (tests/tools/conftest.py)."""
     site, out = rendered
-    keepalived, unshare = need("keepalived"), need("unshare")
-    need("ip")
-    iface = site.controlPlane.interface
     for cp in site.control_planes:
         folder = out / cp.name / "etc/keepalived"
         assert (folder / "keepalived.conf").is_file() and (folder / "check_apiserver.sh").is_file()
-        script = f"ip link add {iface} type veth peer name nkpeer0 && mount --bind {folder} /etc/keepalived && exec {keepalived} -t -l -D -f /etc/keepalived/keepalived.conf"
-        result = subprocess.run(
-            [unshare, "-n", "-m", "--propagation", "private", "sh", "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        text = (result.stdout + result.stderr).strip()
-        assert result.returncode in (0, 143, -15) and text == "", f"exit {result.returncode}: {text}"
+        code, text = keepalived_test(folder, site.controlPlane.interface)
+        assert code in (0, 143, -15) and text == "", f"exit {code}: {text}"
 
 
 def test_keepalived_check_catches_a_broken_config(rendered, tmp_path):
-    """The check above is not vacuous: an unknown keyword and a missing interface are reported."""
+    """The check above is not vacuous: an unknown keyword is reported."""
     site, out = rendered
-    keepalived, unshare = need("keepalived"), need("unshare")
     folder = tmp_path / "broken"
     shutil.copytree(out / site.init_node.name / "etc/keepalived", folder)
     conf = folder / "keepalived.conf"
     conf.write_text(conf.read_text().replace("advert_int", "advert_intervall"))
-    script = f"ip link add {site.controlPlane.interface} type veth peer name nkpeer0 && mount --bind {folder} /etc/keepalived && exec {keepalived} -t -l -D -f /etc/keepalived/keepalived.conf"
-    result = subprocess.run(
-        [unshare, "-n", "-m", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "Unknown keyword 'advert_intervall'" in result.stdout + result.stderr
+    _, text = keepalived_test(folder, site.controlPlane.interface)
+    assert "Unknown keyword 'advert_intervall'" in text
 
 
 def test_nft_accepts_every_role(rendered):
