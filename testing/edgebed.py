@@ -247,6 +247,22 @@ class LoadRun:
     def __init__(self, proc: subprocess.Popen[bytes]):
         self.proc = proc
 
+    def peek(self) -> dict[str, Any]:
+        """The summary so far, the load going on."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"stat\n")
+        self.proc.stdin.flush()
+        summary: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return summary
+
+    def wait_for(self, bodies: set[str], timeout: float = 15) -> None:
+        """Until every one of `bodies` (the servers' answers) was seen."""
+        deadline = time.monotonic() + timeout
+        while not bodies <= set(self.peek()["servers"]):
+            if time.monotonic() > deadline:
+                raise EdgebedError(f"the load saw {sorted(self.peek()['servers'])} in {timeout} s, expected {sorted(bodies)}")
+            time.sleep(0.05)
+
     def stop(self) -> dict[str, Any]:
         assert self.proc.stdin is not None
         try:
@@ -568,11 +584,15 @@ class EdgeBed:
                 data += chunk
         return data.decode(errors="replace")
 
-    def server_states(self) -> dict[str, str]:
-        """backend ingress's servers: name -> status (UP, DOWN, ...), from `show stat`."""
+    def server_stats(self) -> dict[str, dict[str, str]]:
+        """backend ingress's servers: name -> their row of `show stat` (status, check_status...)."""
         text = self.admin("show stat").lstrip("# ")
         rows = csv.DictReader(io.StringIO(text))
-        return {r["svname"]: r["status"] for r in rows if r["pxname"] == "ingress" and r["svname"] not in ("FRONTEND", "BACKEND")}
+        return {r["svname"]: r for r in rows if r["pxname"] == "ingress" and r["svname"] not in ("FRONTEND", "BACKEND")}
+
+    def server_states(self) -> dict[str, str]:
+        """backend ingress's servers: name -> status (UP, DOWN, "UP 1/3": going down...)."""
+        return {name: row["status"] for name, row in self.server_stats().items()}
 
     def wait_states(self, want: dict[str, str], timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -581,7 +601,7 @@ class EdgeBed:
                 states = self.server_states()
             except OSError:
                 states = {}
-            if all(states.get(k, "").startswith(v) for k, v in want.items()):
+            if all(states.get(k) == v for k, v in want.items()):  # "UP 1/3" is not UP yet
                 return
             if time.monotonic() > deadline:
                 raise EdgebedError(f"HAProxy's servers after {timeout} s: {states}, expected {want}")
@@ -593,7 +613,7 @@ class EdgeBed:
             if not self.running(name, "standin"):
                 self.start_standin(name)
         self.set_dns(self.address)
-        self.wait_states({name: "UP" for name in self.machines if name in self.server_names()}, timeout=30)
+        self.wait_states({name: "UP" for name in self.server_names()}, timeout=30)
 
     def server_names(self) -> list[str]:
         return [w.name for w in self.workers] + ([BACKUP_NAME] if self.es.backup_ca else [])
@@ -669,10 +689,12 @@ class EdgeBed:
 
     @contextmanager
     def steady_load(self, *, verify: bool = True) -> Iterator[dict[str, Any]]:
-        """A load for the duration of the block; the dict holds its summary afterwards."""
+        """A load for the duration of the block, which starts once every worker answered it;
+        the dict holds its summary afterwards."""
         summary: dict[str, Any] = {}
         handle = self.load(verify=verify)
         try:
+            handle.wait_for({f"ok {w.name}" for w in self.workers})
             yield summary
         finally:
             summary.update(handle.stop())

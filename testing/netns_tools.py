@@ -7,7 +7,7 @@ start in ~50 ms, which matters when measuring a fail-over).
     python -m testing.netns_tools probe URL                      after 'go' on stdin: first success
     python -m testing.netns_tools connect HOST TIMEOUT PORT...   'PORT open|closed|filtered'
     python -m testing.netns_tools load NAME ADDR PORT CAFILE|- [THREADS]
-                                                                 HTTPS GETs for NAME until a line on stdin
+                                                                 HTTPS GETs for NAME until 'stop' on stdin
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _https_get(name: str, addr: str, port: int, context: ssl.SSLContext, timeout
 
 def load(name: str, addr: str, port: int, cafile: str, threads: int = 4, timeout: float = 5.0) -> None:
     """A steady load on the edge: THREADS loops, each one GET after another on new connections,
-    until a line (or EOF) on stdin; then one JSON line: requests, failures (CLOCK_MONOTONIC time
+    until a line other than `stat` (or EOF) on stdin; then (and after each `stat`) one JSON line: requests, failures (CLOCK_MONOTONIC time
     and reason; a status other than 200 is one), answers per server (the stand-ins' bodies), and
     per server and per certificate the first and last time seen. With CAFILE the chain and the
     name are verified (a failure otherwise)."""
@@ -192,14 +192,18 @@ def load(name: str, addr: str, port: int, cafile: str, threads: int = 4, timeout
     workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
     for w in workers:
         w.start()
+    def report() -> None:
+        with lock:
+            summary.update(failures=failures, servers=servers, certs=certs)
+            print(json.dumps(summary), flush=True)
+
     print("ready", flush=True)
-    sys.stdin.readline()
+    while sys.stdin.readline().strip() == "stat":  # the summary so far; anything else stops
+        report()
     stop.set()
     for w in workers:
         w.join(timeout + 1)
-    with lock:
-        summary.update(failures=failures, servers=servers, certs=certs)
-        print(json.dumps(summary), flush=True)
+    report()
 
 
 def main(argv: list[str]) -> None:
