@@ -40,6 +40,7 @@ import io
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -64,7 +65,7 @@ from nodekiln.bootstrap.nodefiles import NodeFile
 from nodekiln.config.site import Node, Site, load_site
 from nodekiln.errors import MissingToolError, NodekilnError
 from nodekiln.run import Result, run, which
-from nodekiln.secrets import KeyPair, SecretStore, Secrets, make_ca
+from nodekiln.secrets import KeyPair, Secrets, SecretStore, make_ca
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "nke"
@@ -225,8 +226,6 @@ def fd_limit_args() -> list[str]:
     open files is below what the rendered maxconn needs (2 per connection and some): on the
     edge node systemd's hard limit (524288) is far above; in this container it can be 20000,
     and HAProxy would refuse to start ("Cannot raise FD limit"). Nothing else changes."""
-    import resource
-
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard == resource.RLIM_INFINITY or hard >= 2 * MAXCONN + 1000:
         return []
@@ -260,7 +259,9 @@ class LoadRun:
         deadline = time.monotonic() + timeout
         while not bodies <= set(self.peek()["servers"]):
             if time.monotonic() > deadline:
-                raise EdgebedError(f"the load saw {sorted(self.peek()['servers'])} in {timeout} s, expected {sorted(bodies)}")
+                raise EdgebedError(
+                    f"the load saw {sorted(self.peek()['servers'])} in {timeout} s, expected {sorted(bodies)}"
+                )
             time.sleep(0.05)
 
     def stop(self) -> dict[str, Any]:
@@ -381,7 +382,9 @@ class EdgeBed:
             ns = self.ns(name)
             self._ip("netns", "add", ns)
             self.namespaces.append(ns)
-            self._ip("link", "add", f"v{i}", "netns", self.bridge, "type", "veth", "peer", "name", self.iface, "netns", ns)
+            self._ip(
+                "link", "add", f"v{i}", "netns", self.bridge, "type", "veth", "peer", "name", self.iface, "netns", ns
+            )
             self._ip("-n", ns, "addr", "add", f"{address}/{prefix}", "dev", self.iface)
             self._ip("-n", ns, "link", "set", "lo", "up")
             self._ip("-n", ns, "link", "set", self.iface, "up")
@@ -443,13 +446,24 @@ class EdgeBed:
             if proc is not None and proc.poll() is not None:
                 raise EdgebedError(f"{key} on {name} exited {proc.returncode}:\n{self.log(name, key)[-3000:]}")
             if time.monotonic() > deadline:
-                raise EdgebedError(f"{key} on {name} did not say {text!r} within {timeout} s:\n{self.log(name, key)[-3000:]}")
+                raise EdgebedError(
+                    f"{key} on {name} did not say {text!r} within {timeout} s:\n{self.log(name, key)[-3000:]}"
+                )
             time.sleep(0.05)
 
     def start_standin(self, name: str) -> None:
         port = 443 if name == BACKUP_NAME else self.backend_port
         tls = self.dir(name) / "tls"
-        argv = [sys.executable, "-m", "testing.netns_tools", "standin", name, f"{tls}/tls.crt", f"{tls}/tls.key", str(port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "testing.netns_tools",
+            "standin",
+            name,
+            f"{tls}/tls.crt",
+            f"{tls}/tls.key",
+            str(port),
+        ]
         start = len(self.log(name, "standin"))
         self.start(name, "standin", argv)
         self.wait_log(name, "standin", "ready", start=start)
@@ -500,7 +514,11 @@ class EdgeBed:
         self.start("pebble", "pebble", argv, env=env)
         self.wait_port("pebble", PEBBLE_MANAGEMENT_PORT, "pebble")
         self.wait_port("pebble", PEBBLE_PORT, "pebble")
-        self.pebble_root = self.client_curl(f"https://{self.es.pebble}:{PEBBLE_MANAGEMENT_PORT}/roots/0", "--cacert", str(self.dir("client") / "acme-ca.pem"))
+        self.pebble_root = self.client_curl(
+            f"https://{self.es.pebble}:{PEBBLE_MANAGEMENT_PORT}/roots/0",
+            "--cacert",
+            str(self.dir("client") / "acme-ca.pem"),
+        )
 
     def client_curl(self, url: str, *args: str) -> str:
         """curl from the client namespace; the body, or an EdgebedError."""
@@ -508,7 +526,20 @@ class EdgeBed:
         ca.parent.mkdir(parents=True, exist_ok=True)
         ca.write_text(self.es.acme_ca.cert)
         result = run(
-            ["ip", "netns", "exec", self.ns("client"), "curl", "--silent", "--show-error", "--fail", "--max-time", "5", *args, url],
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns("client"),
+                "curl",
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--max-time",
+                "5",
+                *args,
+                url,
+            ],
             timeout=15,
             check=False,
         )
@@ -520,8 +551,20 @@ class EdgeBed:
         """Where pebble-challtestsrv says every name is (the edge node, or elsewhere)."""
         body = json.dumps({"ip": address})
         run(
-            ["ip", "netns", "exec", self.ns("pebble"), "curl", "--silent", "--fail", "--max-time", "5", "-d", body,
-             f"http://127.0.0.1:{CHALLTESTSRV_MANAGEMENT_PORT}/set-default-ipv4"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns("pebble"),
+                "curl",
+                "--silent",
+                "--fail",
+                "--max-time",
+                "5",
+                "-d",
+                body,
+                f"http://127.0.0.1:{CHALLTESTSRV_MANAGEMENT_PORT}/set-default-ipv4",
+            ],
             timeout=15,
         )
 
@@ -537,7 +580,9 @@ class EdgeBed:
             if proc is not None and proc.poll() is not None:
                 raise EdgebedError(f"{key} on {name} exited {proc.returncode}:\n{self.log(name, key)[-3000:]}")
             if time.monotonic() > deadline:
-                raise EdgebedError(f"nothing listens on {port} in {name} after {timeout} s:\n{self.log(name, key)[-3000:]}")
+                raise EdgebedError(
+                    f"nothing listens on {port} in {name} after {timeout} s:\n{self.log(name, key)[-3000:]}"
+                )
             time.sleep(0.05)
 
     def start_haproxy(self) -> None:
@@ -623,8 +668,16 @@ class EdgeBed:
         openssl s_client in the client namespace."""
         result = run(
             [
-                "ip", "netns", "exec", self.ns("client"), "openssl", "s_client", "-connect", f"{self.address}:443",
-                "-servername", name or self.domain,
+                "ip",
+                "netns",
+                "exec",
+                self.ns("client"),
+                "openssl",
+                "s_client",
+                "-connect",
+                f"{self.address}:443",
+                "-servername",
+                name or self.domain,
             ],
             input="",
             timeout=15,
@@ -653,9 +706,21 @@ class EdgeBed:
         """curl in the client namespace, the domain resolved to the edge node."""
         return run(
             [
-                "ip", "netns", "exec", self.ns("client"), "curl", "--silent", "--show-error", "--max-time", "5",
-                "--resolve", f"{self.domain}:80:{self.address}", "--resolve", f"{self.domain}:443:{self.address}",
-                *args, url,
+                "ip",
+                "netns",
+                "exec",
+                self.ns("client"),
+                "curl",
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "5",
+                "--resolve",
+                f"{self.domain}:80:{self.address}",
+                "--resolve",
+                f"{self.domain}:443:{self.address}",
+                *args,
+                url,
             ],
             timeout=15,
             check=False,
@@ -672,8 +737,19 @@ class EdgeBed:
         cafile = str(self.pebble_root_file()) if verify else "-"
         proc = subprocess.Popen(
             [
-                "ip", "netns", "exec", self.ns("client"), sys.executable, "-m", "testing.netns_tools", "load",
-                self.domain, self.address, "443", cafile, str(threads),
+                "ip",
+                "netns",
+                "exec",
+                self.ns("client"),
+                sys.executable,
+                "-m",
+                "testing.netns_tools",
+                "load",
+                self.domain,
+                self.address,
+                "443",
+                cafile,
+                str(threads),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

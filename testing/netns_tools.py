@@ -136,13 +136,15 @@ def connect(host: str, timeout: float, ports: list[int]) -> None:
 def _https_get(name: str, addr: str, port: int, context: ssl.SSLContext, timeout: float) -> tuple[int, str, str]:
     """One GET of https://NAME/ sent to ADDR:PORT (SNI and Host: NAME) on a new connection:
     (status, body, SHA-256 of the certificate served)."""
-    with socket.create_connection((addr, port), timeout=timeout) as raw:
-        with context.wrap_socket(raw, server_hostname=name) as tls:
-            der = tls.getpeercert(binary_form=True) or b""
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
+    with (
+        socket.create_connection((addr, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True) or b""
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
     return status, body.decode(errors="replace").strip(), hashlib.sha256(der).hexdigest()
@@ -154,10 +156,7 @@ def load(name: str, addr: str, port: int, cafile: str, threads: int = 4, timeout
     and reason; a status other than 200 is one), answers per server (the stand-ins' bodies), and
     per server and per certificate the first and last time seen. With CAFILE the chain and the
     name are verified (a failure otherwise)."""
-    if cafile == "-":
-        context = _context()
-    else:
-        context = ssl.create_default_context(cafile=cafile)
+    context = _context() if cafile == "-" else ssl.create_default_context(cafile=cafile)
     lock = threading.Lock()
     stop = threading.Event()
     summary: dict[str, object] = {"requests": 0}
@@ -192,6 +191,7 @@ def load(name: str, addr: str, port: int, cafile: str, threads: int = 4, timeout
     workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
     for w in workers:
         w.start()
+
     def report() -> None:
         with lock:
             summary.update(failures=failures, servers=servers, certs=certs)

@@ -117,7 +117,10 @@ def test_first_issuance_through_http01_end_to_end(tb):
     challenge_lines = [
         line for line in tb.log(tb.edge.name, "haproxy").splitlines() if "/.well-known/acme-challenge/" in line
     ]
-    assert any(line.startswith(f"{tb.es.pebble}:") and "certbot/certbot" in line and " 200 " in line for line in challenge_lines)
+    assert any(
+        line.startswith(f"{tb.es.pebble}:") and "certbot/certbot" in line and " 200 " in line
+        for line in challenge_lines
+    )
     # the deploy hook: fullchain + key joined into HAProxy's PEM, HAProxy reloaded by its master
     lineage = tb.live
     assert tb.pem.read_text() == (lineage / "fullchain.pem").read_text() + (lineage / "privkey.pem").read_text()
@@ -181,7 +184,9 @@ def test_one_worker_stopped_no_failed_request(issued):
         time.sleep(LOAD_WINDOW_S)
     servers = summary["servers"]
     during = [f for f in summary["failures"] if f[0] < t_down]
-    print(f"worker stopped: DOWN after {t_down - t0:.2f} s; {summary['requests']} requests, {len(during)} failed before DOWN")
+    print(
+        f"worker stopped: DOWN after {t_down - t0:.2f} s; {summary['requests']} requests, {len(during)} failed before DOWN"
+    )
     assert f"Server ingress/{gone} is DOWN" in tb.log(tb.edge.name, "haproxy")
     assert failures_after(summary, t_down) == []  # fall 3 passed: the stopped worker gets nothing
     assert during == [], during[:5]  # and before: a refused connection is redispatched (retries 3)
@@ -215,15 +220,27 @@ def test_all_workers_stopped_the_backup_cluster_answers(issued):
 def test_unknown_host_gets_404_from_unknown_host(issued):
     tb = issued
     other = "unknown.example.org"
-    result = tb.curl(f"https://{other}/", "--insecure", "--resolve", f"{other}:443:{tb.address}", "--write-out", " %{http_code}")
+    result = tb.curl(
+        f"https://{other}/", "--insecure", "--resolve", f"{other}:443:{tb.address}", "--write-out", " %{http_code}"
+    )
     assert result.output.split() == ["unknown", "host", "404"], result.output
     # the domain's SNI with another Host header: routed by Host, still 404
-    result = tb.curl(f"https://{tb.domain}/", "--cacert", str(tb.pebble_root_file()), "-H", f"Host: {other}", "--write-out", " %{http_code}")
+    result = tb.curl(
+        f"https://{tb.domain}/",
+        "--cacert",
+        str(tb.pebble_root_file()),
+        "-H",
+        f"Host: {other}",
+        "--write-out",
+        " %{http_code}",
+    )
     assert result.output.split() == ["unknown", "host", "404"], result.output
     assert "https-in~ unknown_host/<NOSRV>" in tb.log(tb.edge.name, "haproxy")
     # the domain itself, upper case and with the port: the ingress
     for host in (tb.domain.upper(), f"{tb.domain}:443"):
-        result = tb.curl(f"https://{tb.domain}/", "--cacert", str(tb.pebble_root_file()), "-H", f"Host: {host}", "--fail")
+        result = tb.curl(
+            f"https://{tb.domain}/", "--cacert", str(tb.pebble_root_file()), "-H", f"Host: {host}", "--fail"
+        )
         assert result.output.strip() in worker_bodies(tb), (host, result.output)
 
 
