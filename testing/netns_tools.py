@@ -6,11 +6,15 @@ start in ~50 ms, which matters when measuring a fail-over).
     python -m testing.netns_tools get URL COUNT                  COUNT GETs, one body a line
     python -m testing.netns_tools probe URL                      after 'go' on stdin: first success
     python -m testing.netns_tools connect HOST TIMEOUT PORT...   'PORT open|closed|filtered'
+    python -m testing.netns_tools load NAME ADDR PORT CAFILE|- [THREADS]
+                                                                 HTTPS GETs for NAME until 'stop' on stdin
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import json
 import socket
 import ssl
 import sys
@@ -129,6 +133,79 @@ def connect(host: str, timeout: float, ports: list[int]) -> None:
         print(port, results[port])
 
 
+def _https_get(name: str, addr: str, port: int, context: ssl.SSLContext, timeout: float) -> tuple[int, str, str]:
+    """One GET of https://NAME/ sent to ADDR:PORT (SNI and Host: NAME) on a new connection:
+    (status, body, SHA-256 of the certificate served)."""
+    with (
+        socket.create_connection((addr, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True) or b""
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body.decode(errors="replace").strip(), hashlib.sha256(der).hexdigest()
+
+
+def load(name: str, addr: str, port: int, cafile: str, threads: int = 4, timeout: float = 5.0) -> None:
+    """A steady load on the edge: THREADS loops, each one GET after another on new connections,
+    until a line other than `stat` (or EOF) on stdin; then (and after each `stat`) one JSON line: requests, failures (CLOCK_MONOTONIC time
+    and reason; a status other than 200 is one), answers per server (the stand-ins' bodies), and
+    per server and per certificate the first and last time seen. With CAFILE the chain and the
+    name are verified (a failure otherwise)."""
+    context = _context() if cafile == "-" else ssl.create_default_context(cafile=cafile)
+    lock = threading.Lock()
+    stop = threading.Event()
+    summary: dict[str, object] = {"requests": 0}
+    failures: list[tuple[float, str]] = []
+    servers: dict[str, list[float]] = {}  # body -> [count, first, last]
+    certs: dict[str, list[float]] = {}  # sha256 -> [count, first, last]
+
+    def seen(table: dict[str, list[float]], key: str, stamp: float) -> None:
+        entry = table.setdefault(key, [0, stamp, stamp])
+        entry[0] += 1
+        entry[2] = stamp
+
+    def loop() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                status, body, cert = _https_get(name, addr, port, context, timeout)
+                error = "" if status == 200 else f"status {status}: {body[:80]}"
+            except (OSError, ValueError, IndexError) as exc:
+                error, body, cert = f"{type(exc).__name__}: {exc}", "", ""
+            with lock:
+                summary["requests"] = int(str(summary["requests"])) + 1
+                if error:
+                    failures.append((started, error))
+                else:
+                    stamp = time.monotonic()
+                    seen(servers, body, stamp)
+                    seen(certs, cert, stamp)
+            if error:
+                time.sleep(0.01)  # a refused connection returns at once: do not spin
+
+    workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+
+    def report() -> None:
+        with lock:
+            summary.update(failures=failures, servers=servers, certs=certs)
+            print(json.dumps(summary), flush=True)
+
+    print("ready", flush=True)
+    while sys.stdin.readline().strip() == "stat":  # the summary so far; anything else stops
+        report()
+    stop.set()
+    for w in workers:
+        w.join(timeout + 1)
+    report()
+
+
 def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
     if command == "standin":
@@ -141,6 +218,8 @@ def main(argv: list[str]) -> None:
         probe(args[0])
     elif command == "connect":
         connect(args[0], float(args[1]), [int(p) for p in args[2:]])
+    elif command == "load":
+        load(args[0], args[1], int(args[2]), args[3], int(args[4]) if len(args) > 4 else 4)
     else:
         raise SystemExit(f"unknown command {command}")
 
