@@ -55,6 +55,7 @@ def validate(c: Context, site: str | None = None) -> None:
     loaded = _site(site)
     report.say(
         f"{loaded.file}: site {loaded.name} is valid: {len(loaded.control_planes)} control planes, {len(loaded.workers)} workers, endpoint {loaded.endpoint}"
+        + (f"; edge: {len(loaded.edge_nodes)} nodes at {loaded.edge_address}" if loaded.edge_nodes else "")
     )
 
 
