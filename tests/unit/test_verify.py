@@ -1,0 +1,105 @@
+"""`invoke verify-image` and the checks before an artifact is used (nodekiln/images/verify.py):
+a build as nodekiln leaves it verifies; one changed byte of the artifact, a changed manifest,
+SBOM or provenance, a missing file or another site's key is refused with a message that names
+the file; upload-image refuses before any cloud call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from invoke.exceptions import Exit
+
+from nodekiln.images import verify
+from nodekiln.images.verify import VerificationError, verify_artifact
+from tests.provenance_fixtures import signed_build
+
+
+def flip(path: Path, at: int = 100) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 1
+    path.write_bytes(bytes(raw))
+
+
+def test_a_build_as_nodekiln_leaves_it_verifies(tmp_path: Path) -> None:
+    site_dir, artifact, _ = signed_build(tmp_path)
+    result = verify_artifact(site_dir, "lab", artifact)
+    assert result.packages == 5 and len(result.checks) == 7
+    assert result.checks[0].startswith(f"signature of {artifact.name}: good")
+
+
+def test_one_changed_byte_of_the_artifact_is_refused_naming_it(tmp_path: Path) -> None:
+    site_dir, artifact, _ = signed_build(tmp_path)
+    flip(artifact)
+    with pytest.raises(VerificationError, match=rf"{artifact.name}: its signature {artifact.name}.sig does not verify"):
+        verify_artifact(site_dir, "lab", artifact)
+
+
+@pytest.mark.parametrize("suffix", [".manifest.json", ".spdx.json", ".provenance.json"])
+def test_a_changed_file_beside_it_is_refused(tmp_path: Path, suffix: str) -> None:
+    site_dir, artifact, _ = signed_build(tmp_path)
+    beside = artifact.with_name(artifact.name.rsplit(".", 1)[0] + suffix)
+    beside.write_text(beside.read_text() + " ")
+    with pytest.raises(VerificationError, match=rf"{beside.name}: its signature .* does not verify"):
+        verify_artifact(site_dir, "lab", artifact)
+
+
+def test_a_re_signed_artifact_that_the_manifest_does_not_record_is_refused(tmp_path: Path) -> None:
+    """Signed by the builder key, but not the bytes this build recorded (say, another build's)."""
+    from nodekiln.images import signing
+
+    site_dir, artifact, _ = signed_build(tmp_path)
+    flip(artifact)
+    signing.sign(signing.trusted_key(site_dir, "lab"), artifact)
+    with pytest.raises(VerificationError, match=r"is not the .* that .*manifest\.json records"):
+        verify_artifact(site_dir, "lab", artifact)
+
+
+def test_a_missing_file_or_another_site_s_key_is_refused(tmp_path: Path) -> None:
+    site_dir, artifact, _ = signed_build(tmp_path)
+    other = tmp_path / "other"
+    verify.signing.builder_key(other, "lab")
+    with pytest.raises(VerificationError, match="does not verify against the builder key"):
+        verify_artifact(other, "lab", artifact)
+    artifact.with_name(artifact.name.rsplit(".", 1)[0] + ".spdx.json").unlink()
+    with pytest.raises(VerificationError, match=r"\.spdx\.json: missing beside"):
+        verify_artifact(site_dir, "lab", artifact)
+
+
+def test_the_task_prints_the_checks_or_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nodekiln import tasks
+
+    site_dir, artifact, _ = signed_build(tmp_path)
+    loaded = SimpleNamespace(directory=site_dir, name="lab")
+    original = tasks._site
+    tasks._site = lambda path: loaded  # type: ignore[assignment,return-value]
+    try:
+        tasks.verify_image.body(None, image=str(artifact))
+        out = capsys.readouterr().out
+        assert f"verified: {artifact}" in out and "signature of" in out
+        flip(artifact)
+        with pytest.raises(Exit) as caught:
+            tasks.verify_image.body(None, image=str(artifact))
+        err = capsys.readouterr().err
+        assert caught.value.code == 2 and "Traceback" not in err
+        assert err.startswith(f"error: {artifact}: its signature {artifact.name}.sig does not verify")
+    finally:
+        tasks._site = original  # type: ignore[assignment]
+
+
+def test_upload_image_refuses_a_tampered_artifact_before_any_cloud_call(tmp_path: Path) -> None:
+    from nodekiln.openstack import images
+
+    site_dir, artifact, manifest_path = signed_build(tmp_path)
+    flip(artifact)
+
+    class NoCloud:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"the cloud was called ({name}) before the artifact was verified")
+
+    site = SimpleNamespace(directory=site_dir, name="lab", openstack=SimpleNamespace(), file=tmp_path / "site.yaml")
+    with pytest.raises(VerificationError, match="does not verify"):
+        images.upload_image(site, artifact, manifest_path, conn=NoCloud(), progress=False)  # type: ignore[arg-type]
+    assert json.loads(manifest_path.read_text())["inputHash"]
