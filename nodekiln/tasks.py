@@ -297,10 +297,13 @@ def upload_image(c: Context, site: str | None = None, image: str | None = None) 
     }
 )
 @handled
-def verify_image(c: Context, image: str, site: str | None = None, against: str | None = None) -> None:
+def verify_image(c: Context, image: str | None = None, site: str | None = None, against: str | None = None) -> None:
     """Check an artifact's signatures, digests and SBOM against the site's builder key."""
     report = reporter()
     from nodekiln.images.verify import verify_artifact
+
+    if not image:
+        raise Exit("error: --image PATH is required (the qcow2, raw or ISO to verify)", code=2)
 
     loaded = _site(site)
     result = verify_artifact(loaded.directory, loaded.name, Path(image))

@@ -277,4 +277,6 @@ def test_the_sbom_beside_the_image_is_valid_spdx_and_lists_the_manifest_s_packag
     assert sbom.deb_package_count(doc) == len(manifest["packages"])
     assert doc["documentNamespace"].endswith("/" + manifest["inputHash"])
     if node_image.result is not None:  # built by this session with the test site's builder key
-        assert verify_artifact(test_site.directory, test_site.name, node_image.path).packages == len(manifest["packages"])
+        assert verify_artifact(test_site.directory, test_site.name, node_image.path).packages == len(
+            manifest["packages"]
+        )

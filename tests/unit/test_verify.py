@@ -103,3 +103,66 @@ def test_upload_image_refuses_a_tampered_artifact_before_any_cloud_call(tmp_path
     with pytest.raises(VerificationError, match="does not verify"):
         images.upload_image(site, artifact, manifest_path, conn=NoCloud(), progress=False)  # type: ignore[arg-type]
     assert json.loads(manifest_path.read_text())["inputHash"]
+
+
+def test_the_image_pipeline_signs_what_it_builds_and_the_sbom_inside_is_the_one_beside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """disk_tail (programs faked as in test_images_pipeline): every format verifies; the SBOM the
+    disk was assembled with is byte for byte the one beside it."""
+    from nodekiln.images import disk, sbom
+    from tests.unit.test_images_pipeline import FakeDisk, run_tail
+
+    fake = FakeDisk(monkeypatch)
+    seen: dict[str, str] = {}
+
+    def assemble(tree: Path, raw: Path, *args: object, **kwargs: object) -> None:
+        seen["sbom"] = (tree / sbom.SBOM_PATH).read_text()
+        fake.assemble(tree, raw, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(disk, "assemble", assemble)
+    plan, result = run_tail(tmp_path)
+    for fmt in ("qcow2", "raw"):
+        verified = verify_artifact(tmp_path, "lab", plan.artifact(fmt))
+        assert verified.input_hash == plan.input_hash
+    files = verify.companions(plan.artifact("qcow2"))
+    assert files.sbom.read_text() == seen["sbom"]
+    assert files.manifest == plan.manifest_path == result.manifest_path
+
+
+def test_an_iso_is_published_and_verified_with_its_suffix_in_the_names(tmp_path: Path) -> None:
+    """build_iso's last call (provenance.publish_iso) on an ISO and the manifest it writes."""
+    from nodekiln.images import manifest, provenance, sbom
+    from tests.provenance_fixtures import inside_manifest, make_root_tree
+
+    tree = make_root_tree(tmp_path / "tree")
+    image_inside = inside_manifest(tree)
+    inputs = {"kind": "appliance-iso", "image": image_inside["inputs"], "isoCode": {"nodekiln/images/iso.py": "1" * 64}}
+    hash_hex = manifest.input_hash(inputs)
+    out = tmp_path / "iso"
+    out.mkdir()
+    iso = out / f"lab-{manifest.short(hash_hex)}.iso"
+    iso.write_bytes(b"CD001" * 4000)
+    manifest_path = out / f"{iso.name}.manifest.json"
+    full = {
+        "site": "lab",
+        "inputHash": hash_hex,
+        "inputs": inputs,
+        "packages": image_inside["packages"],
+        "artifacts": [manifest.artifact_entry(iso, "iso")],
+        "builtAt": "2026-12-03T07:00:00Z",
+    }
+    manifest_path.write_text(json.dumps(full))
+    provenance.publish_iso(tmp_path, "lab", iso, manifest_path, tree, 3.0)
+    result = verify_artifact(tmp_path, "lab", iso)
+    assert result.packages == 5
+    doc = json.loads((out / f"{iso.name}.spdx.json").read_text())
+    assert doc["documentNamespace"].startswith("https://nodekiln.invalid/spdx/iso/lab/")
+    assert doc["creationInfo"]["created"] == "2026-12-03T07:00:00Z"  # the manifest's time: no epoch set
+    assert sbom.deb_package_count(doc) == 5
+    statement = json.loads((out / f"{iso.name}.provenance.json").read_text())
+    names = {d["name"] for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert {"images/steps/10-kernel.sh", "nodekiln/images/iso.py"} <= names
+    flip(iso)
+    with pytest.raises(VerificationError, match=rf"{iso.name}: its signature"):
+        verify_artifact(tmp_path, "lab", iso)
