@@ -166,3 +166,17 @@ def test_an_iso_is_published_and_verified_with_its_suffix_in_the_names(tmp_path:
     flip(iso)
     with pytest.raises(VerificationError, match=rf"{iso.name}: its signature"):
         verify_artifact(tmp_path, "lab", iso)
+
+
+def test_a_stand_in_build_signed_for_the_openstack_tests_verifies(tmp_path: Path) -> None:
+    from tests.provenance_fixtures import sign_stand_in
+
+    image = tmp_path / "build" / "lab-0123456789abcdef.qcow2"
+    image.parent.mkdir()
+    image.write_bytes(b"\0" * 4096)
+    manifest_path = image.with_name("lab-0123456789abcdef.manifest.json")
+    manifest_path.write_text(json.dumps({"inputHash": "0123456789abcdef" * 4, "inputs": {}}))
+    with pytest.raises(VerificationError, match="missing beside"):
+        verify_artifact(tmp_path / "site", "lab", image)
+    sign_stand_in(tmp_path / "site", "lab", image, manifest_path)
+    assert verify_artifact(tmp_path / "site", "lab", image).packages == 0
