@@ -306,3 +306,74 @@ class SecretStore:
         if self.path.exists() or self.fingerprint_path.exists():
             return self.load(), False
         return self.create(), True
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder key: signs what `build-image` and `build-iso` make (nodekiln/images/signing.py)
+
+BUILDER_KEY_SUFFIX = "-builder.key"  # OpenSSH private key, 0600
+BUILDER_PUB_SUFFIX = "-builder.pub"  # its public key: what a verifier trusts
+
+
+class BuilderKeyFiles(BaseModel):
+    """Where a site's builder key lives; `identity` is its principal in allowed_signers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    private: Path
+    public: Path
+    identity: str
+
+    def __repr__(self) -> str:
+        return f"BuilderKeyFiles(public={self.public}, identity={self.identity})"
+
+
+def make_builder_key(comment: str) -> tuple[str, str]:
+    """A fresh ed25519 key pair as OpenSSH writes it: (private key file, public key line)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return private, f"{public} {comment}\n"
+
+
+def builder_key_files(site_dir: Path, site_name: str) -> BuilderKeyFiles:
+    store = site_dir / STORE_DIR
+    return BuilderKeyFiles(
+        private=store / f"{site_name}{BUILDER_KEY_SUFFIX}",
+        public=store / f"{site_name}{BUILDER_PUB_SUFFIX}",
+        identity=f"nodekiln-builder@{site_name}",
+    )
+
+
+def ensure_builder_key(site_dir: Path, site_name: str) -> tuple[BuilderKeyFiles, bool]:
+    """The site's builder key, made once (0600; the public key beside it). Returns (files, created).
+
+    A public key without its private key is an error, as a lost secrets store is: artifacts
+    signed with it verify only against that public key, so a quiet new key would split them.
+    """
+    files = builder_key_files(site_dir, site_name)
+    if files.private.exists():
+        mode = files.private.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise SecretsError(
+                f"{files.private}: mode {mode:04o} lets others read the site's builder key: expected 0600 (chmod 600 it)"
+            )
+        if not files.public.exists():
+            raise SecretsError(
+                f"{files.public}: the builder's public key is missing beside {files.private}: restore it"
+            )
+        return files, False
+    if files.public.exists():
+        raise SecretsError(
+            f"{files.private}: the builder key of site {site_name} is missing, but {files.public} says it was "
+            f"created: restore it from your backup (artifacts it signed verify only against that key)"
+        )
+    files.private.parent.mkdir(parents=True, exist_ok=True)
+    files.private.parent.chmod(0o700)
+    if not (files.private.parent / ".gitignore").exists():
+        write_atomic(files.private.parent / ".gitignore", GITIGNORE)
+    private, public = make_builder_key(files.identity)
+    write_atomic(files.private, private, mode=0o600)
+    write_atomic(files.public, public)
+    return files, True

@@ -293,6 +293,43 @@ def upload_image(c: Context, site: str | None = None, image: str | None = None) 
 @task(
     help={
         **SITE_HELP,
+        "image": "the artifact (qcow2, raw or ISO); its manifest, SBOM, provenance and .sig files lie beside it",
+        "against": "also compare it with this artifact (a rebuild): identical, or which files differ and how",
+    }
+)
+@handled
+def verify_image(c: Context, image: str | None = None, site: str | None = None, against: str | None = None) -> None:
+    """Check an artifact's signatures, digests and SBOM against the site's builder key."""
+    report = reporter()
+    from nodekiln.images.verify import verify_artifact
+
+    if not image:
+        raise Exit("error: --image PATH is required (the qcow2, raw or ISO to verify)", code=2)
+
+    loaded = _site(site)
+    result = verify_artifact(loaded.directory, loaded.name, Path(image))
+    for line in result.checks:
+        report.say(line)
+    if against:
+        from nodekiln.errors import NodekilnError
+
+        try:
+            from nodekiln.images.compare import compare_artifacts  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            raise NodekilnError("--against: comparing artifacts is not available in this nodekiln") from None
+        comparison = compare_artifacts(Path(image), Path(against))
+        if comparison.differences:
+            report.say(f"{image} and {against} differ:")
+            for line in comparison.differences:
+                report.say(f"  {line}")
+            raise Exit(code=1)
+        report.say(f"{image} and {against} are identical")
+    report.result(f"verified: {result.artifact} (sha256 {result.sha256}, {result.seconds:.1f} s)")
+
+
+@task(
+    help={
+        **SITE_HELP,
         "dry_run": "print the plan (create / keep / delete per resource) and change nothing",
         "prune": "also delete servers and ports of nodes no longer in the site",
     }

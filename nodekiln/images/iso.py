@@ -31,7 +31,7 @@ from nodekiln import templates
 from nodekiln.config.appliance import Appliance
 from nodekiln.config.recipe import SecureBoot
 from nodekiln.errors import NodekilnError
-from nodekiln.images import bootchain, disk
+from nodekiln.images import bootchain, disk, provenance, verify
 from nodekiln.images import manifest as mf
 from nodekiln.images.pipeline import (
     AnnounceStages,
@@ -582,6 +582,7 @@ def build_iso(
     if tree is not None and tree.exists():
         # A tree from elsewhere: its own content decides the ISO too, not only the recipe.
         inputs["givenTree"] = tree_identity(tree)
+        verify.given_tree(site.directory, site.name, tree)  # a signed tree must verify before it is used
     hash_hex = mf.input_hash(inputs)
     iso, manifest_path = artifact_names(out_dir, site.name, hash_hex)
     if cached(iso, manifest_path):
@@ -618,6 +619,7 @@ def build_iso(
         seconds=seconds,
         built_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+    provenance.publish_iso(site.directory, site.name, iso, manifest_path, root, seconds)  # SBOM, provenance, .sig
     # Keep only the log: the extracted tree, the bake-step stage and DIB's scratch go.
     for scratch in ("tree", "stage", "dib"):
         if (work / scratch) != tree:

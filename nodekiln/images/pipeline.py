@@ -36,7 +36,7 @@ from rich.console import Console
 from nodekiln.config.recipe import ImageRecipe, SecureBoot
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_atomic
-from nodekiln.images import bootchain, dib, disk, manifest
+from nodekiln.images import bootchain, dib, disk, manifest, provenance, sbom
 from nodekiln.run import run
 
 DEFAULT_OUT = Path("build/images")
@@ -324,6 +324,7 @@ def write_inside_manifest(
     target = tree / manifest.IMAGE_MANIFEST_PATH
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(manifest.dumps(inside))
+    sbom.write_inside(tree, inside)  # /usr/share/nodekiln/sbom.spdx.json, the same one lies beside
     return inside
 
 
@@ -380,6 +381,7 @@ def disk_tail(
             bake_steps=bake_steps,
             secure_boot=plan.recipe.secureBoot,
         )
+        sbom_text = (tree / sbom.SBOM_PATH).read_text()
 
     raw = work / "disk.raw"
     with stages("assemble GPT disk (BIOS + UEFI)"):
@@ -414,6 +416,18 @@ def disk_tail(
 
     seconds = time.monotonic() - started
     full = write_manifest(plan.manifest_path, inside, stages=stages.records, artifacts=entries, seconds=seconds)
+    provenance.publish(
+        kind="image",
+        site_dir=plan.site_dir,
+        site=plan.site,
+        stem=plan.stem,
+        out_dir=plan.out_dir,
+        manifest_path=plan.manifest_path,
+        manifest=full,
+        artifacts=artifacts,
+        sbom_text=sbom_text,
+        seconds=seconds,
+    )
     return BuildResult(
         plan.site, plan.input_hash, artifacts, plan.manifest_path, full, False, seconds, plan.log, stages.records
     )

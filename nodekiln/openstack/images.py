@@ -4,7 +4,8 @@ The image is named after the build's input hash (`nodekiln-<hash>`), so every si
 inputs shares it and a second upload is skipped. The file is streamed from disk (memory stays
 flat) while its sha512 is computed; Glance's `os_hash_value` must match it, or the image is
 deleted. An upload that was killed leaves a `queued`/`saving` image behind: the next run
-deletes it before uploading again.
+deletes it before uploading again. Before anything is sent, the artifact is verified against the
+site's builder key (signatures, sha256, SBOM): a changed or unsigned file is refused.
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ def upload_image(
     spec = site.openstack
     if spec is None:
         raise OpenStackError(f"site {site.name} has no openstack section: add one to {site.file}")
+    # Before any cloud call: an artifact the site's builder did not sign, or one changed since,
+    # is refused (its signatures, digests and SBOM; nodekiln/images/verify.py).
+    from nodekiln.images.verify import verify_artifact
+
+    verify_artifact(site.directory, site.name, image_path, manifest_path)
     manifest = load_manifest(manifest_path)
     name = image_name(manifest["inputHash"])
     conn = conn or connect(spec)

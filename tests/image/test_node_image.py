@@ -259,3 +259,24 @@ def test_var_survives_a_reboot(uefi_vm, host):
     assert after.file("/etc/nodekiln-reboot-check").content_string.strip() == "kept"
     assert after.run("sudo touch /usr/x").rc != 0
     assert after.service("containerd").is_running
+
+
+def test_the_sbom_beside_the_image_is_valid_spdx_and_lists_the_manifest_s_packages(node_image, test_site):
+    """spdx-tools validates the SBOM beside the built image; it lists every package of the
+    manifest, is the one inside the image, and the whole build verifies against the builder key."""
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    from nodekiln.images import sbom
+    from nodekiln.images.verify import companions, verify_artifact
+
+    beside = companions(node_image.path, node_image.manifest).sbom
+    assert [m.validation_message for m in validate_full_spdx_document(parse_file(str(beside)))] == []
+    doc = json.loads(beside.read_text())
+    manifest = json.loads(node_image.manifest.read_text())
+    assert sbom.deb_package_count(doc) == len(manifest["packages"])
+    assert doc["documentNamespace"].endswith("/" + manifest["inputHash"])
+    if node_image.result is not None:  # built by this session with the test site's builder key
+        assert verify_artifact(test_site.directory, test_site.name, node_image.path).packages == len(
+            manifest["packages"]
+        )
