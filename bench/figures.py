@@ -49,6 +49,8 @@ BENCHMARKS: dict[str, str] = {
     "edge_cert_issue_s": "bench.edge:edge_cert_issue_s",
     "edge_reload_failed_requests": "bench.edge:edge_reload_failed_requests",
     "edge_backend_failover_s": "bench.edge:edge_backend_failover_s",
+    "sbom_packages": "bench.provenance:sbom_packages",
+    "verify_s": "bench.provenance:verify_s",
     "deploy_50_nodes_calls": "bench.openstack:deploy_50_nodes_calls",
     "deploy_50_nodes_s": "bench.openstack:deploy_50_nodes_s",
     "redeploy_nochange_writes": "bench.openstack:redeploy_nochange_writes",

@@ -111,8 +111,10 @@ def write_build(
     suffix: str = "qcow2",
     content_hash: str | None = None,
     secure_boot: str | None = None,
+    site_dir: Path | None = None,
 ) -> tuple[Path, Path]:
-    """A build artifact and its manifest as the image build writes them (small, made here)."""
+    """A build artifact and its manifest as the image build writes them (small, made here),
+    signed with the builder key of the site in `site_dir` (upload-image verifies it)."""
     from nodekiln import run
 
     content_hash = content_hash or hashlib.sha256(uuid.uuid4().bytes).hexdigest()
@@ -139,6 +141,10 @@ def write_build(
             }
         )
     )
+    if site_dir is not None:
+        from testing.standin_build import sign_stand_in
+
+        sign_stand_in(site_dir, site_name, image, manifest)
     return image, manifest
 
 
@@ -153,7 +159,7 @@ def boot_image(cloud: devcloud.DevCloud, tmp_path_factory: pytest.TempPathFactor
     doc["openstack"] = openstack_section()
     (directory / "site.yaml").write_text(yaml.safe_dump(doc))
     site = load_site(directory / "site.yaml")
-    image, manifest = write_build(directory / "build", site.name, size_mib=1)
+    image, manifest = write_build(directory / "build", site.name, size_mib=1, site_dir=site.directory)
     return upload_image(site, image, manifest, progress=False).name
 
 

@@ -40,7 +40,7 @@ def _three_plus_two(doc: dict) -> None:
 
 def test_upload_verifies_checksum_then_reuses_by_hash(make_site, build_artifact, user, tmp_path):
     site, _ = load_with_secrets(make_site(image={"visibility": "shared", "firmware": "uefi", "tags": ["lab"]}))
-    image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=8)
+    image, manifest = build_artifact(tmp_path / "build", site.name, site_dir=site.directory, size_mib=8)
     first = upload_image(site, image, manifest, conn=user, progress=True)
     assert not first.reused and first.bytes == image.stat().st_size
     assert first.sha512 == hashlib.sha512(image.read_bytes()).hexdigest()
@@ -72,7 +72,9 @@ def test_upload_tells_the_cloud_the_artifacts_secure_boot(make_site, build_artif
     """The manifest's bootChain decides: required and off reach Glance as Nova reads them."""
     site, _ = load_with_secrets(make_site(image={"firmware": "uefi"}))
     for mode, expected in (("required", ("required", "q35")), ("off", ("disabled", None))):
-        image, manifest = build_artifact(tmp_path / mode, site.name, size_mib=1, secure_boot=mode)
+        image, manifest = build_artifact(
+            tmp_path / mode, site.name, site_dir=site.directory, size_mib=1, secure_boot=mode
+        )
         uploaded = upload_image(site, image, manifest, conn=user, progress=False)
         props = user.image.get(f"/images/{uploaded.image_id}").json()
         assert (props["hw_firmware_type"], props["os_secure_boot"], props.get("hw_machine_type")) == ("uefi", *expected)
@@ -81,7 +83,7 @@ def test_upload_tells_the_cloud_the_artifacts_secure_boot(make_site, build_artif
 def test_interrupted_upload_is_cleaned_up_on_the_next_run(make_site, build_artifact, user, tmp_path):
     """The uploader is killed (SIGKILL) half way: Glance keeps a queued/saving image; the rerun deletes it."""
     site, _ = load_with_secrets(make_site())
-    image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=64, suffix="raw")
+    image, manifest = build_artifact(tmp_path / "build", site.name, site_dir=site.directory, size_mib=64, suffix="raw")
     script = tmp_path / "killed_upload.py"
     script.write_text(
         "import os, signal, sys\n"
@@ -110,7 +112,7 @@ def test_interrupted_upload_is_cleaned_up_on_the_next_run(make_site, build_artif
 
 def test_checksum_mismatch_is_an_error_and_deletes_the_image(make_site, build_artifact, user, tmp_path):
     site, _ = load_with_secrets(make_site())
-    image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=1)
+    image, manifest = build_artifact(tmp_path / "build", site.name, site_dir=site.directory, size_mib=1)
     uploaded = upload_image(site, image, manifest, conn=user, progress=False)
     stored = user.image.get_image(uploaded.image_id)
     with pytest.raises(ImageChecksumError, match="is not the local file's sha512"):
@@ -120,7 +122,7 @@ def test_checksum_mismatch_is_an_error_and_deletes_the_image(make_site, build_ar
 
 def test_raw_is_converted_with_qemu_img_when_the_site_asks(make_site, build_artifact, user, tmp_path):
     site, _ = load_with_secrets(make_site(image={"diskFormat": "raw"}))
-    image, manifest = build_artifact(tmp_path / "build", site.name, size_mib=4)
+    image, manifest = build_artifact(tmp_path / "build", site.name, site_dir=site.directory, size_mib=4)
     uploaded = upload_image(site, image, manifest, conn=user, progress=False)
     stored = user.image.get_image(uploaded.image_id)
     assert stored.disk_format == "raw" and stored.size == 4 * 2**20 == uploaded.bytes
@@ -358,9 +360,9 @@ def test_quota_is_checked_before_anything_is_created(make_site, user, admin, boo
 def test_task_upload_image_takes_the_newest_build_of_the_site(make_site, build_artifact, cloud, user, tmp_path):
     path = make_site()
     site, _ = load_with_secrets(path)
-    build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)
+    build_artifact(tmp_path / "build" / "images", site.name, site_dir=site.directory, size_mib=1)
     time.sleep(0.05)
-    _newest, manifest = build_artifact(tmp_path / "build" / "images", site.name, size_mib=1)
+    _newest, manifest = build_artifact(tmp_path / "build" / "images", site.name, site_dir=site.directory, size_mib=1)
     repo = Path(__file__).resolve().parents[2]
     out = run.run(
         ["invoke", "--search-root", str(repo), "upload-image", "--site", str(path)], cwd=tmp_path, env=cloud.env
