@@ -294,11 +294,7 @@ def compare_ext4(a: Path, b: Path, region: Region, work: Path) -> list[str]:
                 out.append(f"{prefix} superblock {key}: {sa.get(key)} != {sb.get(key)}")
         return out
     finally:
-        for path in (*images, *trees):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        _remove(*images, *trees)
 
 
 TIME_LINE = re.compile(r"^\s*(ctime|atime|mtime|crtime|dtime):\s*(0x[0-9a-f]+)(?::([0-9a-f]+))?", re.M)
@@ -343,11 +339,7 @@ def compare_fat(a: Path, b: Path, region: Region, work: Path) -> list[str]:
             run(["mcopy", "-s", "-m", "-n", "-i", image, "::/", tree], env=env)
         return compare_trees(*trees, prefix=f"{region.name}:", owners=False, dirs_mtime=False)
     finally:
-        for path in (*images, *trees):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        _remove(*images, *trees)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +363,14 @@ def _as_raw(path: Path, target: Path) -> Path:
         return path
     run(["qemu-img", "convert", "-O", "raw", path, target])
     return target
+
+
+def _remove(*paths: Path) -> None:
+    for item in paths:
+        if item.is_dir():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
