@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, str] = {
     "validate_1000_nodes_s": "bench.site:validate_1000_nodes_s",
     "image_cold_build_s": "bench.image:image_cold_build_s",
     "image_cache_hit_s": "bench.image:image_cache_hit_s",
+    "rebuild_identical": "bench.image:rebuild_identical",
     "image_qcow2_mb": "bench.image:image_qcow2_mb",
     "boot_to_cloudinit_s": "bench.image:boot_to_cloudinit_s",
     "boot_secureboot_s": "bench.image:boot_secureboot_s",

@@ -63,3 +63,24 @@ def boot_secureboot_s() -> Figure:
     """boot_to_cloudinit_s with OVMF's Secure Boot firmware, Microsoft's keys, enforcing."""
     _, result, site, _, _ = _cold()
     return image_bench.boot_to_cloudinit_s(result.image, site, "uefi-secureboot", "boot_secureboot_s")
+
+
+def rebuild_identical() -> Figure:
+    """1 when a second cold build of the example (same recipe, same mirror state, another output
+    folder: no cache) gives a qcow2 byte-identical to the first (the shared cold build), else 0;
+    the detail names both sha256 and, on a difference, the differing paths."""
+    from nodekiln.images.build import build_image
+    from nodekiln.images.compare import compare_artifacts, sha256_file
+
+    _, first, site, _, source = _cold()
+    out = Path(tempfile.mkdtemp(prefix="nodekiln-bench-rebuild-"))
+    try:
+        second = build_image(site, out, kubernetes_source_override=source)
+        sums = f"sha256 {sha256_file(first.image)[:16]} / {sha256_file(second.image)[:16]}"
+        result = compare_artifacts(first.image, second.image, work=out)
+        detail = sums if result.identical else f"{sums}; " + "; ".join(result.differences[:20])
+        if len(result.differences) > 20:
+            detail += f"; ... {len(result.differences) - 20} more"
+        return Figure("rebuild_identical", 1.0 if result.identical else 0.0, "bool", "== 1", detail)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

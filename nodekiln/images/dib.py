@@ -9,7 +9,9 @@ case (exit 1 *and* that command in the log *and* a complete tar), nothing else.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import shlex
 import shutil
 import tarfile
@@ -121,6 +123,9 @@ def write_stage(
         "NODEKILN_EXTRA_PACKAGES": " ".join(recipe.extraPackages),
         "NODEKILN_ROOT_LABEL": disk.ROOT_LABEL,
         "NODEKILN_DATA_LABEL": disk.DATA_LABEL,
+        # The build's epoch when the recipe pins the archive; else steps/90-finish.sh takes the
+        # newest Date of the apt Release files (the mirror state), recorded in the tree.
+        "NODEKILN_SOURCE_DATE_EPOCH": str(snapshot_epoch(recipe.snapshot)) if recipe.snapshot else "",
     }
     (stage / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
     resolver = build_host_resolver()
@@ -136,6 +141,11 @@ def write_stage(
         images.mkdir(parents=True, exist_ok=True)
         for item in recipe.preloadImages:
             shutil.copy2(site_dir / item, images / Path(item).name)
+
+
+def snapshot_epoch(snapshot: str) -> int:
+    """A snapshot timestamp of the recipe (20261120T000000Z) as seconds since 1970 (UTC)."""
+    return int(dt.datetime.strptime(snapshot, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC).timestamp())
 
 
 def build_host_resolver(
@@ -301,6 +311,30 @@ def extract_tree(tar: Path, tree: Path) -> None:
         shutil.rmtree(tree)
     tree.mkdir(parents=True)
     run(["tar", "-C", tree, "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", tar])
+
+
+# diskimage-builder's record of how it was run (the `manifests` element) names the build's work
+# folder (`-o <out_dir>/.work-<stem>-<pid>/root`): a path of this build, not of the image.
+DIB_RECORDS = ("etc/dib-manifests/dib_arguments", "etc/dib-manifests/dib_environment")
+WORK_PATH = re.compile(r"(?:/[^\s\"'/]+)*/\.work-[^\s\"'/]+")
+
+
+def normalise_records(tree: Path) -> list[str]:
+    """Replace the build's work folder in diskimage-builder's records inside the tree by
+    `<work>` (the path differs per build, the rest of the record does not); return the files
+    changed. Modes and owners are kept (the file is rewritten in place)."""
+    changed = []
+    for rel in DIB_RECORDS:
+        path = tree / rel
+        if not path.is_file() or path.is_symlink():
+            continue
+        text = path.read_text(errors="surrogateescape")
+        fixed = WORK_PATH.sub("<work>", text)
+        if fixed != text:
+            with open(path, "w", errors="surrogateescape") as f:
+                f.write(fixed)
+            changed.append(rel)
+    return changed
 
 
 def dib_version() -> str:

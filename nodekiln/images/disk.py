@@ -16,6 +16,7 @@ Layout (GPT, 1 MiB aligned):
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import uuid
@@ -26,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from nodekiln import templates
 from nodekiln.config.recipe import SecureBoot
 from nodekiln.errors import NodekilnError
-from nodekiln.images import bootchain
+from nodekiln.images import bootchain, manifest
 from nodekiln.run import run
 
 SECTOR = 512
@@ -206,8 +207,6 @@ def find_kernel(tree: Path) -> tuple[str, str]:
 
 
 def _version_key(version: str) -> list[tuple[int, str]]:
-    import re
-
     return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.-]", version)]
 
 
@@ -228,7 +227,84 @@ def root_size_for(tree: Path) -> int:
     return -(-need // step) * step
 
 
-def make_ext4(source: Path, image: Path, label: str, size: int, fs_uuid: str, log: Path | None) -> None:
+def reproducible_env(epoch: int | None) -> dict[str, str]:
+    """Environment that makes the file system tools' output depend on their input only.
+
+    LC_ALL=C: mkfs.ext4 -d adds a directory's entries in scandir(alphasort) order, which
+    follows the locale's collation. TZ=UTC: FAT stores local times. With an epoch,
+    E2FSPROGS_FAKE_TIME is libext2fs's "now" (superblock times, crtime, inodes mke2fs makes
+    itself: lib/ext2fs/initialize.c, inode.c) and SOURCE_DATE_EPOCH is mtools' (the dates
+    mmd and mcopy give, mtools' misc.c getTimeNow).
+    """
+    env = {"LC_ALL": "C", "TZ": "UTC"}
+    if epoch is not None:
+        env |= {"E2FSPROGS_FAKE_TIME": str(epoch), "SOURCE_DATE_EPOCH": str(epoch)}
+    return env
+
+
+def clamp_times(root: Path, epoch: int) -> int:
+    """No time in the tree later than `epoch`: mtime and atime of every entry (symlinks
+    themselves) clamped to it, as reproducible-builds.org describes; returns entries changed.
+
+    Run right before mkfs: reading a file afterwards could move its atime again (relatime)."""
+    limit = epoch * 1_000_000_000
+
+    def clamp(path: str) -> int:
+        st = os.lstat(path)
+        if st.st_mtime_ns <= limit and st.st_atime_ns <= limit:
+            return 0
+        os.utime(path, ns=(min(st.st_atime_ns, limit), min(st.st_mtime_ns, limit)), follow_symlinks=False)
+        return 1
+
+    changed = clamp(str(root))
+    for dirpath, dirnames, filenames in os.walk(root):
+        changed += sum(clamp(os.path.join(dirpath, name)) for name in (*dirnames, *filenames))
+    return changed
+
+
+def used_inodes(image: Path) -> list[int]:
+    """Inodes in use in an ext4 image (from its bitmaps, as dumpe2fs prints them), excluding
+    the reserved ones below the first inode except the root directory."""
+    text = run(["dumpe2fs", image], env={"LC_ALL": "C"}).output
+    per_group = int(re.search(r"^Inodes per group:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+    first = int(re.search(r"^First inode:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+    used: list[int] = []
+    for group, free_text in enumerate(re.findall(r"^\s+Free inodes: ?(.*)$", text, re.M)):
+        free: set[int] = set()
+        for item in filter(None, (part.strip() for part in free_text.split(","))):
+            lo, _, hi = item.partition("-")
+            free.update(range(int(lo), int(hi or lo) + 1))
+        start = group * per_group + 1
+        used.extend(i for i in range(start, start + per_group) if i not in free and (i >= first or i == 2))
+    return used
+
+
+def pin_inode_times(image: Path, epoch: int) -> int:
+    """Set the change and access time of every inode of an ext4 image to `epoch`.
+
+    mkfs.ext4 -d copies atime, mtime and ctime from the source's stat (misc/create_inode.c,
+    set_inode_extra): mtime is the tree's (clamped), but ctime is when the tree was unpacked
+    and no system call can set it. debugfs writes the inodes (checksums included); it is
+    libext2fs, so E2FSPROGS_FAKE_TIME keeps the superblock's write time at the epoch."""
+    inodes = used_inodes(image)
+    script = image.with_name(f"{image.name}.times")
+    script.write_text(
+        "".join(f"set_inode_field <{i}> ctime @{epoch}\nset_inode_field <{i}> atime @{epoch}\n" for i in inodes)
+    )
+    try:
+        # Not into the build log: debugfs echoes each of its tens of thousands of commands.
+        run(["debugfs", "-w", "-f", script, image], env=reproducible_env(epoch))
+    finally:
+        script.unlink(missing_ok=True)
+    return len(inodes)
+
+
+def make_ext4(
+    source: Path, image: Path, label: str, size: int, fs_uuid: str, log: Path | None, epoch: int | None = None
+) -> None:
+    """An ext4 image of `source` whose bytes depend on the tree, the label, size, UUID and
+    epoch only: fixed UUID and directory hash seed, entries in C order, libext2fs's clock at
+    the epoch, every inode's ctime and atime pinned to it afterwards."""
     # Always 4 KiB blocks and the default usage type: under 512 MB mkfs would pick 1 KiB
     # blocks, which stay when the data partition is grown to hundreds of GB.
     image.unlink(missing_ok=True)
@@ -253,19 +329,31 @@ def make_ext4(source: Path, image: Path, label: str, size: int, fs_uuid: str, lo
             f"{size // 1024}k",
         ],
         log=log,
-        env={"E2FSPROGS_FAKE_TIME": os.environ.get("SOURCE_DATE_EPOCH", "")}
-        if os.environ.get("SOURCE_DATE_EPOCH")
-        else None,
+        env=reproducible_env(epoch),
     )
+    if epoch is not None:
+        pin_inode_times(image, epoch)
 
 
-def write_fat(image: Path, files: Mapping[str, bytes], label: str, volume_id: str, kib: int, log: Path | None) -> None:
+def write_fat(
+    image: Path,
+    files: Mapping[str, bytes],
+    label: str,
+    volume_id: str,
+    kib: int,
+    log: Path | None,
+    epoch: int | None = None,
+) -> None:
     """A FAT image holding `files` (path in the image -> content): mkfs.vfat -C and mtools, no mount.
-    FAT32 from 64 MiB on (the ESP), else mkfs's choice (the ISO's small El Torito image)."""
+    FAT32 from 64 MiB on (the ESP), else mkfs's choice (the ISO's small El Torito image).
+
+    Reproducible: --invariant fixes mkfs.fat's creation time (then -i the volume ID; the order
+    matters, --invariant sets one too), and mmd/mcopy date entries at SOURCE_DATE_EPOCH."""
     image.unlink(missing_ok=True)
     fat32 = ["-F", "32"] if kib >= 64 * 1024 else []
-    run(["mkfs.vfat", "-C", *fat32, "-n", label, "-i", volume_id, image, str(kib)], log=log)
-    env = {"MTOOLS_SKIP_CHECK": "1"}
+    env = reproducible_env(epoch)
+    run(["mkfs.vfat", "-C", "--invariant", *fat32, "-n", label, "-i", volume_id, image, str(kib)], log=log, env=env)
+    env = {**env, "MTOOLS_SKIP_CHECK": "1"}
     dirs = sorted({str(parent) for path in files for parent in PurePosixPath(path).parents if str(parent) != "."})
     if dirs:
         run(["mmd", "-i", image, *(f"::/{d}" for d in dirs)], log=log, env=env)
@@ -371,6 +459,7 @@ def assemble(
     log: Path | None = None,
     root_extra_bytes: int = 0,
     secure_boot: SecureBoot = "supported",
+    epoch: int | None = None,
 ) -> Layout:
     """Make the bootable raw disk `raw` from `tree` (which must have /var empty or absent).
 
@@ -379,8 +468,13 @@ def assemble(
 
     `tree/var` is moved aside to become the data file system; everything is built under
     `work` (same file system as `tree`, so the move is a rename).
+
+    `epoch` (default: the one the bake steps recorded in the tree, manifest.source_date_epoch)
+    makes the disk reproducible: no file time after it, file systems made at it.
     """
     work.mkdir(parents=True, exist_ok=True)
+    if epoch is None:
+        epoch = manifest.source_date_epoch(tree)
     cmdline_file = tree / "usr/share/nodekiln/kernel-cmdline"
     cmdline = cmdline_file.read_text().strip() if cmdline_file.exists() else "ro"
     kernel, initrd = find_kernel(tree)
@@ -407,9 +501,12 @@ def assemble(
         raise DiskError(f"GRUB core.img ({len(core_bytes)} bytes) does not fit the BIOS boot partition")
 
     esp_img, root_img, data_img = work / "esp.img", work / "root.img", work / "data.img"
-    write_fat(esp_img, esp_files, ESP_LABEL, esp_part.uuid.replace("-", "")[:8], esp_part.size // 1024, log)
-    make_ext4(tree, root_img, ROOT_LABEL, root_part.size, root_part.uuid, log)
-    make_ext4(var_src, data_img, DATA_LABEL, data_part.size, data_part.uuid, log)
+    write_fat(esp_img, esp_files, ESP_LABEL, esp_part.uuid.replace("-", "")[:8], esp_part.size // 1024, log, epoch)
+    if epoch is not None:  # last, after every change to the trees (and nothing reads them before mkfs)
+        clamp_times(tree, epoch)
+        clamp_times(var_src, epoch)
+    make_ext4(tree, root_img, ROOT_LABEL, root_part.size, root_part.uuid, log, epoch)
+    make_ext4(var_src, data_img, DATA_LABEL, data_part.size, data_part.uuid, log, epoch)
 
     raw.unlink(missing_ok=True)
     with open(raw, "wb") as f:
@@ -435,7 +532,9 @@ def convert(
     if fmt == "qcow2":
         argv = ["qemu-img", "convert", "-O", "qcow2", "-o", f"compat=1.1,compression_type={compression}"]
         if compress:
-            argv += ["-c", "-W", "-m", "4"]
+            # No -W (out-of-order writes): clusters would land in the file in the order the
+            # coroutines finish, and two conversions of one disk would differ.
+            argv += ["-c", "-m", "4"]
         run([*argv, raw, target], log=log)
     elif fmt == "raw":
         run(["qemu-img", "convert", "-O", "raw", raw, target], log=log)

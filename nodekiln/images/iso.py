@@ -64,6 +64,7 @@ BOOT_HYBRID = disk.GRUB_LIB / "i386-pc/boot_hybrid.img"
 # Fixed volume date: GRUB and blkid find the ISO by label, and a fixed date keeps ISOs of the
 # same inputs byte-comparable.
 ISO_DATE = "2000010100000000"
+ISO_EPOCH = 946684800  # ISO_DATE in seconds: the date of the EFI image's entries
 # The code whose changes change the ISO's bytes (besides the root tree).
 ISO_CODE = [Path(__file__), Path(disk.__file__)]
 
@@ -236,7 +237,9 @@ def squashfs_api_dirs(tree: Path) -> list[str]:
 
 
 def make_squashfs(tree: Path, target: Path, log: Path | None) -> None:
-    """The read-only root: all of the tree (its /var seeds the data disk), API dirs empty."""
+    """The read-only root: all of the tree (its /var seeds the data disk), API dirs empty.
+    With the build's epoch (the tree's) mksquashfs makes the file system at it and clamps file
+    times to it (its SOURCE_DATE_EPOCH); its output is reproducible whatever -processors."""
     target.unlink(missing_ok=True)
     argv: list[str | os.PathLike[str]] = [
         "mksquashfs",
@@ -250,13 +253,14 @@ def make_squashfs(tree: Path, target: Path, log: Path | None) -> None:
         str(os.cpu_count() or 2),
         *squashfs_api_dirs(tree),
     ]
-    run(argv, log=log)
+    run(argv, log=log, env=disk.reproducible_env(mf.source_date_epoch(tree)))
 
 
 def make_efi_image(files: Mapping[str, bytes], target: Path, log: Path | None) -> None:
-    """The El Torito EFI image (also the USB stick's ESP): a FAT image just big enough."""
+    """The El Torito EFI image (also the USB stick's ESP): a FAT image just big enough, its
+    entries dated ISO_DATE like the ISO's own (reproducible)."""
     kib = max(1024, -(-sum(len(d) for d in files.values()) // 1024) + 512)
-    disk.write_fat(target, files, "NK-EFI", "4E4B4546", -(-kib // 64) * 64, log)
+    disk.write_fat(target, files, "NK-EFI", "4E4B4546", -(-kib // 64) * 64, log, ISO_EPOCH)
 
 
 def efi_boot_files(
@@ -351,6 +355,7 @@ def assemble_iso(
     kernel, initrd = disk.find_kernel(tree)
     version = kernel[len("vmlinuz-") :]
     volume = volume_id(content.hash_hex)
+    epoch = mf.source_date_epoch(tree)  # the build's (images/steps/90-finish.sh), if any
     staging = work / "iso"
     if staging.exists():
         shutil.rmtree(staging)
@@ -367,7 +372,11 @@ def assemble_iso(
         partial = target.with_name(f".{target.name}.partial")
         partial.unlink(missing_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        run(xorriso_args(staging, partial, volume), log=log)
+        # Rock Ridge records each file's times: the staged files' are clamped to the epoch, and
+        # xorriso's SOURCE_DATE_EPOCH sets its other dates (--modification-date stays ISO_DATE).
+        if epoch is not None:
+            disk.clamp_times(staging, epoch)
+        run(xorriso_args(staging, partial, volume), log=log, env=disk.reproducible_env(epoch))
         partial.chmod(0o600)  # control-plane seeds carry the cluster's CA keys
         partial.replace(target)
     shutil.rmtree(staging)

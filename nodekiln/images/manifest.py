@@ -27,6 +27,13 @@ from nodekiln.config.recipe import ImageRecipe
 
 SCHEMA = "nodekiln/image-manifest/v1"
 IMAGE_MANIFEST_PATH = "usr/share/nodekiln/manifest.json"  # inside the image, relative to /
+# Written by images/steps/90-finish.sh: the apt Release files the packages came from, and the
+# build's epoch (SOURCE_DATE_EPOCH) taken from them or from the recipe's snapshot.
+MIRROR_STATE_PATH = "usr/share/nodekiln/mirror-state.txt"
+EPOCH_PATH = "usr/share/nodekiln/source-date-epoch"
+# What differs between two builds of the same inputs (how long the bake steps took): in the
+# manifest beside the artifacts only, never in the image's own copy.
+BUILD_ONLY_KEYS = ("bakeSteps",)
 HASH_CHARS = 16  # of the sha256 hex digest, in artifact names
 
 IMAGES_DIR = assets.folder("images")
@@ -120,6 +127,38 @@ def installed_packages(tree: Path) -> dict[str, str]:
     return dict(sorted(packages.items()))
 
 
+def mirror_state(tree: Path) -> list[dict[str, Any]]:
+    """The Release files apt fetched for the build, as the bake steps recorded them: the exact
+    mirror state the packages came from (file name, sha256, Date)."""
+    path = tree / MIRROR_STATE_PATH
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        parts = line.split(maxsplit=2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        date = dt.datetime.fromtimestamp(int(parts[1]), dt.UTC).isoformat() if int(parts[1]) else ""
+        entries.append({"file": parts[2], "sha256": parts[0], "date": date})
+    return entries
+
+
+def source_date_epoch(tree: Path) -> int | None:
+    """The build's epoch recorded in the tree (file times are clamped to it), if any."""
+    path = tree / EPOCH_PATH
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def for_tree(inside: dict[str, Any]) -> dict[str, Any]:
+    """The image's own copy of the manifest: without what differs between builds of the same
+    inputs (the beside manifest keeps those keys, so both still agree on every key here)."""
+    return {k: v for k, v in inside.items() if k not in BUILD_ONLY_KEYS}
+
+
 def inside_manifest(
     *,
     site: str,
@@ -131,8 +170,12 @@ def inside_manifest(
     bake_steps: list[dict[str, Any]],
     kubernetes_source: str,
     boot_chain: dict[str, Any],
+    mirror: list[dict[str, Any]] | None = None,
+    epoch: int | None = None,
 ) -> dict[str, Any]:
     return {
+        "mirrorState": mirror or [],
+        "sourceDateEpoch": epoch,
         "schema": SCHEMA,
         "site": site,
         "inputHash": hash_hex,

@@ -307,7 +307,14 @@ def write_inside_manifest(
     bake_steps: list[dict[str, Any]],
     secure_boot: SecureBoot,
 ) -> dict[str, Any]:
-    """Put the image manifest into the tree (/usr/share/nodekiln/manifest.json); return it."""
+    """Put the image manifest into the tree (/usr/share/nodekiln/manifest.json); return it.
+
+    The tree is made ready to be reproducible first: diskimage-builder's records lose the
+    build's work path. The copy in the tree leaves out what differs between two builds of the
+    same inputs (bake-step times, manifest.BUILD_ONLY_KEYS); the returned manifest has it, for
+    the one beside the artifacts.
+    """
+    dib.normalise_records(tree)
     kernel_file, _ = disk.find_kernel(tree)
     packages = manifest.installed_packages(tree)
     inside = manifest.inside_manifest(
@@ -320,10 +327,12 @@ def write_inside_manifest(
         bake_steps=bake_steps,
         kubernetes_source=kubernetes_source_report(tree),
         boot_chain=bootchain.record(tree, kernel_file, secure_boot, packages),
+        mirror=manifest.mirror_state(tree),
+        epoch=manifest.source_date_epoch(tree),
     )
     target = tree / manifest.IMAGE_MANIFEST_PATH
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(manifest.dumps(inside))
+    target.write_text(manifest.dumps(manifest.for_tree(inside)))
     sbom.write_inside(tree, inside)  # /usr/share/nodekiln/sbom.spdx.json, the same one lies beside
     return inside
 

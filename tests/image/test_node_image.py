@@ -248,6 +248,36 @@ def test_mounts_that_pods_propagate_into_are_shared(host):
     assert host.file(contract.BPFFS).is_directory  # calico-node's bpffs volume (type Directory)
 
 
+def test_iscsi_initiator_name_is_this_nodes_own(host, node_image):
+    """Generated at first boot (nodekiln-iscsi-initiatorname.service), never baked: every node
+    of an image would share a baked one, and iSCSI volume attachment (Cinder) needs unique names."""
+    assert host.service("nodekiln-iscsi-initiatorname").is_enabled
+    assert host.file("/etc/iscsi/initiatorname.iscsi").mode == 0o600
+    content = host.check_output("sudo cat /etc/iscsi/initiatorname.iscsi")
+    lines = [line for line in content.splitlines() if line.startswith("InitiatorName=")]
+    assert len(lines) == 1 and lines[0].startswith("InitiatorName=iqn.1993-08.org.debian:01:"), lines
+    # written on this node: in /etc's overlay upper layer (on /var), not in the image's root
+    assert host.check_output("sudo cat /var/lib/nodekiln/etc-overlay/upper/iscsi/initiatorname.iscsi") == content
+    assert not _image_has(node_image.path, "/etc/iscsi/initiatorname.iscsi")
+
+
+def _image_has(image, path: str) -> bool:
+    """Whether the image's root file system holds `path` (read with debugfs, nothing mounted)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from nodekiln.images import compare
+
+    with tempfile.TemporaryDirectory(dir=image.parent) as tmp:
+        raw = Path(tmp) / "disk.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+        root = next(r for r in compare.partitions(raw) if r.name == "root")
+        fs = compare.extract(raw, root, Path(tmp) / "root.img")
+        out = subprocess.run(["debugfs", "-R", f"stat {path}", str(fs)], capture_output=True, text=True)
+        return "Inode:" in out.stdout
+
+
 def test_var_survives_a_reboot(uefi_vm, host):
     """After the other UEFI checks: reboots the shared UEFI VM."""
     assert host.check_output("test -d /sys/firmware/efi && echo uefi || echo bios") == "uefi"

@@ -482,3 +482,92 @@ def test_processes_in_the_build_chroot_are_found_and_killed(tmp_path):
         assert processes_rooted_under(tmp_path) == []
     finally:
         proc.kill()
+
+
+# --- reproducible builds ----------------------------------------------------------------------
+
+
+def test_dib_records_lose_the_builds_work_path(tmp_path):
+    records = tmp_path / "etc/dib-manifests"
+    records.mkdir(parents=True)
+    (records / "dib_arguments").write_text("-x -t tar -o /srv/out/.work-lab-0123456789abcdef-4242/root --no-tmpfs x\n")
+    (records / "dib_environment").write_text(
+        'declare -x DIB_ARGS="-o /a/b/.work-lab-1-2/root"\ndeclare -x DIB_RELEASE="bookworm"\n'
+    )
+    (records / "dib_environment").chmod(0o600)
+    assert dib.normalise_records(tmp_path) == ["etc/dib-manifests/dib_arguments", "etc/dib-manifests/dib_environment"]
+    assert (records / "dib_arguments").read_text() == "-x -t tar -o <work>/root --no-tmpfs x\n"
+    assert '"-o <work>/root"' in (records / "dib_environment").read_text()
+    assert (records / "dib_environment").stat().st_mode & 0o777 == 0o600
+    assert dib.normalise_records(tmp_path) == []  # nothing left to change
+
+
+def test_snapshot_gives_the_build_epoch_in_the_stage_env(tmp_path):
+    recipe = ImageRecipe(snapshot="20261120T000000Z", kubernetesSource="none")
+    dib.write_stage(tmp_path / "stage", recipe, "1.31.4", tmp_path)
+    assert "NODEKILN_SOURCE_DATE_EPOCH=1795132800\n" in (tmp_path / "stage/env").read_text()
+    dib.write_stage(tmp_path / "stage2", ImageRecipe(kubernetesSource="none"), "1.31.4", tmp_path)
+    assert "NODEKILN_SOURCE_DATE_EPOCH=''\n" in (tmp_path / "stage2/env").read_text()
+
+
+def test_mirror_state_and_epoch_read_from_the_tree(tmp_path):
+    share = tmp_path / "usr/share/nodekiln"
+    share.mkdir(parents=True)
+    (share / "mirror-state.txt").write_text(
+        f"{'a' * 64} 1796091214 deb.debian.org_debian_dists_bookworm-updates_InRelease\n"
+        f"{'b' * 64} 1783764997 deb.debian.org_debian_dists_bookworm_InRelease\n"
+    )
+    (share / "source-date-epoch").write_text("1796091214\n")
+    assert manifest.mirror_state(tmp_path) == [
+        {
+            "file": "deb.debian.org_debian_dists_bookworm-updates_InRelease",
+            "sha256": "a" * 64,
+            "date": "2026-12-01T02:13:34+00:00",
+        },
+        {
+            "file": "deb.debian.org_debian_dists_bookworm_InRelease",
+            "sha256": "b" * 64,
+            "date": "2026-07-11T10:16:37+00:00",
+        },
+    ]
+    assert manifest.source_date_epoch(tmp_path) == 1796091214
+    assert manifest.source_date_epoch(tmp_path / "none") is None
+
+
+def test_the_images_manifest_holds_no_build_times(tmp_path):
+    inside = manifest.inside_manifest(
+        site="lab",
+        hash_hex="ab" * 32,
+        input_data={},
+        tools={},
+        packages={},
+        kernel="6.1",
+        bake_steps=[{"name": "10", "seconds": 1.5}],
+        kubernetes_source="none",
+        boot_chain={},
+        mirror=[{"file": "x_InRelease", "sha256": "c" * 64, "date": ""}],
+        epoch=1,
+    )
+    in_tree = manifest.for_tree(inside)
+    assert "bakeSteps" not in in_tree and in_tree["mirrorState"] and in_tree["sourceDateEpoch"] == 1
+    full = manifest.full_manifest(inside, stages=[], artifacts=[], built_at="now", seconds=1)
+    assert manifest.agree(in_tree, full) == [] and full["bakeSteps"] == [{"name": "10", "seconds": 1.5}]
+
+
+def test_iscsi_name_is_made_per_node_not_baked():
+    step = (IMAGES / "steps/57-iscsi.sh").read_text()
+    assert "rm -f /etc/iscsi/initiatorname.iscsi" in step
+    assert "iscsi-iname -p iqn.1993-08.org.debian:01" in step  # as open-iscsi's postinst names it
+    assert "ConditionPathExists=!/etc/iscsi/initiatorname.iscsi" in step
+    assert "Before=sysinit.target iscsid.socket iscsid.service open-iscsi.service" in step
+    finish = (IMAGES / "steps/90-finish.sh").read_text()
+    assert "/etc/iscsi/initiatorname.iscsi" in finish
+
+
+def test_initramfs_is_made_at_the_epoch():
+    finish = (IMAGES / "steps/90-finish.sh").read_text()
+    # mkinitramfs clamps times and runs cpio --reproducible when SOURCE_DATE_EPOCH is set
+    assert finish.index("export SOURCE_DATE_EPOCH") < finish.index("update-initramfs")
+    assert finish.index("mirror-state.txt") < finish.index("rm -rf /var/lib/apt/lists/*")
+    for state in ("/var/cache/ldconfig/aux-cache", "/var/lib/systemd/random-seed", ": >/etc/machine-id"):
+        assert state in finish
