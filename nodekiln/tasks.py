@@ -311,12 +311,8 @@ def verify_image(c: Context, image: str | None = None, site: str | None = None, 
     for line in result.checks:
         report.say(line)
     if against:
-        from nodekiln.errors import NodekilnError
+        from nodekiln.images.compare import compare_artifacts
 
-        try:
-            from nodekiln.images.compare import compare_artifacts  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise NodekilnError("--against: comparing artifacts is not available in this nodekiln") from None
         comparison = compare_artifacts(Path(image), Path(against))
         if comparison.differences:
             report.say(f"{image} and {against} differ:")

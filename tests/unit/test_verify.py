@@ -15,6 +15,7 @@ from invoke.exceptions import Exit
 from nodekiln.images import verify
 from nodekiln.images.verify import VerificationError, verify_artifact
 from tests.provenance_fixtures import signed_build
+from tests.unit.test_compare import needs_e2fsprogs
 
 
 def flip(path: Path, at: int = 100) -> None:
@@ -85,6 +86,45 @@ def test_the_task_prints_the_checks_or_one_error_line(tmp_path: Path, capsys: py
         err = capsys.readouterr().err
         assert caught.value.code == 2 and "Traceback" not in err
         assert err.startswith(f"error: {artifact}: its signature {artifact.name}.sig does not verify")
+    finally:
+        tasks._site = original  # type: ignore[assignment]
+
+
+@needs_e2fsprogs
+def test_the_task_compares_against_a_rebuild(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--against: a byte-identical rebuild is reported identical; a changed one fails (exit 1)
+    naming each file that differs inside the disk (real ext4 disks, as compare.py's tests make)."""
+    import json
+    import shutil
+
+    from nodekiln import tasks
+    from testing.standin_build import sign_stand_in
+    from tests.unit.test_compare import changed_copy, make_tree, small_disk
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    tree = make_tree(tmp_path / "tree")
+    artifact = tmp_path / "out" / "lab-0123456789abcdef.raw"
+    artifact.parent.mkdir()
+    small_disk(tree, artifact, tmp_path / "wa")
+    manifest_path = artifact.with_name("lab-0123456789abcdef.manifest.json")
+    manifest_path.write_text(json.dumps({"site": "lab", "inputHash": "0123456789abcdef" * 4}))
+    sign_stand_in(site_dir, "lab", artifact, manifest_path)
+    rebuild = tmp_path / "rebuild.raw"
+    shutil.copy(artifact, rebuild)
+    changed = tmp_path / "changed.raw"
+    small_disk(changed_copy(tree, tmp_path / "other"), changed, tmp_path / "wc")
+    loaded = SimpleNamespace(directory=site_dir, name="lab")
+    original = tasks._site
+    tasks._site = lambda path: loaded  # type: ignore[assignment,return-value]
+    try:
+        tasks.verify_image.body(None, image=str(artifact), against=str(rebuild))
+        assert f"{artifact} and {rebuild} are identical" in capsys.readouterr().out
+        with pytest.raises(Exit) as caught:
+            tasks.verify_image.body(None, image=str(artifact), against=str(changed))
+        out = capsys.readouterr().out
+        assert caught.value.code == 1
+        assert f"{artifact} and {changed} differ:" in out and "root:/usr/bin/tool: mode 0755 != 0700" in out
     finally:
         tasks._site = original  # type: ignore[assignment]
 
