@@ -225,5 +225,19 @@ def _head_digest(path: Path) -> str:
         return hashlib.sha256(f.read(4 * 1024**2)).hexdigest()
 
 
+def test_a_rebuild_from_the_same_tree_is_byte_identical(lab: Lab, tmp_path: Path) -> None:
+    """The ISO half of reproducible builds: the same tree, site and secrets give the same ISO
+    byte for byte (squashfs, the EFI image, ISO 9660 at the build epoch), and the same
+    signature. The tree's own reproducibility is tests/image/test_reproducible.py's."""
+    out = tmp_path / "out"
+    if lab.tree is None:  # the tree this session built, linked into a second output folder
+        shutil.copytree(lab.work / "out" / "trees", out / "trees", copy_function=os.link)
+    again = iso.build_iso(lab.site, lab.secrets, out, tree=lab.tree)
+    assert not again.cached and again.path != lab.iso and again.path.name == lab.iso.name
+    assert hashlib.sha256(again.path.read_bytes()).hexdigest() == lab.iso_sha
+    sig = Path(f"{lab.iso}.sig")
+    assert Path(f"{again.path}.sig").read_bytes() == sig.read_bytes()
+
+
 def test_the_iso_was_never_written(lab: Lab) -> None:
     assert hashlib.sha256(lab.iso.read_bytes()).hexdigest() == lab.iso_sha
