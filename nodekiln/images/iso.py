@@ -547,8 +547,11 @@ def artifact_names(out_dir: Path, site_name: str, hash_hex: str) -> tuple[Path, 
 
 
 def cached(iso: Path, manifest_path: Path) -> bool:
-    """A previous build of the same inputs is complete: the ISO and its manifest agree on size."""
-    return complete_manifest(manifest_path, {iso.name: iso}, key="file") is not None
+    """A previous build of the same inputs is complete: the ISO and its manifest agree on size,
+    and its SBOM, provenance and signatures are all there."""
+    return complete_manifest(manifest_path, {iso.name: iso}, key="file") is not None and provenance.published(
+        iso.parent, iso.name, [iso, manifest_path]
+    )
 
 
 def menu_nodes(site: Site) -> list[MenuNode]:

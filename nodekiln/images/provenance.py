@@ -150,6 +150,14 @@ def beside(out_dir: Path, stem: str) -> tuple[Path, Path]:
     return out_dir / f"{stem}{sbom.BESIDE_SUFFIX}", out_dir / f"{stem}{SUFFIX}"
 
 
+def published(out_dir: Path, stem: str, files: list[Path]) -> bool:
+    """Whether a build's publication is complete: `files` (artifacts, manifest), the SBOM and the
+    provenance beside them, each with its signature. A build interrupted after its manifest but
+    before its signatures is not complete, so the cache does not take it."""
+    sbom_path, provenance_path = beside(out_dir, stem)
+    return all(p.exists() and Path(f"{p}{signing.SIG_SUFFIX}").exists() for p in [*files, sbom_path, provenance_path])
+
+
 def publish(
     *,
     kind: str,

@@ -271,10 +271,23 @@ def test_cache_hit_when_manifest_and_artifacts_exist(tmp_path):
     out.mkdir()
     plan.artifact("qcow2").write_bytes(b"image")
     plan.manifest_path.write_text(json.dumps({"artifacts": [{"format": "qcow2", "size": 5}]}))
+    assert build.cached(plan) is None  # manifest and artifact, but no SBOM, provenance, signatures
+    from nodekiln.images import provenance, signing
+
+    sbom_path, provenance_path = provenance.beside(out, plan.stem)
+    published = [plan.artifact("qcow2"), plan.manifest_path, sbom_path, provenance_path]
+    for path in (sbom_path, provenance_path):
+        path.write_text("{}")
+    for path in published:
+        Path(f"{path}{signing.SIG_SUFFIX}").write_text("signature")
     t0 = time.monotonic()
     result = build.build_image(site, out)  # would need root, DIB and the network if not cached
     assert result.cache_hit and result.image == plan.artifact("qcow2")
     assert time.monotonic() - t0 < 2
+    Path(f"{provenance_path}{signing.SIG_SUFFIX}").unlink()  # interrupted while signing
+    assert build.cached(plan) is None
+    Path(f"{provenance_path}{signing.SIG_SUFFIX}").write_text("signature")
+    assert build.cached(plan) is not None
     plan.artifact("qcow2").write_bytes(b"truncated")  # size differs: not a complete build
     assert build.cached(plan) is None
     assert plan.stem.startswith("lab-") and len(plan.stem) == 4 + manifest.HASH_CHARS

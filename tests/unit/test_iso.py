@@ -177,7 +177,18 @@ def test_cache_hit_needs_the_iso_and_a_manifest_that_agrees(tmp_path: Path) -> N
     target.write_bytes(b"x" * 10)
     assert not iso.cached(target, manifest)
     manifest.write_text(json.dumps({"artifacts": [{"file": target.name, "size": 10}]}))
+    assert not iso.cached(target, manifest)  # no SBOM, provenance or signatures yet
+    from nodekiln.images import provenance, signing
+
+    sbom_path, provenance_path = provenance.beside(tmp_path, target.name)
+    for path in (sbom_path, provenance_path):
+        path.write_text("{}")
+    for path in (target, manifest, sbom_path, provenance_path):
+        Path(f"{path}{signing.SIG_SUFFIX}").write_text("signature")
     assert iso.cached(target, manifest)
+    Path(f"{target}{signing.SIG_SUFFIX}").unlink()  # interrupted while signing
+    assert not iso.cached(target, manifest)
+    Path(f"{target}{signing.SIG_SUFFIX}").write_text("signature")
     target.write_bytes(b"x" * 11)  # a partial or foreign file under the name
     assert not iso.cached(target, manifest)
 
