@@ -242,9 +242,7 @@ def cached(plan: Plan) -> BuildResult | None:
     """The earlier build of these exact inputs, if its manifest and artifacts are all there."""
     artifacts = {fmt: plan.artifact(fmt) for fmt in plan.formats}
     data = complete_manifest(plan.manifest_path, artifacts)
-    if data is None or not provenance.published(
-        plan.out_dir, plan.stem, [*artifacts.values(), plan.manifest_path]
-    ):
+    if data is None or not provenance.published(plan.out_dir, plan.stem, [*artifacts.values(), plan.manifest_path]):
         return None
     return BuildResult(
         plan.site, plan.input_hash, artifacts, plan.manifest_path, data, True, 0.0, stages=data.get("stages", [])
