@@ -42,6 +42,7 @@ from nodekiln.config.site import Node, Site
 from nodekiln.errors import NodekilnError
 from nodekiln.run import run, which
 from nodekiln.secrets import Secrets
+from testing import netns_bridge
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "nkt"
@@ -123,48 +124,18 @@ class Testbed:
         for proc in self.monitors:
             _kill(proc)
         self.monitors.clear()
-        for name in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        netns_bridge.remove(self.namespaces)
         self.namespaces.clear()
 
     def _reap_stale(self) -> None:
-        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-        for line in listing.splitlines():
-            match = re.match(rf"({PREFIX}(\d+)x\d+-\S+)", line)
-            if match and not Path(f"/proc/{match.group(2)}").exists():
-                subprocess.run(["ip", "netns", "del", match.group(1)], check=False, capture_output=True)
+        netns_bridge.reap_stale(PREFIX)
 
     def _ip(self, *args: object) -> str:
-        return run(["ip", *[str(a) for a in args]], timeout=30).output
+        return netns_bridge.ip(*args)
 
     def _network(self) -> None:
-        prefix = self.site.network.cidr.prefixlen
-        self._ip("netns", "add", self.bridge)
-        self.namespaces.append(self.bridge)
-        self._ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
-        self._ip("-n", self.bridge, "link", "set", "br0", "up")
-        for node in self.nodes:
-            ns = self.ns(node)
-            self._ip("netns", "add", ns)
-            self.namespaces.append(ns)
-            self._ip(
-                "link",
-                "add",
-                self.veth(node),
-                "netns",
-                self.bridge,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                self.iface,
-                "netns",
-                ns,
-            )
-            self._ip("-n", ns, "addr", "add", f"{node.address}/{prefix}", "dev", self.iface)
-            self._ip("-n", ns, "link", "set", "lo", "up")
-            self._ip("-n", ns, "link", "set", self.iface, "up")
-            self._ip("-n", self.bridge, "link", "set", self.veth(node), "master", "br0", "up")
+        machines = [(self.ns(node), self.veth(node), str(node.address)) for node in self.nodes]
+        self.namespaces += netns_bridge.build(self.bridge, machines, self.iface, self.site.network.cidr.prefixlen)
 
     def _cert(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
