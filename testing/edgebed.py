@@ -67,6 +67,7 @@ from nodekiln.errors import MissingToolError, NodekilnError
 from nodekiln.run import Result, run, which
 from nodekiln.secrets import KeyPair, Secrets, SecretStore, make_ca
 from testing import netns_bridge
+from testing.netns_bridge import kill_group as _kill
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "nke"
@@ -760,18 +761,3 @@ class EdgeBed:
 
 def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=5)

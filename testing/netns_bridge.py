@@ -9,7 +9,9 @@ gone) are found and removed on start.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -56,3 +58,19 @@ def build(bridge: str, machines: list[tuple[str, str, str]], interface: str, pre
 def remove(namespaces: list[str]) -> None:
     for name in reversed(namespaces):
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a program the bed started in its own process group: `sig`, then SIGKILL after 10 s."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)

@@ -43,6 +43,7 @@ from nodekiln.errors import NodekilnError
 from nodekiln.run import run, which
 from nodekiln.secrets import Secrets
 from testing import netns_bridge
+from testing.netns_bridge import kill_group as _kill
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "nkt"
@@ -477,18 +478,3 @@ class Testbed:
             raise TestbedError(f"no answer through the VIP within 30 s after {old} died") from None
         stamp = out.decode().split()[0]
         return float(stamp) - t0, old, self.wait_holder(not_on=old)
-
-
-def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=5)
