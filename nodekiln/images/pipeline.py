@@ -36,7 +36,7 @@ from rich.console import Console
 from nodekiln.config.recipe import ImageRecipe, SecureBoot
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_atomic
-from nodekiln.images import bootchain, dib, disk, manifest, provenance, sbom
+from nodekiln.images import bootchain, compare, dib, disk, manifest, provenance, sbom
 from nodekiln.run import run
 
 DEFAULT_OUT = Path("build/images")
@@ -391,6 +391,11 @@ def disk_tail(
             secure_boot=plan.recipe.secureBoot,
         )
         sbom_text = (tree / sbom.SBOM_PATH).read_text()
+        # the published digest of the root tree (compare.tree_digest: paths, modes, owners,
+        # times, contents; less compare.NOT_REPRODUCIBLE), with the times clamped as the disk has them
+        if inside.get("sourceDateEpoch") is not None:
+            disk.clamp_times(tree, int(inside["sourceDateEpoch"]))
+        tree_digest = {"sha256": compare.tree_digest(tree), "excludes": list(compare.NOT_REPRODUCIBLE)}
 
     raw = work / "disk.raw"
     with stages("assemble GPT disk (BIOS + UEFI)"):
@@ -424,7 +429,13 @@ def disk_tail(
         artifacts[fmt] = plan.artifact(fmt)
 
     seconds = time.monotonic() - started
-    full = write_manifest(plan.manifest_path, inside, stages=stages.records, artifacts=entries, seconds=seconds)
+    full = write_manifest(
+        plan.manifest_path,
+        {**inside, "treeDigest": tree_digest},
+        stages=stages.records,
+        artifacts=entries,
+        seconds=seconds,
+    )
     provenance.publish(
         kind="image",
         site_dir=plan.site_dir,

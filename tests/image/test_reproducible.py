@@ -30,6 +30,8 @@ def test_second_cold_build_is_byte_identical(node_image, test_site, tmp_path_fac
         first_sum, second_sum = manifest.sha256_file(node_image.path), manifest.sha256_file(second.image)
         beside = [json.loads(p.read_text()) for p in (node_image.manifest, second.manifest_path)]
         assert beside[0]["inputHash"] == beside[1]["inputHash"]
+        # the published tree digest is the same too (and says what it leaves out: nothing today)
+        assert beside[0]["treeDigest"] == beside[1]["treeDigest"] and beside[0]["treeDigest"]["excludes"] == []
         assert beside[0]["mirrorState"] == beside[1]["mirrorState"], "the mirror changed between the two builds"
         if first_sum != second_sum:
             result = compare.compare_artifacts(node_image.path, second.image, work=out)
