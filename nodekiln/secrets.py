@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import secrets as rand
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -138,9 +139,14 @@ def _issuer(ca: KeyPair) -> tuple[x509.Name, CertificateIssuerPublicKeyTypes, Ce
 
 
 def _leaf(
-    ca: KeyPair, subject: x509.Name, days: int, usage: x509.ObjectIdentifier, dns_names: list[str] | None = None
+    ca: KeyPair,
+    subject: x509.Name,
+    days: int,
+    usage: x509.ObjectIdentifier,
+    dns_names: Sequence[str] = (),
+    ips: Sequence[str] = (),
 ) -> KeyPair:
-    """A certificate signed by `ca` for one extended key usage (and, for servers, DNS names)."""
+    """A certificate signed by `ca` for one extended key usage (and, for servers, its names)."""
     ca_name, ca_public, ca_key = _issuer(ca)
     key = _key()
     now = dt.datetime.now(dt.UTC)
@@ -157,10 +163,10 @@ def _leaf(
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False)
     )
-    if dns_names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
-        )
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     return KeyPair(cert=cert.public_bytes(serialization.Encoding.PEM).decode(), key=_pem_key(key))
 
@@ -176,10 +182,13 @@ def make_client_cert(ca: KeyPair, common_name: str, organization: str, days: int
     return _leaf(ca, subject, days, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
-def make_serving_cert(ca: KeyPair, dns_names: list[str], days: int) -> KeyPair:
-    """A TLS server certificate signed by `ca` for `dns_names` (the first is the common name)."""
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
-    return _leaf(ca, subject, days, x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, dns_names)
+def make_serving_cert(
+    ca: KeyPair, dns_names: Sequence[str], days: int, *, ips: Sequence[str] = (), common_name: str | None = None
+) -> KeyPair:
+    """A TLS server certificate signed by `ca` for `dns_names` and `ips` (common name: the
+    given one, else the first DNS name)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or dns_names[0])])
+    return _leaf(ca, subject, days, x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, dns_names, ips)
 
 
 def bootstrap_token() -> str:

@@ -35,7 +35,6 @@ Everything is removed on exit, also after a failure; namespaces left by a crashe
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import json
 import os
@@ -46,18 +45,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import hashes
 
 from nodekiln.bootstrap import edge
 from nodekiln.bootstrap.firewall import firewall_files
@@ -65,7 +62,7 @@ from nodekiln.bootstrap.nodefiles import NodeFile
 from nodekiln.config.site import Node, Site, load_site
 from nodekiln.errors import MissingToolError, NodekilnError
 from nodekiln.run import Result, run, which
-from nodekiln.secrets import KeyPair, Secrets, SecretStore, make_ca
+from nodekiln.secrets import KeyPair, Secrets, SecretStore, make_ca, make_serving_cert
 from testing import netns_bridge
 from testing.netns_bridge import kill_group as _kill
 
@@ -153,32 +150,8 @@ def make_site(base: Path, *, edges: int = 1, backups: bool = True) -> EdgeSite:
 
 
 def server_cert(ca: KeyPair, common_name: str, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> KeyPair:
-    """A serving certificate signed by `ca` (EC P-256, valid a day)."""
-    ca_cert = x509.load_pem_x509_certificate(ca.cert.encode())
-    ca_key = serialization.load_pem_private_key(ca.key.encode(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    names += [x509.IPAddress(IPv4Address(i)) for i in ips]
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    return KeyPair(
-        cert=cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    )
+    """A serving certificate signed by `ca`, valid a day (nodekiln.secrets.make_serving_cert)."""
+    return make_serving_cert(ca, dns, 1, ips=ips, common_name=common_name)
 
 
 # --- an edge node's files, in place --------------------------------------------------------
@@ -421,18 +394,23 @@ class EdgeBed:
         path = self.dir(name) / "logs" / f"{key}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def wait_log(self, name: str, key: str, text: str, timeout: float = 15, start: int = 0) -> None:
-        """Until `text` appears in the log after offset `start`."""
+    def _until(self, ready: Callable[[], bool], name: str, key: str, what: str, timeout: float) -> None:
+        """Poll `ready` until true; fail at once if program `key` on `name` exited, or after
+        `timeout` saying `what` did not happen (with the program's last log lines)."""
         deadline = time.monotonic() + timeout
-        while text not in self.log(name, key)[start:]:
+        while not ready():
             proc = self.procs.get((name, key))
             if proc is not None and proc.poll() is not None:
                 raise EdgebedError(f"{key} on {name} exited {proc.returncode}:\n{self.log(name, key)[-3000:]}")
             if time.monotonic() > deadline:
-                raise EdgebedError(
-                    f"{key} on {name} did not say {text!r} within {timeout} s:\n{self.log(name, key)[-3000:]}"
-                )
+                raise EdgebedError(f"{what} within {timeout} s:\n{self.log(name, key)[-3000:]}")
             time.sleep(0.05)
+
+    def wait_log(self, name: str, key: str, text: str, timeout: float = 15, start: int = 0) -> None:
+        """Until `text` appears in the log after offset `start`."""
+        self._until(
+            lambda: text in self.log(name, key)[start:], name, key, f"{key} on {name} did not say {text!r}", timeout
+        )
 
     def start_standin(self, name: str) -> None:
         port = 443 if name == BACKUP_NAME else self.backend_port
@@ -553,20 +531,13 @@ class EdgeBed:
 
     def wait_port(self, name: str, port: int, key: str, *, udp: bool = False, timeout: float = 15) -> None:
         """Until something listens on `port` in machine `name`'s namespace."""
-        deadline = time.monotonic() + timeout
         flag = "-lun" if udp else "-ltn"
-        while True:
-            out = run(["ip", "netns", "exec", self.ns(name), "ss", "-H", flag, f"sport = :{port}"], timeout=10).output
-            if out.strip():
-                return
-            proc = self.procs.get((name, key))
-            if proc is not None and proc.poll() is not None:
-                raise EdgebedError(f"{key} on {name} exited {proc.returncode}:\n{self.log(name, key)[-3000:]}")
-            if time.monotonic() > deadline:
-                raise EdgebedError(
-                    f"nothing listens on {port} in {name} after {timeout} s:\n{self.log(name, key)[-3000:]}"
-                )
-            time.sleep(0.05)
+
+        def listening() -> bool:
+            argv = ["ip", "netns", "exec", self.ns(name), "ss", "-H", flag, f"sport = :{port}"]
+            return bool(run(argv, timeout=10).output.strip())
+
+        self._until(listening, name, key, f"nothing listens on {port} in {name}", timeout)
 
     def start_haproxy(self) -> None:
         """As haproxy.service with the rendered drop-in: ExecStartPre= the placeholder, then
