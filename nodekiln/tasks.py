@@ -230,11 +230,8 @@ def addons(
     loaded = _site(site)
     target = Path(out) if out else None
     if images:
-        found, notes = stage.images(loaded, target)
-        for image in found:
+        for image in stage.images(loaded, target):
             report.result(image)
-        for note in notes:
-            report.note(note)
         return
     if dry_run:
         plan, plan_file = stage.plan_release_files(loaded, target)

@@ -34,18 +34,15 @@ def plan_release_files(site: Site, out: Path | None = None) -> tuple[Plan, Path]
     return built, write_plan(built, out or default_out(site))
 
 
-def images(site: Site, out: Path | None = None) -> tuple[list[str], list[str]]:
-    """Every container image of the plan (for baking into air-gapped images) and notes."""
-    from nodekiln.addons.apply import images as plan_images
+def images(site: Site, out: Path | None = None) -> list[str]:
+    """Every container image the cluster pulls for the site's addons (to bake into air-gapped
+    images): read from each release rendered with its real chart, plus what operators start."""
     from nodekiln.addons.helm import Helm
-    from nodekiln.errors import MissingToolError
+    from nodekiln.addons.render import images as rendered_images
+    from nodekiln.addons.render import render_plan
 
     built, _ = plan_release_files(site, out)
-    try:
-        helm = Helm.discover()
-    except MissingToolError:
-        helm = None
-    return plan_images(built, helm)
+    return rendered_images(render_plan(built, Helm.discover(), site.kubernetes.version))
 
 
 def default_kubeconfig(site: Site) -> Path:

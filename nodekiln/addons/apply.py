@@ -20,10 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from nodekiln.addons.helm import Helm
 from nodekiln.addons.plan import AddonsError, Plan, Release, load_values
+from nodekiln.addons.render import values_files
 from nodekiln.errors import ToolError
 from nodekiln.files import write_atomic
-
-RENDERED = ".rendered"  # NaaVRE's sub-chart values, rendered from its root values file
 
 
 @dataclass(frozen=True)
@@ -43,24 +42,6 @@ def chart_id(release: Release) -> str:
         except (OSError, yaml.YAMLError, AttributeError):
             pass
     return f"{Path(name).name}-{release.version}"
-
-
-def values_files(plan: Plan, release: Release, helm: Helm) -> list[Path]:
-    """The --values files of a release: its values file, or what its values chart renders."""
-    own = plan.values_path(release)
-    if release.values_chart is None:
-        return [own]
-    if not release.values_chart.is_dir() or release.chart_path is None or not release.chart_path.is_dir():
-        src = release.source or {}
-        raise AddonsError(
-            f"{release.name}: no chart checkout at {release.values_chart.parent}: "
-            f"git clone {src.get('git', '')} {release.values_chart.parent} && git -C {release.values_chart.parent} checkout {src.get('ref', '')} "
-            f"&& helm dependency build {release.chart_path}"
-        )
-    assert plan.out is not None
-    return helm.render_values_chart(
-        release.name, release.values_chart, own, release.namespace, plan.out / RENDERED / release.name
-    )
 
 
 def state_path(plan: Plan) -> Path:
@@ -105,13 +86,14 @@ def apply(plan: Plan, helm: Helm, console: Console | None = None) -> list[Outcom
                     progress.console.print(f"  {release.name}: unchanged ({chart_id(release)})")
                     progress.advance(task)
                     continue
+                repo, version = release.pull
                 helm.upgrade(
                     release.name,
                     release.chart_ref,
                     release.namespace,
                     files,
-                    version=release.version,
-                    repo=release.repo,
+                    version=version,
+                    repo=repo,
                     timeout=release.timeout,
                 )
                 for command in release.readiness:
@@ -145,49 +127,3 @@ def _read_state(path: Path) -> dict[str, Any]:
         return data if isinstance(data, dict) else {}
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def images(plan: Plan, helm: Helm | None = None) -> tuple[list[str], list[str]]:
-    """Every container image the plan runs, and notes on releases whose images are unknown.
-
-    Built-ins declare theirs (pinned in addons/<name>.yaml and set in their values). Releases
-    from a local chart (the site's own, NaaVRE's checkout) are rendered with `helm template`
-    when helm and the chart are there, and their `image:` fields read.
-    """
-    found = set(plan.images())
-    notes: list[str] = []
-    for release in plan.releases:
-        if release.chart_path is None:
-            if not release.builtin:
-                notes.append(
-                    f"{release.name}: chart {release.chart} from {release.repo}: images not known without the chart (render it on a connected host)"
-                )
-            continue
-        if helm is None or not release.chart_path.is_dir():
-            notes.append(
-                f"{release.name}: chart {release.chart_path} is not there (or helm is missing): its sub-charts' images are not listed"
-            )
-            continue
-        files = values_files(plan, release, helm)
-        text = helm.template(release.name, str(release.chart_path), release.namespace, files)
-        found.update(_images_in(text))
-    return sorted(found), notes
-
-
-def _images_in(manifests: str) -> set[str]:
-    out: set[str] = set()
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "image" and isinstance(value, str) and value:
-                    out.add(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    for doc in yaml.safe_load_all(manifests):
-        walk(doc)
-    return out

@@ -42,7 +42,9 @@ class AddonDef(Strict):
     description: str
     chart: str
     repo: str | None = Field(
-        default=None, description="chart repository (https:// or oci://); none for charts from a Git checkout"
+        default=None,
+        description="chart repository (https:// or oci://); none for charts from a Git checkout (source) "
+        "or nodekiln's own charts (chart: a folder under addons/charts/)",
     )
     source: GitSource | None = None
     version: str
@@ -63,7 +65,16 @@ class AddonDef(Strict):
     )
     images: dict[str, str] = Field(
         default_factory=dict,
-        description="every container image the release runs, pinned; the values template sets them",
+        description="the container images the values template pins (each appears in the rendered manifests)",
+    )
+    operatorImages: dict[str, str] = Field(
+        default_factory=dict,
+        description="images an operator of the release starts itself (not in the manifests), with their source",
+    )
+    apiVersions: list[str] = Field(
+        default_factory=list,
+        description="API versions the chart's CRDs serve (group/version and group/version/Kind), "
+        "given to offline renders of the other releases as the cluster would report them",
     )
     context: str | None = Field(
         default=None,
@@ -74,6 +85,11 @@ class AddonDef(Strict):
     @property
     def template(self) -> str:
         return f"{self.name}.values.yaml.j2"
+
+    @property
+    def local_chart(self) -> Path:
+        """nodekiln's own chart (repo and source left out): addons/<chart>."""
+        return FOLDER / self.chart
 
 
 @cache
@@ -110,6 +126,13 @@ def _problem(definition: AddonDef, name: str, key: str, folder: Path) -> str | N
     outside = [d for d in definition.dependsOn if d not in {release_name(k) for k in BUILTIN_KEYS}]
     if outside:
         return f"dependsOn {', '.join(outside)}: not built-in addons"
+    if definition.repo is None and definition.source is None:
+        chart_file = folder / definition.chart / "Chart.yaml"
+        if not chart_file.is_file():
+            return f"no repo and no source, but {chart_file} (nodekiln's own chart) is missing"
+        meta = yaml.safe_load(chart_file.read_text(encoding="utf-8")) or {}
+        if str(meta.get("version")) != definition.version:
+            return f"version {definition.version} differs from {chart_file}'s {meta.get('version')}"
     checkout = definition.source.checkoutSetting if definition.source else None
     if checkout is not None and checkout not in BUILTIN_SETTINGS[key].model_fields:
         return f"source.checkoutSetting {checkout!r} is not a setting of addons.{key}"

@@ -73,8 +73,19 @@ class Helm:
         version: str | None = None,
         repo: str | None = None,
         output_dir: Path | None = None,
+        kube_version: str | None = None,
+        api_versions: Sequence[str] = (),
+        include_crds: bool = False,
     ) -> str:
+        """`helm template`; offline, helm knows no cluster: `kube_version` and `api_versions` say
+        what `.Capabilities` the charts see (the site's Kubernetes, the CRDs installed)."""
         args = ["template", name, chart, "--namespace", namespace, *_chart_args(values, version, repo)]
+        if kube_version is not None:
+            args += ["--kube-version", kube_version]
+        for api in api_versions:
+            args += ["--api-versions", api]
+        if include_crds:
+            args.append("--include-crds")
         if output_dir is not None:
             args += ["--output-dir", str(output_dir)]
         return self.run(args, quiet=True).output

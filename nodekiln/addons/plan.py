@@ -53,9 +53,12 @@ class Release:
     wait_for: str = "the chart's resources are ready (helm --wait)"
     timeout: str = "10m"
     readiness: tuple[tuple[str, ...], ...] = ()
-    images: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()  # pinned by the values (they appear in the rendered manifests)
+    operator_images: tuple[str, ...] = ()  # started by an operator, not in the manifests
+    api_versions: tuple[str, ...] = ()  # served by the CRDs the chart installs (for offline renders)
     secret: bool = False  # the values file holds secrets (written 0600)
-    chart_path: Path | None = None  # local chart directory (extra releases, NaaVRE's checkout)
+    chart_path: Path | None = None  # local chart directory (extra releases, NaaVRE's checkout, nodekiln's own)
+    package: Path | None = None  # the chart's package from the site's addons.charts folder
     values_chart: Path | None = None  # renders the sub-charts' values from `values` first (NaaVRE)
     source: dict[str, str] | None = None  # {"git": url, "ref": commit} for charts from a Git checkout
     builtin: bool = True
@@ -63,11 +66,20 @@ class Release:
     @property
     def chart_ref(self) -> str:
         """What `helm upgrade --install NAME <chart_ref>` gets."""
+        if self.package is not None:
+            return str(self.package)
         if self.chart_path is not None:
             return str(self.chart_path)
         if self.repo and self.repo.startswith("oci://"):
             return f"{self.repo.rstrip('/')}/{self.chart}"
         return self.chart
+
+    @property
+    def pull(self) -> tuple[str | None, str | None]:
+        """(--repo, --version) for helm; none for a chart on disk."""
+        if self.package is not None or self.chart_path is not None:
+            return None, None
+        return self.repo, self.version
 
     @property
     def label(self) -> str:
@@ -124,8 +136,6 @@ class Plan:
         }
         return json.dumps(doc, indent=2) + "\n"
 
-    def images(self) -> list[str]:
-        return sorted({image for r in self.releases for image in r.images})
 
 
 # --- secrets -------------------------------------------------------------------------------
@@ -336,11 +346,16 @@ def _render_builtin(
         raise AddonsError(f"addons/{definition.template}: {exc}") from None
     secret = secrets.used
     text = _apply_override(site, text, addon.values, ("addons", definition.setting, "values"), definition.template)
-    chart_path = values_chart = None
+    chart_path = values_chart = package = None
+    version = addon.version or definition.version
     if definition.source is not None:
         checkout = _checkout(site, definition, addon)
         chart_path = checkout / definition.chart
         values_chart = checkout / definition.valuesChart if definition.valuesChart else None
+    elif definition.repo is None:
+        chart_path = definition.local_chart
+    elif site.addons.charts is not None:
+        package = _package(site, definition, version)
     name = definition.name
     values_file = f"{name}.root-values.yaml" if values_chart is not None else f"{name}.values.yaml"
     release = Release(
@@ -348,20 +363,36 @@ def _render_builtin(
         namespace=namespaces[name],
         chart=definition.chart,
         repo=definition.repo or (definition.source.git if definition.source else None),
-        version=addon.version or definition.version,
+        version=version,
         values=values_file,
         depends_on=tuple(d for d in definition.dependsOn if d in namespaces),
         wait_for=definition.waitFor,
         timeout=definition.timeout or site.addons.timeout,
         readiness=tuple(tuple(cmd) for cmd in definition.readiness),
         images=tuple(definition.images.values()),
+        operator_images=tuple(definition.operatorImages.values()),
+        api_versions=tuple(definition.apiVersions),
         secret=secret,
         chart_path=chart_path,
+        package=package,
         values_chart=values_chart,
         # where the chart comes from; where this site keeps it is chart_path
         source={"git": definition.source.git, "ref": definition.source.ref} if definition.source else None,
     )
     return release, text, secret
+
+
+def _package(site: Site, definition: AddonDef, version: str) -> Path:
+    """The chart's package in the site's addons.charts folder (named as `helm pull` names it)."""
+    assert site.addons.charts is not None
+    folder = site.directory / site.addons.charts
+    package = folder / f"{definition.chart}-{version}.tgz"
+    if not package.is_file():
+        raise AddonsError(
+            f"addons.charts: no {package.name} in {folder}: "
+            f"helm pull {definition.chart} --repo {definition.repo} --version {version} --destination {folder}"
+        )
+    return package
 
 
 def _checkout(site: Site, definition: AddonDef, addon: AddonBase) -> Path:

@@ -197,6 +197,11 @@ class AddonsSpec(Strict):
     keycloakOperator: KeycloakOperator = Field(default_factory=lambda: KeycloakOperator(enabled=False))
     naavre: Naavre = Field(default_factory=lambda: Naavre(enabled=False))
     timeout: Duration = Field(default="10m", description="default helm --timeout per release")
+    charts: str | None = Field(
+        default=None,
+        description="folder of chart packages beside the site file (`helm pull CHART --repo URL --version V`: "
+        "<chart>-<version>.tgz): the built-ins' charts come from there, not from their repositories (air-gapped sites)",
+    )
     releases: list[ExtraRelease] = Field(
         default_factory=list, description="the site's own releases, installed after the built-ins they depend on"
     )
@@ -339,6 +344,8 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
             found.append(
                 (("addons", "releases", first, "dependsOn"), f"dependencies form a circle: {' -> '.join(exc.cycle)}")
             )
+    if spec.charts is not None and not (site.directory / spec.charts).is_dir():
+        found.append((("addons", "charts"), f"no folder {site.directory / spec.charts} (chart packages, helm pull)"))
     for key in BUILTIN_KEYS:
         addon = spec.builtin(key)
         if addon.enabled and addon.values:

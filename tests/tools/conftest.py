@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +63,70 @@ def keepalived_test(folder: Path, interface: str) -> tuple[int, str]:
         timeout=60,
     )
     return result.returncode, (result.stdout + result.stderr).strip()
+
+
+# --- the addons rendered with the real upstream charts (tests/charts/upstream) -----------------
+
+
+@dataclass
+class RenderedSite:
+    """The example site's addons plan, each release rendered offline with its real chart."""
+
+    site: Any
+    plan: Any
+    helm: Any
+    releases: dict[str, Any]  # release name -> nodekiln.addons.render.Rendered
+
+    def objects(self) -> list[dict[str, Any]]:
+        return [item for rendered in self.releases.values() for item in rendered.objects]
+
+    def problems(self) -> list[str]:
+        """What the cluster would reject (testing/manifests.py), over every release."""
+        from testing import manifests
+
+        crds = manifests.crd_schemas(self.objects())
+        return [
+            f"{name}: {problem}"
+            for name, rendered in self.releases.items()
+            for problem in manifests.problems(rendered.objects, self.site.kubernetes.version, crds)
+        ]
+
+
+def helm_binary() -> str:
+    from nodekiln.addons.helm import TOOLS_BIN
+
+    found = shutil.which("helm") or (str(TOOLS_BIN / "helm") if (TOOLS_BIN / "helm").is_file() else None)
+    if not found:
+        pytest.fail(
+            "helm is not installed: run addons/tools/fetch-helm.sh (puts helm into build/tools/bin)", pytrace=False
+        )
+    return found
+
+
+def render_site(folder: Path, change: dict[str, Any] | None = None) -> RenderedSite:
+    """The example site (with `change` merged over its addons section) in `folder`, rendered."""
+    from nodekiln.addons import plan_release_files
+    from nodekiln.addons.helm import Helm
+    from nodekiln.addons.render import render_plan
+    from nodekiln.config.site import load_site
+    from testing import charts
+
+    previous = os.environ.get(charts.TOKEN_ENV)
+    os.environ[charts.TOKEN_ENV] = "ghp_exampletoken"
+    try:
+        site = load_site(charts.example_site(folder / "site", change))
+        plan, _ = plan_release_files(site, folder / "out")
+        helm = Helm(helm_binary())
+        rendered = render_plan(plan, helm, site.kubernetes.version)
+    finally:
+        if previous is None:
+            os.environ.pop(charts.TOKEN_ENV, None)
+        else:
+            os.environ[charts.TOKEN_ENV] = previous
+    return RenderedSite(site, plan, helm, {r.release.name: r for r in rendered})
+
+
+@pytest.fixture(scope="session")
+def example_render(tmp_path_factory: pytest.TempPathFactory) -> RenderedSite:
+    """Every addon of the example site rendered with the real charts, once per test run."""
+    return render_site(tmp_path_factory.mktemp("example-render"))
