@@ -77,7 +77,8 @@ def common(inputs: Inputs) -> Context:
         "addons": site.addons,
         "namespace": inputs.namespaces[inputs.definition.name],
         "namespaces": inputs.namespaces,
-        "images": inputs.definition.images,
+        # the template pins both: what the manifests run and what the operators start
+        "images": {**inputs.definition.operatorImages, **inputs.definition.images},
         "endpoint": {"address": str(site.endpoint_address), "port": site.endpoint_port},
         "secret": inputs.secrets.secret,
         "user_secret": inputs.secrets.user_secret,

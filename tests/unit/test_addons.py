@@ -165,8 +165,12 @@ def test_keycloak_operator_runs_in_naavres_namespace(site_file):
 
 def test_images_are_pinned_and_set_in_values(site_file):
     plan = build_plan(load_site(site_file))
-    assert all(":" in image.rsplit("/", 1)[-1] for image in plan.images())
-    assert "docker.io/velero/velero-plugin-for-aws:v1.13.0" in plan.images()
+    for release in plan.releases:
+        values = plan.files[release.values][0].decode()
+        for image in release.images:
+            assert ":" in image.rsplit("/", 1)[-1], image
+            assert split_image(image)[2] in values, (release.name, image)  # the values set the pinned tag
+    assert "docker.io/velero/velero-plugin-for-aws:v1.13.0" in plan.release("velero").images
     assert split_image("quay.io/tigera/operator:v1.38.6") == ("quay.io", "tigera/operator", "v1.38.6")
     assert split_image("traefik:v3.7.8") == ("docker.io", "library/traefik", "v3.7.8")
 
