@@ -22,3 +22,28 @@ def addons_plan_s() -> Figure:
         build_plan(site)  # first use makes the site's secrets (CA keys): not what is measured
         seconds = best_of(lambda: write_plan(build_plan(site), Path(tmp) / "out"))
     return Figure("addons_plan_s", round(seconds, 3), "s", "<= 1")
+
+
+def addons_render_s() -> Figure:
+    """Every addon of the example site planned and rendered offline with its real chart
+    (tests/charts/upstream; NaaVRE's values chart first, then its umbrella)."""
+    import os
+
+    from nodekiln.addons.helm import Helm
+    from nodekiln.addons.plan import build_plan, write_plan
+    from nodekiln.addons.render import render_plan
+    from testing import charts
+
+    os.environ.setdefault(charts.TOKEN_ENV, "ghp_benchmark")
+    with tempfile.TemporaryDirectory() as tmp:
+        site = load_site(charts.example_site(Path(tmp) / "site"))
+        build_plan(site)  # first use makes the site's secrets (CA keys): not what is measured
+        helm = Helm.discover()
+
+        def render() -> None:
+            plan = build_plan(site)
+            write_plan(plan, Path(tmp) / "out")
+            render_plan(plan, helm, site.kubernetes.version)
+
+        seconds = best_of(render)
+    return Figure("addons_render_s", round(seconds, 2), "s", "<= 10")

@@ -59,6 +59,7 @@ BENCHMARKS: dict[str, str] = {
     "upload_1gib_mb_per_s": "bench.openstack:upload_1gib_mb_per_s",
     "render_1000_nodes_s": "bench.render:render_1000_nodes_s",
     "addons_plan_s": "bench.addons:addons_plan_s",
+    "addons_render_s": "bench.addons:addons_render_s",
     "vip_failover_s": "bench.ha:vip_failover_s",
     "packer_qemu_build_s": "bench.packer:packer_qemu_build_s",
     "iso_mb": "bench.iso:iso_mb",

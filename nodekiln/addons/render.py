@@ -8,6 +8,8 @@ from the plan (the API versions the CRDs of its releases serve, `apiVersions:` i
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,10 @@ import yaml
 
 from nodekiln.addons.helm import Helm
 from nodekiln.addons.plan import AddonsError, Plan, Release
+
+# libyaml's parser: the CRDs of one chart are megabytes (Calico's 2.6 MB take 2.7 s in pure
+# Python, 0.3 s in libyaml)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 RENDERED = ".rendered"  # NaaVRE's sub-chart values, rendered from its root values file
 
@@ -110,14 +116,16 @@ def render(plan: Plan, release: Release, helm: Helm, kube_version: str) -> Rende
         include_crds=True,
     )
     try:
-        objects = [item for item in yaml.safe_load_all(text) if isinstance(item, dict)]
+        objects = [item for item in yaml.load_all(text, Loader=_LOADER) if isinstance(item, dict)]
     except yaml.YAMLError as exc:
         raise AddonsError(f"{release.name}: helm template printed what is not YAML: {exc}") from None
     return Rendered(release, objects)
 
 
 def render_plan(plan: Plan, helm: Helm, kube_version: str) -> list[Rendered]:
-    return [render(plan, release, helm, kube_version) for release in plan.releases]
+    """Every release rendered, in plan order; the helm processes run side by side."""
+    with ThreadPoolExecutor(max_workers=min(len(plan.releases), os.cpu_count() or 1) or 1) as pool:
+        return list(pool.map(lambda release: render(plan, release, helm, kube_version), plan.releases))
 
 
 def images(rendered: list[Rendered]) -> list[str]:
