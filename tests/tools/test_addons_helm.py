@@ -97,7 +97,13 @@ def test_calico_nfs_ingress_and_velero_render_what_the_site_says(example_render)
     # the chart picks the PDB API from the cluster's capabilities: render.py reports policy/v1
     assert [o["apiVersion"] for o in ingress.of_kind("PodDisruptionBudget")] == ["policy/v1"]
     velero = releases["velero"]
-    assert {o["kind"] for o in velero.objects} >= {"Deployment", "DaemonSet", "Secret", "BackupStorageLocation", "Schedule"}
+    assert {o["kind"] for o in velero.objects} >= {
+        "Deployment",
+        "DaemonSet",
+        "Secret",
+        "BackupStorageLocation",
+        "Schedule",
+    }
     assert not velero.of_kind("VolumeSnapshotLocation")
 
 
