@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -261,3 +264,18 @@ def test_apply_refuses_without_the_secrets_only_operators_know(site, tmp_path, h
     with pytest.raises(AddonsError, match=TOKEN_ENV):
         apply(plan, helm)
     assert not (tmp_path / "cluster" / "calls.jsonl").exists()
+
+
+def test_invoke_addons_images_prints_the_list(site, tmp_path, example_render):
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, TOKEN_ENV: "ghp_exampletoken"}
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", "addons", "--site", str(site.file), "--images", "--out", str(tmp_path / "o")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == images(list(example_render.releases.values()))
