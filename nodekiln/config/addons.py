@@ -310,6 +310,16 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
                     "NaaVRE's Keycloak needs the Keycloak operator: turn addons.keycloakOperator on",
                 )
             )
+        for slug, lab in spec.naavre.virtualLabs.items():
+            # the values chart writes "{{ .image.name }}:{{ .image.tag }}" (templates/jupyterhub.yaml)
+            name, _, tag = (lab.image or "").rpartition(":")
+            if lab.image is not None and (not name or not tag or "/" in tag):
+                found.append(
+                    (
+                        ("addons", "naavre", "virtualLabs", slug, "image"),
+                        f"{lab.image!r}: expected name:tag, e.g. ghcr.io/naavre/flavors/naavre-fl-vanilla-jupyter:v0.3.16",
+                    )
+                )
     known = {release_name(k) for k in BUILTIN_KEYS if spec.builtin(k).enabled}
     seen: dict[str, int] = {}
     for i, extra in enumerate(spec.releases):
