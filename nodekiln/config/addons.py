@@ -144,7 +144,8 @@ class VirtualLab(Strict):
     description: str = ""
     dirname: str | None = Field(default=None, description="folder under 'Virtual Labs/' in the lab; default: title")
     image: str | None = Field(
-        default=None, description="the lab's Jupyter image (name:tag); default the pinned vanilla flavor (addons/naavre.yaml)"
+        default=None,
+        description="the lab's Jupyter image (name:tag); default the pinned vanilla flavor (addons/naavre.yaml)",
     )
     cellGithubUrl: str = Field(description="repository made from the NaaVRE-cells template")
     registryUrl: str = Field(description="container registry for the lab's cells, e.g. ghcr.io/org/repo")

@@ -151,7 +151,9 @@ def test_pinned_images_are_in_the_rendered_objects(example_render):
     found = example_render.releases["naavre"].images
     assert set(definition["images"].values()) <= found
     # the lab images are pre-pulled by z2jh's image pullers, so they are in the manifests
-    pullers = [d for d in example_render.releases["naavre"].of_kind("DaemonSet") if "image-puller" in d["metadata"]["name"]]
+    pullers = [
+        d for d in example_render.releases["naavre"].of_kind("DaemonSet") if "image-puller" in d["metadata"]["name"]
+    ]
     assert pullers and all(
         definition["images"]["vanillaJupyter"] in {c["image"] for c in d["spec"]["template"]["spec"]["initContainers"]}
         for d in pullers
@@ -161,7 +163,9 @@ def test_pinned_images_are_in_the_rendered_objects(example_render):
     assert definition["images"]["keycloak"] == operator["images"]["keycloak"]
     # argoexec is started by the controller from its --executor-image argument, not an image: field
     (controller,) = [
-        d for d in example_render.releases["naavre"].of_kind("Deployment") if "workflow-controller" in d["metadata"]["name"]
+        d
+        for d in example_render.releases["naavre"].of_kind("Deployment")
+        if "workflow-controller" in d["metadata"]["name"]
     ]
     args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--executor-image") + 1] == definition["operatorImages"]["argoexec"]

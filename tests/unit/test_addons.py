@@ -332,7 +332,9 @@ def test_naavre_lab_image_needs_a_tag(site_file):
     found = problems(
         edit(site_file, lambda d: d["addons"]["naavre"]["virtualLabs"]["openlab"].update(image="ghcr.io/x/lab"))
     )
-    assert any(p.startswith("addons.naavre.virtualLabs.openlab.image: 'ghcr.io/x/lab': expected name:tag") for p in found), found
+    assert any(
+        p.startswith("addons.naavre.virtualLabs.openlab.image: 'ghcr.io/x/lab': expected name:tag") for p in found
+    ), found
 
 
 @pytest.mark.parametrize(
