@@ -170,6 +170,11 @@ def test_pinned_images_are_in_the_rendered_objects(example_render):
     args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--executor-image") + 1] == definition["operatorImages"]["argoexec"]
     assert definition["operatorImages"]["argoexec"] not in found
+    # ... and `invoke addons --images` lists it with the manifests' images
+    from nodekiln.addons.render import images
+
+    listed = images(list(example_render.releases.values()))
+    assert {definition["operatorImages"]["argoexec"], *definition["images"].values()} <= set(listed)
 
 
 def test_certificates_on_annotates_every_ingress_and_turns_tls_on(tmp_path, monkeypatch):
