@@ -140,8 +140,9 @@ class VirtualLab(Strict):
     # What NaaVRE-helm's values chart reads of a lab (values/values.yaml jupyterhub.vlabs.openlab,
     # templates/jupyterhub.yaml profileList, naavre/templates/job-create-vls-in-catalogue.yaml).
     # binderRef is gone: no template of either chart reads binder_ref since BinderHub was removed.
-    title: str
-    description: str = ""
+    title: str = Field(min_length=1)
+    # check-required-values.yaml rejects an empty string: the catalogue shows it
+    description: str = Field(min_length=1, description="what the lab is for (shown in NaaVRE's catalogue)")
     dirname: str | None = Field(default=None, description="folder under 'Virtual Labs/' in the lab; default: title")
     image: str | None = Field(
         default=None,

@@ -193,3 +193,21 @@ def test_certificates_on_annotates_every_ingress_and_turns_tls_on(tmp_path, monk
     with_tls = {i["metadata"]["name"] for i in ingresses if i["spec"].get("tls")}
     # every Ingress but Keycloak's (naavre/templates/keycloak.yaml writes no tls section)
     assert {i["metadata"]["name"] for i in ingresses} - with_tls == {"naavre-keycloak"}
+
+
+def test_a_second_lab_with_its_own_image_reaches_the_hub(tmp_path, monkeypatch):
+    lab = {
+        "title": "Wadden Sea",
+        "description": "Wadden Sea digital twin",
+        "image": "ghcr.io/vlic-lab/wadden-lab:1.2.0",
+        "cellGithubUrl": "https://github.com/vlic-lab/wadden-cells",
+        "registryUrl": "ghcr.io/vlic-lab/wadden-cells",
+    }
+    monkeypatch.setenv("NODEKILN_SECRET_NAAVRE_VLAB_WADDEN_CELL_GITHUB_TOKEN", "ghp_wadden")
+    rendered = render_site(tmp_path, {"naavre": {"virtualLabs": {"wadden": lab}}})
+    assert rendered.problems() == []
+    naavre = rendered.releases["naavre"]
+    profiles = {p["display_name"]: p for p in _hub_config(naavre)["singleuser"]["profileList"]}
+    assert set(profiles) == {"openlab", "wadden"}
+    assert profiles["wadden"]["kubespawner_override"]["image"] == "ghcr.io/vlic-lab/wadden-lab:1.2.0"
+    assert "ghcr.io/vlic-lab/wadden-lab:1.2.0" in naavre.images  # pre-pulled

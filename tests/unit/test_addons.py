@@ -337,6 +337,12 @@ def test_naavre_lab_image_needs_a_tag(site_file):
     ), found
 
 
+def test_naavre_lab_needs_a_description(site_file):
+    # the values chart's check-required-values.yaml fails on an empty one
+    found = problems(edit(site_file, lambda d: d["addons"]["naavre"]["virtualLabs"]["openlab"].pop("description")))
+    assert any(p.startswith("addons.naavre.virtualLabs.openlab.description:") for p in found), found
+
+
 @pytest.mark.parametrize(
     "where, path",
     [
@@ -363,7 +369,7 @@ def test_naavre_root_values_lab_and_tls(site_file):
     lab = values["jupyterhub"]["vlabs"]["openlab"]
     assert lab["image"] == {"name": "ghcr.io/naavre/flavors/naavre-fl-vanilla-jupyter", "tag": "v0.3.16"}
     assert lab["configuration"]["base_image_tags_url"].endswith("/download/v0.3.16/base_image_tags.json")
-    assert lab["dirname"] == "NaaVRE Open Lab"
+    assert lab["dirname"] == "Open Lab"
     # no certificates addon: no tls and no cert-manager annotation
     assert values["global"]["ingress"]["tls"] == {"enabled": False}
     assert values["global"]["ingress"]["commonAnnotations"] == {}
