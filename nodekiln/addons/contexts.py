@@ -147,12 +147,15 @@ def velero(inputs: Inputs) -> Context:
     return {"s3": s3}
 
 
-# The values chart defines an `openlab` lab and requires every one of its values.
+# NaaVRE-helm's values chart (values/values.yaml) defines an `openlab` lab, and its
+# check-required-values.yaml requires every value of it: a site without a lab of that slug turns
+# it off with placeholders (only enabled labs reach the hub, the containerizer and the catalogue:
+# templates/jupyterhub.yaml profileList, templates/global.yaml vlabs).
 _OPENLAB_OFF: dict[str, Any] = {
     "enabled": False,
     "title": "NaaVRE Open Lab (off)",
     "description": "",
-    "binderRef": None,
+    "dirname": "Open Lab",
     "baseImageTagsUrl": "unused",
     "moduleMappingUrl": "unused",
     "cellGithubUrl": "unused",
@@ -160,16 +163,48 @@ _OPENLAB_OFF: dict[str, Any] = {
     "registryUrl": "unused",
 }
 
+# The vanilla flavor publishes the cells' base images with each release (values/values.yaml
+# pairs image tag v0.3.16 with .../releases/download/v0.3.16/base_image_tags.json).
+FLAVOR_TAGS_URL = "https://github.com/NaaVRE/flavors/releases/download/{tag}/base_image_tags.json"
+
+
+def _image(reference: str) -> dict[str, str]:
+    """name:tag -> the chart's {name, tag} (it writes "{{ .image.name }}:{{ .image.tag }}")."""
+    name, _, tag = reference.rpartition(":")
+    if not name or "/" in tag:
+        raise ValueError(f"image {reference!r} has no tag")
+    return {"name": name, "tag": tag}
+
+
+def certificate_issuer(site: Site) -> str | None:
+    """The ClusterIssuer of the certificates addon when it is on; None before that addon exists
+    (getattr: AddonsSpec has no `certificates` field yet in every tree) or when it is off."""
+    certificates = getattr(site.addons, "certificates", None)
+    if certificates is None or not getattr(certificates, "enabled", False):
+        return None
+    issuer = getattr(certificates, "issuer", None)
+    return str(issuer) if issuer else None
+
 
 @context("naavre")
 def naavre(inputs: Inputs) -> Context:
+    settings = inputs.site.addons.naavre
+    vanilla = _image(inputs.definition.images["vanillaJupyter"])
     labs: dict[str, dict[str, Any]] = {}
-    for slug, lab in inputs.site.addons.naavre.virtualLabs.items():
+    for slug, lab in settings.virtualLabs.items():
+        image = _image(lab.image) if lab.image else vanilla
         labs[slug] = {
             **lab.model_dump(),
             "enabled": True,
+            "dirname": lab.dirname or lab.title,
+            "image": image,
+            "baseImageTagsUrl": lab.baseImageTagsUrl or FLAVOR_TAGS_URL.format(tag=vanilla["tag"]),
             "cellGithubToken": inputs.secrets.user_secret(f"naavre-vlab-{slug}-cell-github-token"),
         }
     if "openlab" not in labs:
-        labs["openlab"] = dict(_OPENLAB_OFF)
-    return {"labs": labs}
+        labs["openlab"] = {**_OPENLAB_OFF, "image": vanilla}
+    issuer = certificate_issuer(inputs.site)
+    # tls unset: on when cert-manager makes the certificates, off otherwise (the edge or the
+    # ingress's default certificate serves TLS then).
+    tls = settings.tls if settings.tls is not None else issuer is not None
+    return {"labs": labs, "certificate_issuer": issuer if tls else None, "tls": tls}

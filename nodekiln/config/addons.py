@@ -137,32 +137,44 @@ class KeycloakOperator(AddonBase):
 
 
 class VirtualLab(Strict):
-    title: str
-    description: str = ""
-    binderRef: str | None = Field(default=None, description="binder reference, e.g. gh/NaaVRE/vl-openlab/HEAD")
+    # What NaaVRE-helm's values chart reads of a lab (values/values.yaml jupyterhub.vlabs.openlab,
+    # templates/jupyterhub.yaml profileList, naavre/templates/job-create-vls-in-catalogue.yaml).
+    # binderRef is gone: no template of either chart reads binder_ref since BinderHub was removed.
+    title: str = Field(min_length=1)
+    # check-required-values.yaml rejects an empty string: the catalogue shows it
+    description: str = Field(min_length=1, description="what the lab is for (shown in NaaVRE's catalogue)")
+    dirname: str | None = Field(default=None, description="folder under 'Virtual Labs/' in the lab; default: title")
+    image: str | None = Field(
+        default=None,
+        description="the lab's Jupyter image (name:tag); default the pinned vanilla flavor (addons/naavre.yaml)",
+    )
     cellGithubUrl: str = Field(description="repository made from the NaaVRE-cells template")
     registryUrl: str = Field(description="container registry for the lab's cells, e.g. ghcr.io/org/repo")
-    baseImageTagsUrl: str = "https://github.com/NaaVRE/flavors/releases/download/v0.3.6/base_image_tags.json"
+    baseImageTagsUrl: str | None = Field(
+        default=None,
+        description="base images of the lab's cells; default the vanilla flavor's release file for its pinned tag",
+    )
     moduleMappingUrl: str = "https://raw.githubusercontent.com/QCDIS/NaaVRE-conf/main/module_mapping.json"
 
 
 class NaavreUser(Strict):
+    # The values chart passes only username and password to the realm import (values/templates/global.yaml).
     username: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
-    firstName: str = ""
-    lastName: str = ""
-    email: str
 
 
 class Naavre(AddonBase):
     domain: str | None = Field(default=None, description="DNS name that serves NaaVRE, e.g. naavre.example.org")
     s3Domain: str | None = Field(default=None, description="DNS name of NaaVRE's S3 (SeaweedFS); default s3.<domain>")
-    tls: bool = False
+    tls: bool | None = Field(
+        default=None,
+        description="Ingresses with tls (secrets <domain>-tls and <s3Domain>-tls): cert-manager makes them when "
+        "addons.certificates is on (the default then), else the site creates them",
+    )
     chartsPath: str = Field(
         default="NaaVRE-helm",
         description="checkout of github.com/NaaVRE/NaaVRE-helm at the pinned ref, beside the site file",
     )
     adminEmail: str = "admin@example.org"
-    binderhub: bool = False
     virtualLabs: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")], VirtualLab] = Field(
         default_factory=dict
     )
@@ -300,6 +312,16 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
                     "NaaVRE's Keycloak needs the Keycloak operator: turn addons.keycloakOperator on",
                 )
             )
+        for slug, lab in spec.naavre.virtualLabs.items():
+            # the values chart writes "{{ .image.name }}:{{ .image.tag }}" (templates/jupyterhub.yaml)
+            name, _, tag = (lab.image or "").rpartition(":")
+            if lab.image is not None and (not name or not tag or "/" in tag):
+                found.append(
+                    (
+                        ("addons", "naavre", "virtualLabs", slug, "image"),
+                        f"{lab.image!r}: expected name:tag, e.g. ghcr.io/naavre/flavors/naavre-fl-vanilla-jupyter:v0.3.16",
+                    )
+                )
     known = {release_name(k) for k in BUILTIN_KEYS if spec.builtin(k).enabled}
     seen: dict[str, int] = {}
     for i, extra in enumerate(spec.releases):

@@ -327,3 +327,54 @@ def test_order_is_stable_and_finds_cycles():
     with pytest.raises(CycleError) as info:
         order({"a": ["c"], "b": [], "c": ["d"], "d": ["a"]})
     assert info.value.cycle == ["a", "c", "d", "a"]
+
+
+# --- NaaVRE (NaaVRE-helm d63c11a) ------------------------------------------------------------
+
+
+def test_naavre_lab_image_needs_a_tag(site_file):
+    found = problems(
+        edit(site_file, lambda d: d["addons"]["naavre"]["virtualLabs"]["openlab"].update(image="ghcr.io/x/lab"))
+    )
+    assert any(
+        p.startswith("addons.naavre.virtualLabs.openlab.image: 'ghcr.io/x/lab': expected name:tag") for p in found
+    ), found
+
+
+def test_naavre_lab_needs_a_description(site_file):
+    # the values chart's check-required-values.yaml fails on an empty one
+    found = problems(edit(site_file, lambda d: d["addons"]["naavre"]["virtualLabs"]["openlab"].pop("description")))
+    assert any(p.startswith("addons.naavre.virtualLabs.openlab.description:") for p in found), found
+
+
+@pytest.mark.parametrize(
+    "where, path",
+    [
+        (("virtualLabs", "openlab"), "addons.naavre.virtualLabs.openlab.binderRef"),
+        ((), "addons.naavre.binderhub"),
+        (("users", 0), "addons.naavre.users[0].email"),
+    ],
+)
+def test_naavre_settings_removed_upstream_are_rejected(site_file, where, path):
+    # BinderHub and binder_ref left NaaVRE-helm; its realm import takes only username/password
+    def change(doc):
+        node = doc["addons"]["naavre"]
+        for key in where:
+            node = node[key]
+        node[path.rsplit(".", 1)[-1]] = "x"
+
+    found = problems(edit(site_file, change))
+    assert any(p.startswith(f"{path}: unknown field") for p in found), found
+
+
+def test_naavre_root_values_lab_and_tls(site_file):
+    plan = build_plan(load_site(site_file))
+    values = yaml.safe_load(plan.files["naavre.root-values.yaml"][0])
+    lab = values["jupyterhub"]["vlabs"]["openlab"]
+    assert lab["image"] == {"name": "ghcr.io/naavre/flavors/naavre-fl-vanilla-jupyter", "tag": "v0.3.16"}
+    assert lab["configuration"]["base_image_tags_url"].endswith("/download/v0.3.16/base_image_tags.json")
+    assert lab["dirname"] == "Open Lab"
+    # no certificates addon: no tls and no cert-manager annotation
+    assert values["global"]["ingress"]["tls"] == {"enabled": False}
+    assert values["global"]["ingress"]["commonAnnotations"] == {}
+    assert values["global"]["secrets"]["keycloak"]["users"][0].keys() == {"username", "password"}
