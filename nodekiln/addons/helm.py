@@ -76,6 +76,7 @@ class Helm:
         kube_version: str | None = None,
         api_versions: Sequence[str] = (),
         include_crds: bool = False,
+        skip_tests: bool = False,
     ) -> str:
         """`helm template`; offline, helm knows no cluster: `kube_version` and `api_versions` say
         what `.Capabilities` the charts see (the site's Kubernetes, the CRDs installed)."""
@@ -86,6 +87,8 @@ class Helm:
             args += ["--api-versions", api]
         if include_crds:
             args.append("--include-crds")
+        if skip_tests:
+            args.append("--skip-tests")
         if output_dir is not None:
             args += ["--output-dir", str(output_dir)]
         return self.run(args, quiet=True).output

@@ -43,7 +43,7 @@ BUILTIN_API_VERSIONS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Rendered:
-    """One release's objects as `helm template --include-crds` prints them."""
+    """One release's objects as `helm template --include-crds --skip-tests` prints them."""
 
     release: Release
     objects: list[dict[str, Any]]
@@ -114,6 +114,8 @@ def render(plan: Plan, release: Release, helm: Helm, kube_version: str) -> Rende
         kube_version=kube_version,
         api_versions=capabilities(plan),
         include_crds=True,
+        # `helm test` pods (helm.sh/hook: test) run only when someone runs `helm test`
+        skip_tests=True,
     )
     try:
         objects = [item for item in yaml.load_all(text, Loader=_LOADER) if isinstance(item, dict)]
