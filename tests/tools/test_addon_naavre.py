@@ -160,7 +160,7 @@ def test_pinned_images_are_in_the_rendered_objects(example_render):
     )
     # Keycloak runs the image the operator was built for (keycloak-operator 1.7.0: 26.4.2)
     operator = yaml.safe_load((ADDONS / "keycloak-operator.yaml").read_text())
-    assert definition["images"]["keycloak"] == operator["images"]["keycloak"]
+    assert definition["images"]["keycloak"] == operator["operatorImages"]["keycloak"]
     # argoexec is started by the controller from its --executor-image argument, not an image: field
     (controller,) = [
         d

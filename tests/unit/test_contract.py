@@ -71,7 +71,9 @@ def test_calico_has_no_flexvol_driver(example_site):
     site = load_site(example_site)
     plan = build_plan(site)
     assert yaml.safe_load(plan.files["calico.values.yaml"][0])["installation"]["flexVolumePath"] == "None"
-    assert not any("pod2daemon-flexvol" in image for image in plan.images())
+    pulled = [image for release in plan.releases for image in (*release.images, *release.operator_images)]
+    assert any("calico/node:" in image for image in pulled)
+    assert not any("pod2daemon-flexvol" in image for image in pulled)
 
 
 def test_no_preflight_check_is_ignored(variant_site):
