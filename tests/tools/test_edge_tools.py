@@ -68,12 +68,11 @@ def edge_out(request, site_file, tmp_path) -> tuple[Site, Path]:
 def in_place(root: Path, script: str) -> subprocess.CompletedProcess[str]:
     """`script` in a mount namespace where the node's /etc/haproxy and /etc/nodekiln are the rendered ones."""
     unshare = require("unshare")
-    mounts = " && ".join(
-        f"mkdir -p {root}/{d} && mount --bind {root}/{d} /{d}"
-        for d in ("etc/haproxy", "etc/nodekiln")
-        if Path(f"/{d}").is_dir()
+    # a bind mount needs its target: on a clean machine /etc/nodekiln does not exist yet (an empty
+    # folder is left behind; nothing is written into the host's /etc)
+    setup = "".join(
+        f"mkdir -p {root}/{d} /{d} && mount --bind {root}/{d} /{d} && " for d in ("etc/haproxy", "etc/nodekiln")
     )
-    setup = f"mkdir -p /etc/nodekiln && {mounts} && " if mounts else ""
     return subprocess.run(
         [unshare, "-m", "--propagation", "private", "sh", "-c", setup + script],
         capture_output=True, text=True, timeout=60,
