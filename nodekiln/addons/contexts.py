@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nodekiln import contract
 from nodekiln.config.addons import AddonBase, Bucket
+from nodekiln.config.edge import ACME_DIRECTORIES
 from nodekiln.secrets import KeyPair
 
 if TYPE_CHECKING:
@@ -176,14 +177,23 @@ def _image(reference: str) -> dict[str, str]:
     return {"name": name, "tag": tag}
 
 
+# The ClusterIssuers of the certificates addon: its `issuer` setting names one of them.
+ISSUERS = {
+    "letsencrypt-production": ACME_DIRECTORIES["letsencrypt"],
+    "letsencrypt-staging": ACME_DIRECTORIES["letsencrypt-staging"],
+}
+
+
 def certificate_issuer(site: Site) -> str | None:
-    """The ClusterIssuer of the certificates addon when it is on; None before that addon exists
-    (getattr: AddonsSpec has no `certificates` field yet in every tree) or when it is off."""
-    certificates = getattr(site.addons, "certificates", None)
-    if certificates is None or not getattr(certificates, "enabled", False):
-        return None
-    issuer = getattr(certificates, "issuer", None)
-    return str(issuer) if issuer else None
+    """The ClusterIssuer Ingresses name when the certificates addon is on, else None."""
+    certificates = site.addons.certificates
+    return certificates.issuer if site.addons.enabled and certificates.enabled else None
+
+
+@context("certificates")
+def certificates(inputs: Inputs) -> Context:
+    settings = inputs.site.addons.certificates
+    return {"issuers": ISSUERS, "email": settings.account_email(inputs.site)}
 
 
 @context("naavre")

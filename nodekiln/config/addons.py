@@ -16,8 +16,9 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from nodekiln.config.edge import EMAIL
 from nodekiln.config.model import DNS_LABEL, DURATION, Strict
 from nodekiln.config.yamlsrc import PathKey
 from nodekiln.errors import NodekilnError
@@ -132,6 +133,35 @@ class Ingress(AddonBase):
     nodePorts: NodePorts = Field(default_factory=NodePorts)
 
 
+class CertManager(AddonBase):
+    pass
+
+
+class Certificates(AddonBase):
+    # Let's Encrypt's two ACME directories (one table: nodekiln/config/edge.py ACME_DIRECTORIES)
+    issuer: Literal["letsencrypt-production", "letsencrypt-staging"] = Field(
+        default="letsencrypt-production",
+        description="the ClusterIssuer NaaVRE's Ingresses name (staging: untrusted certificates, high rate limits)",
+    )
+    email: str | None = Field(
+        default=None, description="ACME account e-mail (Let's Encrypt's expiry notices); default edge.acme.email"
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, email: str | None) -> str | None:
+        if email is not None and not EMAIL.match(email):
+            raise ValueError(f"expected an e-mail address, e.g. ops@example.org, got {email!r}")
+        return email
+
+    def account_email(self, site: Site) -> str:
+        """The e-mail the ACME accounts are registered with (check_addons makes sure there is one)."""
+        if self.email is not None:
+            return self.email
+        assert site.edge is not None, "check_addons: email is required without an edge"
+        return site.edge.acme.email
+
+
 class KeycloakOperator(AddonBase):
     pass
 
@@ -206,6 +236,8 @@ class AddonsSpec(Strict):
     minio: Minio = Field(default_factory=lambda: Minio(enabled=False))
     velero: Velero = Field(default_factory=lambda: Velero(enabled=False))
     ingress: Ingress = Field(default_factory=Ingress)
+    certManager: CertManager = Field(default_factory=lambda: CertManager(enabled=False))
+    certificates: Certificates = Field(default_factory=lambda: Certificates(enabled=False))
     keycloakOperator: KeycloakOperator = Field(default_factory=lambda: KeycloakOperator(enabled=False))
     naavre: Naavre = Field(default_factory=lambda: Naavre(enabled=False))
     timeout: Duration = Field(default="10m", description="default helm --timeout per release")
@@ -291,6 +323,8 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
                     "drop the traffic (add an edge section, which is let in, or set firewall.nodePorts: true)",
                 )
             )
+    if spec.certificates.enabled:
+        found.extend(_check_certificates(site))
     if spec.naavre.enabled:
         if not spec.naavre.domain:
             found.append((("addons", "naavre", "domain"), "required when NaaVRE is on: the DNS name that serves it"))
@@ -375,6 +409,30 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
     for i, extra in enumerate(spec.releases):
         if extra.values:
             found.extend(_check_values_file(site, ("addons", "releases", i, "values"), extra.values))
+    return found
+
+
+def _check_certificates(site: Site) -> list[tuple[PathKey, str]]:
+    spec = site.addons
+    found: list[tuple[PathKey, str]] = []
+    if not spec.certManager.enabled:
+        found.append(
+            (("addons", "certificates", "enabled"), "the issuers are cert-manager's: turn addons.certManager on")
+        )
+    if not spec.ingress.enabled:
+        found.append(
+            (
+                ("addons", "certificates", "enabled"),
+                "HTTP-01 is answered through the site's ingress class: turn addons.ingress on",
+            )
+        )
+    if spec.certificates.email is None and site.edge is None:
+        found.append(
+            (
+                ("addons", "certificates", "email"),
+                "required (the site has no edge.acme.email to use): the ACME account's e-mail, e.g. ops@example.org",
+            )
+        )
     return found
 
 
