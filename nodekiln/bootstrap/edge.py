@@ -60,6 +60,7 @@ PATHS = {
     "acme_ca": f"{EDGE_DIR}/acme-ca.pem",
     "issue": f"{EDGE_DIR}/issue.sh",
     "deploy_hook": f"{EDGE_DIR}/deploy-hook.sh",
+    "acme_route": f"{EDGE_DIR}/acme-route.sh",
     "placeholder": f"{EDGE_DIR}/placeholder.sh",
     "certbot_ini": "/etc/letsencrypt/cli.ini",
     "keepalived_conf": ha.KEEPALIVED_CONF,
@@ -103,6 +104,15 @@ def services(site: Site) -> list[str]:
     return [s for s in SERVICES if paired or s != "keepalived.service"]
 
 
+def cluster_acme_port(site: Site) -> int | None:
+    """The ingress's HTTP NodePort where cert-manager answers HTTP-01 (addons.certificates on),
+    or None: then only the edge's own certbot answers challenges."""
+    addons = site.addons
+    if not (addons.enabled and addons.certificates.enabled and addons.ingress.enabled):
+        return None
+    return addons.ingress.nodePorts.http if addons.ingress.serviceType == "NodePort" else None
+
+
 def backend_ca(site: Site, secrets: Secrets) -> str:
     """The CAs HAProxy trusts towards its servers: the cluster's, then the backup clusters'."""
     edge = _edge(site)
@@ -123,6 +133,7 @@ def _context(site: Site, node: Node) -> dict[str, object]:
         "acme_ca": edge.acme.caFile is not None,
         "cert_name": cert_name(site),
         "backend_port": site.edge_backend_port,
+        "cluster_acme_port": cluster_acme_port(site),
         "backups": edge.backups,
         "named_backups": [b.address for b in edge.backups if not _is_ipv4(b.address)],
         "ports": PORTS,
@@ -169,6 +180,7 @@ def edge_files(site: Site, secrets: Secrets, node: Node) -> list[NodeFile]:
         NodeFile(PATHS["certbot_ini"], render("certbot-cli.ini.j2")),
         NodeFile(PATHS["issue"], render("issue.sh.j2"), 0o755),
         NodeFile(PATHS["deploy_hook"], render("deploy-hook.sh.j2"), 0o755),
+        NodeFile(PATHS["acme_route"], render("acme-route.sh.j2"), 0o755),
         NodeFile(PATHS["service"], render("certificate.service.j2")),
         NodeFile(PATHS["timer"], render("certificate.timer.j2")),
     ]

@@ -426,6 +426,14 @@ def _check_certificates(site: Site) -> list[tuple[PathKey, str]]:
                 "HTTP-01 is answered through the site's ingress class: turn addons.ingress on",
             )
         )
+    if site.edge is not None and spec.ingress.serviceType != "NodePort":
+        found.append(
+            (
+                ("addons", "ingress", "serviceType"),
+                "LoadBalancer, but the edge passes cert-manager's HTTP-01 challenges to the ingress's HTTP "
+                "NodePort: set serviceType: NodePort",
+            )
+        )
     if spec.certificates.email is None and site.edge is None:
         found.append(
             (

@@ -11,7 +11,7 @@ import yaml
 
 from nodekiln.addons import plan_release_files as make_plan
 from nodekiln.addons.plan import build_plan, split_image
-from nodekiln.config.addons import CycleError, order
+from nodekiln.config.addons import BUILTIN_KEYS, CycleError, order, release_name
 from nodekiln.config.site import load_site
 from nodekiln.errors import SiteError
 from nodekiln.secrets import SecretStore
@@ -55,7 +55,9 @@ def problems(site_file: Path) -> list[str]:
 def test_example_plan_has_every_builtin_in_dependency_order(site_file):
     plan = build_plan(load_site(site_file))
     names = [r.name for r in plan.releases]
-    assert names == ["calico", "nfs", "minio", "velero", "ingress", "keycloak-operator", "naavre"]
+    # the example site turns every built-in on; none depends on a later one, so the order is AddonsSpec's
+    assert names == [release_name(key) for key in BUILTIN_KEYS]
+    assert names[:5] == ["calico", "nfs", "minio", "velero", "ingress"]
     position = {name: i for i, name in enumerate(names)}
     for release in plan.releases:
         assert all(position[d] < position[release.name] for d in release.depends_on), release.name
@@ -253,13 +255,13 @@ def test_unknown_dependency_of_extra_release(site_file):
                 "chart": "x",
                 "repo": "https://example.org/charts",
                 "version": "1.0.0",
-                "dependsOn": ["cert-manager"],
+                "dependsOn": ["kyverno"],
             }
         ]
 
     found = problems(edit(site_file, change))
     assert any(
-        p.startswith("addons.releases[0].dependsOn[0]: unknown addon or release 'cert-manager'") for p in found
+        p.startswith("addons.releases[0].dependsOn[0]: unknown addon or release 'kyverno'") for p in found
     ), found
 
 
@@ -374,7 +376,15 @@ def test_naavre_root_values_lab_and_tls(site_file):
     assert lab["image"] == {"name": "ghcr.io/naavre/flavors/naavre-fl-vanilla-jupyter", "tag": "v0.3.16"}
     assert lab["configuration"]["base_image_tags_url"].endswith("/download/v0.3.16/base_image_tags.json")
     assert lab["dirname"] == "Open Lab"
-    # no certificates addon: no tls and no cert-manager annotation
-    assert values["global"]["ingress"]["tls"] == {"enabled": False}
-    assert values["global"]["ingress"]["commonAnnotations"] == {}
+    # the certificates addon is on: every Ingress names its ClusterIssuer and has tls
+    assert values["global"]["ingress"]["tls"] == {"enabled": True}
+    assert values["global"]["ingress"]["commonAnnotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt-production"}
     assert values["global"]["secrets"]["keycloak"]["users"][0].keys() == {"username", "password"}
+    # without it: no tls and no cert-manager annotation (the edge terminates TLS)
+    off = yaml.safe_load(
+        build_plan(load_site(edit(site_file, lambda d: d["addons"]["certificates"].update(enabled=False)))).files[
+            "naavre.root-values.yaml"
+        ][0]
+    )
+    assert off["global"]["ingress"]["tls"] == {"enabled": False}
+    assert off["global"]["ingress"]["commonAnnotations"] == {}

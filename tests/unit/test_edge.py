@@ -88,12 +88,14 @@ def test_edge_needs_workers_and_a_nodeport_ingress(site_file):
 
     def load_balancer(doc):
         doc["addons"]["ingress"]["serviceType"] = "LoadBalancer"
+        doc["addons"]["certificates"]["enabled"] = False  # it needs the HTTP NodePort (test_certificates.py)
 
     one_problem(site_file(load_balancer), "edge.backendPort", "required unless addons.ingress")
 
     def own_ingress(doc):  # the site runs its own ingress controller: the port is given
         doc["addons"]["ingress"] = {"enabled": False}
         doc["addons"]["naavre"]["enabled"] = False
+        doc["addons"]["certificates"]["enabled"] = False
         doc["edge"]["backendPort"] = 31000
 
     site = load_site(site_file(own_ingress))
@@ -125,7 +127,7 @@ def test_haproxy_balances_over_every_worker_with_the_talks_checks(example_site):
     assert (
         "option allbackups" in cfg and " backup" not in cfg.split("backend ingress")[1].split("backend unknown_host")[0]
     )
-    assert "use_backend certbot if acme_challenge" in cfg
+    assert "use_backend acme if acme_challenge" in cfg
     assert "redirect scheme https code 301 unless acme_challenge" in cfg
     assert "-m str naavre.vlic-lab.example.org\n" in cfg
     assert "default_backend unknown_host" in cfg
