@@ -260,9 +260,9 @@ def test_unknown_dependency_of_extra_release(site_file):
         ]
 
     found = problems(edit(site_file, change))
-    assert any(
-        p.startswith("addons.releases[0].dependsOn[0]: unknown addon or release 'kyverno'") for p in found
-    ), found
+    assert any(p.startswith("addons.releases[0].dependsOn[0]: unknown addon or release 'kyverno'") for p in found), (
+        found
+    )
 
 
 def test_dependency_cycle(site_file):
@@ -378,7 +378,9 @@ def test_naavre_root_values_lab_and_tls(site_file):
     assert lab["dirname"] == "Open Lab"
     # the certificates addon is on: every Ingress names its ClusterIssuer and has tls
     assert values["global"]["ingress"]["tls"] == {"enabled": True}
-    assert values["global"]["ingress"]["commonAnnotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt-production"}
+    assert values["global"]["ingress"]["commonAnnotations"] == {
+        "cert-manager.io/cluster-issuer": "letsencrypt-production"
+    }
     assert values["global"]["secrets"]["keycloak"]["users"][0].keys() == {"username", "password"}
     # without it: no tls and no cert-manager annotation (the edge terminates TLS)
     off = yaml.safe_load(
