@@ -19,7 +19,9 @@ namespace. What runs where:
   can run here (no Kubernetes, no container registry). The stand-in (testing.netns_tools
   standin) answers every GET over HTTPS with `ok <worker name>`, with a server certificate
   signed by the site's CA (secrets.ca), as the ingress's certificate is on a real cluster, so
-  HAProxy's `ssl verify required ca-file` is exercised for real.
+  HAProxy's `ssl verify required ca-file` is exercised for real. With the certificates addon,
+  a second stand-in (`solver`) answers plain HTTP on the HTTP NodePort, where cert-manager's
+  HTTP-01 solver pods answer behind the ingress on a real cluster.
 - the backup cluster ("other01"): the same stand-in on 443 with a certificate of another CA,
   which the site names as edge.backupCAFile.
 - the ACME server: pebble (a real RFC 8555 server, test-only) with its HTTPS certificate from
@@ -273,6 +275,7 @@ class EdgeBed:
         self.domain = self.site.edge.domains[0] if self.site.edge else ""
         self.address = str(self.edge.address)
         self.backend_port = self.site.edge_backend_port or 0
+        self.acme_port = edge.cluster_acme_port(self.site)  # the workers' HTTP NodePort, or None
         self.machines: dict[str, str] = {self.edge.name: self.address}
         self.machines |= {w.name: str(w.address) for w in self.workers}
         if es.backup_ca is not None:
@@ -318,6 +321,7 @@ class EdgeBed:
                 self._ip("netns", "exec", self.ns(name), "nft", "-f", self.dir(name) / "etc/nftables.conf")
             for worker in self.workers:
                 self.start_standin(worker.name)
+                self.start_solver(worker.name)
             if self.es.backup_ca is not None:
                 self.start_standin(BACKUP_NAME)
             self.start_pebble()
@@ -428,6 +432,14 @@ class EdgeBed:
         start = len(self.log(name, "standin"))
         self.start(name, "standin", argv)
         self.wait_log(name, "standin", "ready", start=start)
+
+    def start_solver(self, name: str) -> None:
+        """A worker's stand-in for cert-manager's HTTP-01 solver behind the ingress's HTTP NodePort."""
+        if self.acme_port is None:
+            return
+        start = len(self.log(name, "solver"))
+        self.start(name, "solver", [sys.executable, "-m", "testing.netns_tools", "solver", name, str(self.acme_port)])
+        self.wait_log(name, "solver", "ready", start=start)
 
     def start_pebble(self) -> None:
         """pebble-challtestsrv as pebble's DNS (every A query: the edge node), then pebble."""
@@ -583,21 +595,21 @@ class EdgeBed:
                 data += chunk
         return data.decode(errors="replace")
 
-    def server_stats(self) -> dict[str, dict[str, str]]:
-        """backend ingress's servers: name -> their row of `show stat` (status, check_status...)."""
+    def server_stats(self, backend: str = "ingress") -> dict[str, dict[str, str]]:
+        """A backend's servers: name -> their row of `show stat` (status, check_status...)."""
         text = self.admin("show stat").lstrip("# ")
         rows = csv.DictReader(io.StringIO(text))
-        return {r["svname"]: r for r in rows if r["pxname"] == "ingress" and r["svname"] not in ("FRONTEND", "BACKEND")}
+        return {r["svname"]: r for r in rows if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")}
 
-    def server_states(self) -> dict[str, str]:
-        """backend ingress's servers: name -> status (UP, DOWN, "UP 1/3": going down...)."""
-        return {name: row["status"] for name, row in self.server_stats().items()}
+    def server_states(self, backend: str = "ingress") -> dict[str, str]:
+        """A backend's servers: name -> status (UP, DOWN, MAINT, "UP 1/3": going down...)."""
+        return {name: row["status"] for name, row in self.server_stats(backend).items()}
 
-    def wait_states(self, want: dict[str, str], timeout: float = 20) -> None:
+    def wait_states(self, want: dict[str, str], timeout: float = 20, backend: str = "ingress") -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                states = self.server_states()
+                states = self.server_states(backend)
             except OSError:
                 states = {}
             if all(states.get(k) == v for k, v in want.items()):  # "UP 1/3" is not UP yet
@@ -611,8 +623,13 @@ class EdgeBed:
         for name in [w.name for w in self.workers] + ([BACKUP_NAME] if self.es.backup_ca else []):
             if not self.running(name, "standin"):
                 self.start_standin(name)
+        for worker in self.workers:
+            if self.acme_port is not None and not self.running(worker.name, "solver"):
+                self.start_solver(worker.name)
         self.set_dns(self.address)
         self.wait_states({name: "UP" for name in self.server_names()}, timeout=30)
+        if self.acme_port is not None:
+            self.wait_states({w.name: "UP" for w in self.workers}, timeout=30, backend="acme")
 
     def server_names(self) -> list[str]:
         return [w.name for w in self.workers] + ([BACKUP_NAME] if self.es.backup_ca else [])

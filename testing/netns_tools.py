@@ -2,6 +2,7 @@
 start in ~50 ms, which matters when measuring a fail-over).
 
     python -m testing.netns_tools standin NAME CERT KEY [PORT]   kube-apiserver stand-in
+    python -m testing.netns_tools solver NAME PORT               plain-HTTP stand-in (an HTTP-01 solver)
     python -m testing.netns_tools listen PORT...                 accept and close on TCP ports
     python -m testing.netns_tools get URL COUNT                  COUNT GETs, one body a line
     python -m testing.netns_tools probe URL                      after 'go' on stdin: first success
@@ -23,9 +24,10 @@ import time
 import urllib.request
 
 
-def standin(name: str, cert: str, key: str, port: int = 6443) -> None:
+def standin(name: str, cert: str | None, key: str | None, port: int = 6443) -> None:
     """Answers every GET (/healthz included) with 200 and `ok NAME`, over HTTPS, like a healthy
-    kube-apiserver answers /healthz; the body says which node served the request."""
+    kube-apiserver answers /healthz; the body says which node served the request. Without a
+    certificate: over plain HTTP (what cert-manager's HTTP-01 solver behind the ingress answers)."""
     body = f"ok {name}\n".encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -40,9 +42,10 @@ def standin(name: str, cert: str, key: str, port: int = 6443) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    if cert is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()
 
@@ -210,6 +213,8 @@ def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
     if command == "standin":
         standin(args[0], args[1], args[2], int(args[3]) if len(args) > 3 else 6443)
+    elif command == "solver":
+        standin(args[0], None, None, int(args[1]))
     elif command == "listen":
         listen([int(p) for p in args])
     elif command == "get":

@@ -98,9 +98,13 @@ def test_placeholder_before_any_certificate_and_http_redirects(tb):
     assert code(tb, f"http://{tb.domain}/lab/tree?x=1") == f"301 https://{tb.domain}/lab/tree?x=1"
     assert code(tb, f"http://{tb.domain}/") == f"301 https://{tb.domain}/"
     assert code(tb, f"http://{tb.domain}/.well-known/other") == f"301 https://{tb.domain}/.well-known/other"
-    # the ACME path goes to certbot's backend: nothing listens there between issuances (503)
-    assert code(tb, f"http://{tb.domain}/.well-known/acme-challenge/token") == "503"
-    assert "certbot/certbot" in tb.log(tb.edge.name, "haproxy")
+    # between issuances certbot's server is in maintenance and the ACME path goes to the workers'
+    # HTTP NodePort, where cert-manager's solver answers the cluster's own challenges
+    assert tb.acme_port is not None  # the example site turns the certificates addon on
+    assert tb.server_states("acme")["certbot"] == "MAINT"
+    result = tb.curl(f"http://{tb.domain}/.well-known/acme-challenge/token", "--fail")
+    assert result.output.strip() in worker_bodies(tb), result.output
+    assert any(f"acme/{w.name}" in tb.log(tb.edge.name, "haproxy") for w in tb.workers)
     # HTTPS already works with the placeholder (not trusted, so -k): a worker answers
     result = tb.curl(f"https://{tb.domain}/", "--insecure", "--fail")
     assert result.output.strip() in worker_bodies(tb), result.output
@@ -118,9 +122,10 @@ def test_first_issuance_through_http01_end_to_end(tb):
         line for line in tb.log(tb.edge.name, "haproxy").splitlines() if "/.well-known/acme-challenge/" in line
     ]
     assert any(
-        line.startswith(f"{tb.es.pebble}:") and "certbot/certbot" in line and " 200 " in line
-        for line in challenge_lines
+        line.startswith(f"{tb.es.pebble}:") and "acme/certbot" in line and " 200 " in line for line in challenge_lines
     )
+    # certbot's post-hook put its server back in maintenance: the workers answer the path again
+    assert tb.server_states("acme")["certbot"] == "MAINT"
     # the deploy hook: fullchain + key joined into HAProxy's PEM, HAProxy reloaded by its master
     lineage = tb.live
     assert tb.pem.read_text() == (lineage / "fullchain.pem").read_text() + (lineage / "privkey.pem").read_text()
