@@ -188,6 +188,46 @@ CA_CERTS_EXTRA_DIRS = (
 )
 
 
+# ---------------------------------------------------------------------------------------------
+# Metrics (the monitoring addon)
+#
+# kubeadm binds the controller manager's and the scheduler's secure ports (bind-address) and
+# etcd's metrics (listen-metrics-urls http://127.0.0.1:2381) to the loopback address, and
+# kube-proxy defaults metricsBindAddress to 127.0.0.1:10249: Prometheus in a pod reaches none of
+# them. With monitoring on they listen on every address; nftables lets in only the pod and node
+# networks (bootstrap/firewall.py). The ClusterConfiguration is shared by every control plane
+# (join reads it from the kubeadm-config ConfigMap), so no per-node address can go in it.
+METRICS_BIND_ADDRESS = "0.0.0.0"
+KCM_BIND_REF = Ref(K8S, "cmd/kubeadm/app/phases/controlplane/manifests.go", "getControllerManagerCommand (bind-address)")
+SCHEDULER_BIND_REF = Ref(K8S, "cmd/kubeadm/app/phases/controlplane/manifests.go", "getSchedulerCommand (bind-address)")
+ETCD_METRICS_REF = Ref(K8S, "cmd/kubeadm/app/phases/etcd/local.go", "getEtcdCommand (listen-metrics-urls)")
+KUBE_PROXY_METRICS_REF = Ref(
+    K8S, "staging/src/k8s.io/kube-proxy/config/v1alpha1/types.go", "KubeProxyConfiguration.MetricsBindAddress"
+)
+# The static pods' probes follow the bind addresses: for 0.0.0.0 kubeadm leaves the probe host
+# empty (the kubelet probes the pod's address, the node's: host network); for etcd it probes the
+# first listen-metrics-urls host, 0.0.0.0, which Linux connects to as the local host.
+PROBE_ADDRESS_REF = Ref(K8S, "cmd/kubeadm/app/util/staticpod/utils.go", "getProbeAddress, GetEtcdProbeEndpoint")
+# kube-proxy's configuration in kubeadm's config file: kubeadm uploads it to the kube-proxy
+# ConfigMap that every node's kube-proxy reads (componentconfigs/kubeproxy.go).
+KUBE_PROXY_CONFIG_REF = Ref(K8S, "cmd/kubeadm/app/componentconfigs/kubeproxy.go", "kubeProxyHandler (kubeproxy.config.k8s.io/v1alpha1)")
+
+
+def metrics_args() -> dict[str, list[dict[str, str]]]:
+    """The v1beta4 extraArgs of ClusterConfiguration that expose the control plane's metrics."""
+    return {
+        "controllerManager": [{"name": "bind-address", "value": METRICS_BIND_ADDRESS}],
+        "scheduler": [{"name": "bind-address", "value": METRICS_BIND_ADDRESS}],
+        "etcd": [
+            {"name": "listen-metrics-urls", "value": f"http://{METRICS_BIND_ADDRESS}:{ports.ETCD_METRICS}"}
+        ],
+    }
+
+
+def kube_proxy_metrics_address() -> str:
+    return f"{METRICS_BIND_ADDRESS}:{ports.KUBE_PROXY_METRICS}"
+
+
 def extra_arg(args: Sequence[Mapping[str, str]] | None, name: str) -> str | None:
     """kubeadm's GetArgValue on a v1beta4 extraArgs list ([{name, value}]): the last one wins."""
     found = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nodekiln import contract
+from nodekiln.config import ports
 from nodekiln.config.addons import AddonBase, Bucket
 from nodekiln.config.edge import ACME_DIRECTORIES
 from nodekiln.secrets import KeyPair
@@ -218,3 +219,56 @@ def naavre(inputs: Inputs) -> Context:
     # ingress's default certificate serves TLS then).
     tls = settings.tls if settings.tls is not None else issuer is not None
     return {"labs": labs, "certificate_issuer": issuer if tls else None, "tls": tls}
+
+
+def annotation_scrape_job(role: Literal["endpointslice", "pod"]) -> dict[str, Any]:
+    """A Prometheus scrape job for the objects annotated prometheus.io/scrape: "true" (Services,
+    through their endpoints, or pods), taking path, port and scheme from the annotations.
+
+    The relabelling of Prometheus' documentation/examples/prometheus-kubernetes.yml (jobs
+    kubernetes-service-endpoints and kubernetes-pods); meta label names per
+    discovery/kubernetes/endpointslice.go and pod.go (annotation names sanitized to
+    [a-zA-Z0-9_]).
+    """
+    meta = "__meta_kubernetes_service_annotation_prometheus_io_" if role == "endpointslice" else (
+        "__meta_kubernetes_pod_annotation_prometheus_io_"
+    )
+    relabel: list[dict[str, Any]] = [
+        {"source_labels": [f"{meta}scrape"], "action": "keep", "regex": "true"},
+        {"source_labels": [f"{meta}scheme"], "action": "replace", "target_label": "__scheme__", "regex": "(https?)"},
+        {"source_labels": [f"{meta}path"], "action": "replace", "target_label": "__metrics_path__", "regex": "(.+)"},
+        {
+            "source_labels": ["__address__", f"{meta}port"],
+            "action": "replace",
+            "target_label": "__address__",
+            "regex": r"(.+?)(?::\d+)?;(\d+)",
+            "replacement": "$1:$2",
+        },
+        {"source_labels": ["__meta_kubernetes_namespace"], "action": "replace", "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "action": "replace", "target_label": "pod"},
+    ]
+    if role == "endpointslice":
+        relabel.append(
+            {"source_labels": ["__meta_kubernetes_service_name"], "action": "replace", "target_label": "service"}
+        )
+    name = "kubernetes-service-endpoints" if role == "endpointslice" else "kubernetes-pods"
+    return {"job_name": name, "kubernetes_sd_configs": [{"role": role}], "relabel_configs": relabel}
+
+
+@context("monitoring")
+def monitoring(inputs: Inputs) -> Context:
+    settings = inputs.site.addons.monitoring
+    return {
+        # the ports kubeadm's components serve their metrics on (contract.metrics_args)
+        "ports": {
+            "etcd": ports.ETCD_METRICS,
+            "controllerManager": ports.KUBE_CONTROLLER_MANAGER,
+            "scheduler": ports.KUBE_SCHEDULER,
+            "kubeProxy": ports.KUBE_PROXY_METRICS,
+            "nodeExporter": ports.NODE_EXPORTER,
+        },
+        "retention_size": f"{settings.retention_bytes() // 2**20}MiB",
+        "scrape_configs": (
+            [annotation_scrape_job("endpointslice"), annotation_scrape_job("pod")] if settings.scrapeAnnotations else []
+        ),
+    }

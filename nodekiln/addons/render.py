@@ -21,7 +21,17 @@ from nodekiln.addons.plan import AddonsError, Plan, Release
 
 # libyaml's parser: the CRDs of one chart are megabytes (Calico's 2.6 MB take 2.7 s in pure
 # Python, 0.3 s in libyaml)
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc, valid-type]
+    """YAML 1.1 resolves a plain `=` to the `value` tag, which PyYAML cannot construct; to the
+    API server it is the string "=" (prometheus-operator's AlertmanagerConfig CRD lists it
+    among the matchers' operators)."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+_LOADER = _Loader
 
 RENDERED = ".rendered"  # NaaVRE's sub-chart values, rendered from its root values file
 

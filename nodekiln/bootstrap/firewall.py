@@ -49,6 +49,18 @@ def edge_ports(site: Site) -> list[int]:
     return sorted(p for p in found if p is not None)
 
 
+def metrics_ports(site: Site, role: str) -> list[int]:
+    """What the monitoring addon's Prometheus scrapes on a node of `role` (nothing when it is off):
+    the components kubeadm then binds to every address (contract.metrics_args), kube-proxy's
+    metrics and the node exporter (host network) on every node."""
+    if not site.metrics_exposed:
+        return []
+    found = [ports.KUBE_PROXY_METRICS, ports.NODE_EXPORTER]
+    if role == "control-plane":
+        found += [ports.ETCD_METRICS, ports.KUBE_CONTROLLER_MANAGER, ports.KUBE_SCHEDULER]
+    return sorted(found)
+
+
 def ruleset(site: Site, role: str) -> str:
     return templates.render(
         "bootstrap",
@@ -58,6 +70,7 @@ def ruleset(site: Site, role: str) -> str:
         control_planes=[cp.address for cp in site.control_planes],
         api_ports=sorted({site.apiserver_port, site.endpoint_port}),
         kubelet_port=ports.KUBELET,
+        metrics_ports=metrics_ports(site, role),
         cni=CALICO,
         node_ports=NODE_PORTS if role == "worker" and site.firewall.nodePorts else None,
         edge_ports=edge_ports(site) if role == "worker" else [],

@@ -100,6 +100,7 @@ def kubeadm_config(site: Site, secrets: Secrets, node: Node) -> str:
         "taints": taints(node),
         "cert_sans": cert_sans(site),
         "contract": contract,
+        "metrics": contract.metrics_args() if site.metrics_exposed else None,
     }
     name = "kubeadm-init.yaml.j2" if role == "init" else "kubeadm-join.yaml.j2"
     return templates.render("bootstrap", name, **context)

@@ -162,6 +162,43 @@ class Certificates(AddonBase):
         return site.edge.acme.email
 
 
+# prometheus-operator's types (crd-prometheuses.yaml spec.retention, spec.retentionSize patterns)
+PROMETHEUS_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+VOLUME_SIZE = r"^[0-9]+(Mi|Gi|Ti)$"
+
+
+class Monitoring(AddonBase):
+    retention: str = Field(
+        default="15d", pattern=PROMETHEUS_DURATION, min_length=2, description="how long Prometheus keeps samples, e.g. 15d"
+    )
+    size: str = Field(default="50Gi", pattern=VOLUME_SIZE, description="Prometheus' volume (on the default StorageClass)")
+    retentionSize: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(MiB|GiB|TiB)$",
+        description="Prometheus drops the oldest blocks above this, e.g. 40GiB; default 85% of size",
+    )
+    storageClass: str | None = Field(
+        default=None, description="StorageClass of the volumes instead of the cluster's default"
+    )
+    alertmanagerSize: str = Field(default="2Gi", pattern=VOLUME_SIZE, description="Alertmanager's volume")
+    scrapeAnnotations: bool = Field(
+        default=True,
+        description="also scrape the Services and pods annotated prometheus.io/scrape (path, port): NaaVRE's hub",
+    )
+
+    def retention_bytes(self) -> int:
+        """retentionSize in bytes: the site's, or 85% of the volume."""
+        if self.retentionSize is not None:
+            return _bytes(self.retentionSize.removesuffix("B"))
+        return _bytes(self.size) * 85 // 100
+
+
+def _bytes(size: str) -> int:
+    """50Gi -> bytes (binary units, as Kubernetes quantities and prometheus-operator's ByteSize)."""
+    number, unit = int(size[:-2]), size[-2:]
+    return number * 1024 ** {"Mi": 2, "Gi": 3, "Ti": 4}[unit]
+
+
 class KeycloakOperator(AddonBase):
     pass
 
@@ -238,6 +275,7 @@ class AddonsSpec(Strict):
     ingress: Ingress = Field(default_factory=Ingress)
     certManager: CertManager = Field(default_factory=lambda: CertManager(enabled=False))
     certificates: Certificates = Field(default_factory=lambda: Certificates(enabled=False))
+    monitoring: Monitoring = Field(default_factory=lambda: Monitoring(enabled=False))
     keycloakOperator: KeycloakOperator = Field(default_factory=lambda: KeycloakOperator(enabled=False))
     naavre: Naavre = Field(default_factory=lambda: Naavre(enabled=False))
     timeout: Duration = Field(default="10m", description="default helm --timeout per release")
@@ -325,6 +363,8 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
             )
     if spec.certificates.enabled:
         found.extend(_check_certificates(site))
+    if spec.monitoring.enabled:
+        found.extend(_check_monitoring(spec.monitoring))
     if spec.naavre.enabled:
         if not spec.naavre.domain:
             found.append((("addons", "naavre", "domain"), "required when NaaVRE is on: the DNS name that serves it"))
@@ -442,6 +482,20 @@ def _check_certificates(site: Site) -> list[tuple[PathKey, str]]:
             )
         )
     return found
+
+
+def _check_monitoring(monitoring: Monitoring) -> list[tuple[PathKey, str]]:
+    # Prometheus counts its WAL and head chunks into retentionSize: at the volume's size it would
+    # fill it before dropping a block
+    if monitoring.retentionSize is not None and monitoring.retention_bytes() >= _bytes(monitoring.size):
+        return [
+            (
+                ("addons", "monitoring", "retentionSize"),
+                f"{monitoring.retentionSize} does not fit Prometheus' volume (size {monitoring.size}): "
+                "expected less, e.g. 85% of it (leave retentionSize out for that)",
+            )
+        ]
+    return []
 
 
 def _release_graph(spec: AddonsSpec) -> dict[str, list[str]]:

@@ -15,6 +15,13 @@ KUBE_SCHEDULER = 10259
 KUBE_CONTROLLER_MANAGER = 10257
 # kubernetes pkg/cluster/ports/ports.go, KubeletPort.
 KUBELET = 10250
+# The metrics ports the monitoring addon scrapes: kubeadm's EtcdMetricsPort
+# (cmd/kubeadm/app/constants/constants.go), kube-proxy's ProxyStatusPort (pkg/cluster/ports/
+# ports.go), and the node exporter's (prometheus-node-exporter values.yaml service.port; a
+# host-network DaemonSet, so it is a port of every node).
+ETCD_METRICS = 2381
+KUBE_PROXY_METRICS = 10249
+NODE_EXPORTER = 9100
 # kube-apiserver's default --service-node-port-range: kubernetes pkg/kubeapiserver/options/options.go,
 # DefaultServiceNodePortRange = utilnet.PortRange{Base: 30000, Size: 2768}.
 NODE_PORTS = (30000, 32767)
@@ -34,6 +41,8 @@ COMPONENTS = (KUBELET, KUBE_SCHEDULER)
 RESERVED = {
     ETCD_CLIENT: "etcd",
     ETCD_PEER: "etcd",
+    ETCD_METRICS: "etcd (metrics)",
+    KUBE_PROXY_METRICS: "kube-proxy (metrics)",
     KUBELET: "kubelet",
     KUBE_CONTROLLER_MANAGER: "kube-controller-manager",
     KUBE_SCHEDULER: "kube-scheduler",

@@ -260,6 +260,12 @@ class Site(Strict):
         return self.controlPlane.loadBalancer != "none"
 
     @property
+    def metrics_exposed(self) -> bool:
+        """The monitoring addon is on: kubeadm binds the components' metrics to every address
+        (contract.metrics_args) and nftables opens those ports to the pod and node networks."""
+        return self.addons.enabled and self.addons.monitoring.enabled
+
+    @property
     def endpoint_address(self) -> IPv4Address:
         return self.controlPlane.endpoint.vip if self.load_balanced else self.init_node.address  # type: ignore[return-value]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, summarize_address_range
 from typing import Any
 
-from nodekiln.bootstrap.firewall import CALICO, edge_ports
+from nodekiln.bootstrap.firewall import CALICO, edge_ports, metrics_ports
 from nodekiln.config import ports
 from nodekiln.config.ports import NODE_PORTS
 from nodekiln.config.site import Node, Site
@@ -159,6 +159,9 @@ def rules(site: Site, role: str) -> set[Rule]:
         _tcp(KUBELET, remote_ip_prefix=pods),
         _tcp(KUBELET, remote_ip_prefix=nodes),
     }
+    # the monitoring addon's scrapes, from the same two networks as the kubelet's
+    for port in metrics_ports(site, role):
+        out |= {_tcp(port, remote_ip_prefix=pods), _tcp(port, remote_ip_prefix=nodes)}
     out |= {_tcp(port, remote_ip_prefix=nodes) for port in CALICO.tcp}
     out |= {_udp(port, remote_ip_prefix=nodes) for port in CALICO.udp}
     out |= {Rule("ingress", "IPv4", str(proto), None, None, remote_ip_prefix=nodes) for proto in CALICO.protocols}

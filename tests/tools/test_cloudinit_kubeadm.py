@@ -74,7 +74,9 @@ def test_kubeadm_configuration_matches_v1beta4(rendered):
             jsonschema.validate(doc, SCHEMA)
             kinds.append(doc["kind"])
         if node.name == site.init_node.name:
-            assert kinds == ["InitConfiguration", "ClusterConfiguration", "KubeletConfiguration"]
+            # kube-proxy's configuration with its metrics address only when monitoring is on
+            proxy = ["KubeProxyConfiguration"] if site.metrics_exposed else []
+            assert kinds == ["InitConfiguration", "ClusterConfiguration", "KubeletConfiguration", *proxy]
         else:
             assert kinds == ["JoinConfiguration"]
 
