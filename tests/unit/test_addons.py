@@ -197,11 +197,11 @@ def test_builtin_off_and_extra_release_ordered_after_its_dependency(site_file):
         doc["addons"]["velero"]["enabled"] = False
         doc["addons"]["releases"] = [
             {
-                "name": "monitoring",
-                "namespace": "monitoring",
-                "chart": "kube-prometheus-stack",
-                "repo": "https://prometheus-community.github.io/helm-charts",
-                "version": "77.0.0",
+                "name": "loki",
+                "namespace": "logging",
+                "chart": "loki",
+                "repo": "https://grafana.github.io/helm-charts",
+                "version": "6.30.0",
                 "dependsOn": ["hello"],
             },
             {"name": "hello", "namespace": "hello", "chart": "charts/hello", "dependsOn": ["ingress"]},
@@ -210,7 +210,7 @@ def test_builtin_off_and_extra_release_ordered_after_its_dependency(site_file):
     plan = build_plan(load_site(edit(site_file, change)))
     names = [r.name for r in plan.releases]
     assert "velero" not in names
-    assert names.index("ingress") < names.index("hello") < names.index("monitoring")
+    assert names.index("ingress") < names.index("hello") < names.index("loki")
     assert plan.release("hello").version == "1.2.3" and plan.release("hello").chart_path is not None
 
 
