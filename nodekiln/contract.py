@@ -198,7 +198,9 @@ CA_CERTS_EXTRA_DIRS = (
 # networks (bootstrap/firewall.py). The ClusterConfiguration is shared by every control plane
 # (join reads it from the kubeadm-config ConfigMap), so no per-node address can go in it.
 METRICS_BIND_ADDRESS = "0.0.0.0"
-KCM_BIND_REF = Ref(K8S, "cmd/kubeadm/app/phases/controlplane/manifests.go", "getControllerManagerCommand (bind-address)")
+KCM_BIND_REF = Ref(
+    K8S, "cmd/kubeadm/app/phases/controlplane/manifests.go", "getControllerManagerCommand (bind-address)"
+)
 SCHEDULER_BIND_REF = Ref(K8S, "cmd/kubeadm/app/phases/controlplane/manifests.go", "getSchedulerCommand (bind-address)")
 ETCD_METRICS_REF = Ref(K8S, "cmd/kubeadm/app/phases/etcd/local.go", "getEtcdCommand (listen-metrics-urls)")
 KUBE_PROXY_METRICS_REF = Ref(
@@ -210,7 +212,9 @@ KUBE_PROXY_METRICS_REF = Ref(
 PROBE_ADDRESS_REF = Ref(K8S, "cmd/kubeadm/app/util/staticpod/utils.go", "getProbeAddress, GetEtcdProbeEndpoint")
 # kube-proxy's configuration in kubeadm's config file: kubeadm uploads it to the kube-proxy
 # ConfigMap that every node's kube-proxy reads (componentconfigs/kubeproxy.go).
-KUBE_PROXY_CONFIG_REF = Ref(K8S, "cmd/kubeadm/app/componentconfigs/kubeproxy.go", "kubeProxyHandler (kubeproxy.config.k8s.io/v1alpha1)")
+KUBE_PROXY_CONFIG_REF = Ref(
+    K8S, "cmd/kubeadm/app/componentconfigs/kubeproxy.go", "kubeProxyHandler (kubeproxy.config.k8s.io/v1alpha1)"
+)
 
 
 def metrics_args() -> dict[str, list[dict[str, str]]]:
@@ -218,9 +222,7 @@ def metrics_args() -> dict[str, list[dict[str, str]]]:
     return {
         "controllerManager": [{"name": "bind-address", "value": METRICS_BIND_ADDRESS}],
         "scheduler": [{"name": "bind-address", "value": METRICS_BIND_ADDRESS}],
-        "etcd": [
-            {"name": "listen-metrics-urls", "value": f"http://{METRICS_BIND_ADDRESS}:{ports.ETCD_METRICS}"}
-        ],
+        "etcd": [{"name": "listen-metrics-urls", "value": f"http://{METRICS_BIND_ADDRESS}:{ports.ETCD_METRICS}"}],
     }
 
 

@@ -230,8 +230,10 @@ def annotation_scrape_job(role: Literal["endpointslice", "pod"]) -> dict[str, An
     discovery/kubernetes/endpointslice.go and pod.go (annotation names sanitized to
     [a-zA-Z0-9_]).
     """
-    meta = "__meta_kubernetes_service_annotation_prometheus_io_" if role == "endpointslice" else (
-        "__meta_kubernetes_pod_annotation_prometheus_io_"
+    meta = (
+        "__meta_kubernetes_service_annotation_prometheus_io_"
+        if role == "endpointslice"
+        else ("__meta_kubernetes_pod_annotation_prometheus_io_")
     )
     relabel: list[dict[str, Any]] = [
         {"source_labels": [f"{meta}scrape"], "action": "keep", "regex": "true"},

@@ -169,9 +169,14 @@ VOLUME_SIZE = r"^[0-9]+(Mi|Gi|Ti)$"
 
 class Monitoring(AddonBase):
     retention: str = Field(
-        default="15d", pattern=PROMETHEUS_DURATION, min_length=2, description="how long Prometheus keeps samples, e.g. 15d"
+        default="15d",
+        pattern=PROMETHEUS_DURATION,
+        min_length=2,
+        description="how long Prometheus keeps samples, e.g. 15d",
     )
-    size: str = Field(default="50Gi", pattern=VOLUME_SIZE, description="Prometheus' volume (on the default StorageClass)")
+    size: str = Field(
+        default="50Gi", pattern=VOLUME_SIZE, description="Prometheus' volume (on the default StorageClass)"
+    )
     retentionSize: str | None = Field(
         default=None,
         pattern=r"^[0-9]+(MiB|GiB|TiB)$",
@@ -196,7 +201,8 @@ class Monitoring(AddonBase):
 def _bytes(size: str) -> int:
     """50Gi -> bytes (binary units, as Kubernetes quantities and prometheus-operator's ByteSize)."""
     number, unit = int(size[:-2]), size[-2:]
-    return number * 1024 ** {"Mi": 2, "Gi": 3, "Ti": 4}[unit]
+    power: int = {"Mi": 2, "Gi": 3, "Ti": 4}[unit]
+    return number * 1024**power
 
 
 class KeycloakOperator(AddonBase):

@@ -66,9 +66,17 @@ def test_every_kubeadm_component_is_scraped_where_kubeadm_now_listens(example_re
         assert address == "0.0.0.0", component  # not 127.0.0.1: reachable from Prometheus' pod
         assert [p["targetPort"] for p in service["spec"]["ports"]] == [int(port)], component
     # the controller manager and the scheduler serve only TLS; etcd's metrics and kube-proxy's are plain
-    monitors = {m["metadata"]["name"].removeprefix("monitoring-kube-prometheus-"): m for m in monitoring.of_kind("ServiceMonitor")}
+    monitors = {
+        m["metadata"]["name"].removeprefix("monitoring-kube-prometheus-"): m
+        for m in monitoring.of_kind("ServiceMonitor")
+    }
     schemes = {c: monitors[c]["spec"]["endpoints"][0].get("scheme", "http") for c in KUBEADM_SELECTORS}
-    assert schemes == {"kube-controller-manager": "https", "kube-scheduler": "https", "kube-etcd": "http", "kube-proxy": "http"}
+    assert schemes == {
+        "kube-controller-manager": "https",
+        "kube-scheduler": "https",
+        "kube-etcd": "http",
+        "kube-proxy": "http",
+    }
 
 
 def test_prometheus_keeps_the_sites_retention_on_a_default_class_volume(example_render, monitoring):
