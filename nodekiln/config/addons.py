@@ -202,7 +202,7 @@ def _bytes(size: str) -> int:
     """50Gi -> bytes (binary units, as Kubernetes quantities and prometheus-operator's ByteSize)."""
     number, unit = int(size[:-2]), size[-2:]
     power: int = {"Mi": 2, "Gi": 3, "Ti": 4}[unit]
-    return number * 1024**power
+    return int(number * 1024**power)
 
 
 class KeycloakOperator(AddonBase):
