@@ -242,13 +242,9 @@ class IsolationEgress(Strict):
     ports: list[IsolationPort] = Field(default_factory=list, description="none: every port")
 
 
-LabelKey = Annotated[str, Field(pattern=LABEL_NAME.pattern)]
-LabelValue = Annotated[str, Field(pattern=LABEL_VALUE.pattern)]
-
-
 class IsolatedNamespace(Strict):
     namespace: Namespace
-    podSelector: dict[LabelKey, LabelValue] | None = Field(
+    podSelector: dict[str, str] | None = Field(
         default=None,
         description="matchLabels of the pods isolated; leave out for the whole namespace (podSelector {})",
     )
@@ -263,6 +259,16 @@ class IsolatedNamespace(Strict):
         description="the namespace is made outside nodekiln before `invoke addons` (no release of the site "
         "installs into it, so nothing else creates it)",
     )
+
+    @field_validator("podSelector")
+    @classmethod
+    def _labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (labels or {}).items():
+            if not LABEL_NAME.fullmatch(key):
+                raise ValueError(f"label key {key!r} is not a valid Kubernetes label name, e.g. app.kubernetes.io/name")
+            if not LABEL_VALUE.fullmatch(value):
+                raise ValueError(f"label value {value!r} of {key!r} is not a valid Kubernetes label value")
+        return labels
 
     @property
     def whole(self) -> bool:
