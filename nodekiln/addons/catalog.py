@@ -63,6 +63,11 @@ class AddonDef(Strict):
         default=None,
         description="a chart (in the same checkout) that renders the sub-charts' values from the root values file first",
     )
+    overlay: str | None = Field(
+        default=None,
+        description="a second template (addons/<file>, the same variables): its values file is the chart's "
+        "last --values, after what the values chart renders (keys a values chart does not pass through)",
+    )
     images: dict[str, str] = Field(
         default_factory=dict,
         description="the container images the values template pins (each appears in the rendered manifests)",
@@ -117,6 +122,8 @@ def _problem(definition: AddonDef, name: str, key: str, folder: Path) -> str | N
         return f"setting {definition.setting!r} differs from its key addons.{key} in the site file"
     if not (folder / definition.template).is_file():
         return f"its values template {definition.template} is missing"
+    if definition.overlay is not None and not (folder / definition.overlay).is_file():
+        return f"its overlay template {definition.overlay} is missing"
     if definition.context is not None and definition.context not in CONTEXTS:
         return (
             f"context {definition.context!r} is not a function of nodekiln/addons/contexts.py ({', '.join(CONTEXTS)})"

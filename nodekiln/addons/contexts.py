@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from nodekiln import contract
 from nodekiln.config import ports
-from nodekiln.config.addons import AddonBase, Bucket
+from nodekiln.config.addons import LAB_SELECTOR, AddonBase, Bucket
 from nodekiln.config.edge import ACME_DIRECTORIES
 from nodekiln.secrets import KeyPair
 
@@ -218,7 +218,94 @@ def naavre(inputs: Inputs) -> Context:
     # tls unset: on when cert-manager makes the certificates, off otherwise (the edge or the
     # ingress's default certificate serves TLS then).
     tls = settings.tls if settings.tls is not None else issuer is not None
-    return {"labs": labs, "certificate_issuer": issuer if tls else None, "tls": tls}
+    return {
+        "labs": labs,
+        "certificate_issuer": issuer if tls else None,
+        "tls": tls,
+        "isolated_labs": isolates_labs(inputs, lab_labels(inputs.definition.name)),
+    }
+
+
+def lab_labels(release: str) -> dict[str, str]:
+    """The labels of a lab pod: z2jh's singleuser selector (jupyterhub.matchLabels: component,
+    app, release; templates/_helpers.tpl) as KubeSpawner sets them (files/hub/jupyterhub_config.py
+    common_labels: app = the chart's name, release = the release's)."""
+    return {**LAB_SELECTOR, "app": "jupyterhub", "release": release}
+
+
+# CoreDNS as kubeadm deploys it: Deployment `coredns` in kube-system, pods labelled
+# k8s-app: kube-dns, serving port 53 over UDP and TCP (kubernetes/kubernetes
+# cmd/kubeadm/app/phases/addons/dns/manifests.go, CoreDNSDeployment).
+KUBE_DNS = {"namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}, "port": 53}
+# The label the API server gives every namespace (kubernetes.io/metadata.name: <name>, since 1.22).
+NAMESPACE_NAME = "kubernetes.io/metadata.name"
+# HTTPS: the labs reach NaaVRE's services at https://<addons.naavre.domain>/ (NaaVRE-helm
+# values/templates/jupyterhub.yaml, the JupyterLab extensions' service URLs).
+PUBLIC_PORT = 443
+
+
+def _in(namespace: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME: namespace}}}
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+@context("namespace-isolation")
+def namespace_isolation(inputs: Inputs) -> Context:
+    """One policy per isolated namespace: the talk's egress (own namespace, kube-system) plus
+    DNS and the site's public entry; ingress from the namespace itself and what it needs."""
+    site, namespaces = inputs.site, inputs.namespaces
+    settings = site.addons.namespaceIsolation
+    ingress_namespace = namespaces.get("ingress")
+    monitoring = namespaces.get("monitoring")  # the monitoring addon's scrapes, when it is on
+    edge = site.edge_address
+    if edge is not None:
+        # the public names point at the edge (VIP or its one node): HAProxy passes to the ingress
+        public: dict[str, Any] = {"cidr": f"{edge}/32", "port": PUBLIC_PORT}
+    elif ingress_namespace is not None:
+        # no edge: the public names reach the ingress controller's pods (its LoadBalancer)
+        public = {"namespace": ingress_namespace}
+    else:
+        public = {}
+    policies = []
+    for entry in settings.entries(namespaces):
+        sources = [entry.namespace]
+        if entry.whole and ingress_namespace is not None:
+            sources.append(ingress_namespace)  # the namespace's own Ingresses
+        if monitoring is not None:
+            sources.append(monitoring)
+        sources.extend(entry.ingressFrom)
+        policies.append(
+            {
+                "namespace": entry.namespace,
+                "podSelector": {"matchLabels": dict(entry.podSelector)} if entry.podSelector else {},
+                "kube_system": settings.kubeSystem == "all",
+                "public": public,
+                "egress": [
+                    {
+                        "cidr": str(rule.cidr),
+                        "ports": [{"port": p.port, "protocol": p.protocol} for p in rule.ports],
+                    }
+                    for rule in entry.egress
+                ],
+                "sources": _unique(sources),
+            }
+        )
+    return {"policies": policies, "dns": KUBE_DNS, "namespace_label": NAMESPACE_NAME}
+
+
+def isolates_labs(inputs: Inputs, labels: dict[str, str]) -> bool:
+    """Whether namespace-isolation covers pods with `labels` in this release's namespace."""
+    spec = inputs.site.addons
+    if not (spec.enabled and spec.namespaceIsolation.enabled):
+        return False
+    namespace = inputs.namespaces[inputs.definition.name]
+    return any(
+        entry.namespace == namespace and entry.selects(labels)
+        for entry in spec.namespaceIsolation.entries(inputs.namespaces)
+    )
 
 
 def annotation_scrape_job(role: Literal["endpointslice", "pod"]) -> dict[str, Any]:

@@ -23,7 +23,15 @@ from nodekiln import templates
 from nodekiln.addons.catalog import AddonDef, builtins
 from nodekiln.addons.contexts import Inputs, SecretKind, template_context
 from nodekiln.config import yamlsrc
-from nodekiln.config.addons import BUILTIN_KEYS, AddonBase, AddonsSpec, ExtraRelease, order, release_name
+from nodekiln.config.addons import (
+    BUILTIN_KEYS,
+    AddonBase,
+    AddonsSpec,
+    ExtraRelease,
+    order,
+    release_name,
+    release_namespaces,
+)
 from nodekiln.config.yamlsrc import PathKey
 from nodekiln.errors import NodekilnError
 from nodekiln.files import write_tree_atomic
@@ -60,6 +68,7 @@ class Release:
     chart_path: Path | None = None  # local chart directory (extra releases, NaaVRE's checkout, nodekiln's own)
     package: Path | None = None  # the chart's package from the site's addons.charts folder
     values_chart: Path | None = None  # renders the sub-charts' values from `values` first (NaaVRE)
+    overlay: str | None = None  # values file given last, after the values chart's output
     source: dict[str, str] | None = None  # {"git": url, "ref": commit} for charts from a Git checkout
     builtin: bool = True
 
@@ -102,6 +111,8 @@ class Release:
             entry["source"] = self.source
         if self.values_chart is not None:
             entry["valuesChart"] = self.values_chart.name
+        if self.overlay is not None:
+            entry["overlay"] = self.overlay
         if self.chart_path is not None:
             entry["chartPath"] = str(self.chart_path)
         return entry
@@ -130,7 +141,11 @@ class Plan:
         doc = {
             "site": self.site,
             "releases": [
-                {**r.summary(), "valuesSha256": hashlib.sha256(self.files[r.values][0]).hexdigest()}
+                {
+                    **r.summary(),
+                    "valuesSha256": hashlib.sha256(self.files[r.values][0]).hexdigest(),
+                    **({"overlaySha256": hashlib.sha256(self.files[r.overlay][0]).hexdigest()} if r.overlay else {}),
+                }
                 for r in self.releases
             ],
         }
@@ -273,17 +288,6 @@ def _environment() -> jinja2.Environment:
 # --- the plan ------------------------------------------------------------------------------
 
 
-def _namespace(spec: AddonsSpec, definition: AddonDef) -> str:
-    own = spec.builtin(definition.setting).namespace
-    if own:
-        return own
-    if definition.sameNamespaceAs:
-        other = builtins()[definition.sameNamespaceAs]
-        if spec.builtin(other.setting).enabled:
-            return _namespace(spec, other)
-    return definition.namespace
-
-
 def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
     """Every release the site's addons section turns on, in install order, values rendered."""
     spec = site.addons
@@ -291,14 +295,10 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
         return Plan(site.name, [], {})
     secrets = secrets or Secrets(site)
     defs = builtins()
-    graph = dependency_graph(spec, defs)
+    # where each release goes (addons/<name>.yaml namespace, sameNamespaceAs, the site's namespace:)
+    namespaces = release_namespaces(spec)
+    graph = dependency_graph(spec, defs, namespaces)
     ordered = order(graph)
-    namespaces: dict[str, str] = {}
-    for key in BUILTIN_KEYS:
-        if spec.builtin(key).enabled:
-            namespaces[release_name(key)] = _namespace(spec, defs[release_name(key)])
-    for extra in spec.releases:
-        namespaces[extra.name] = extra.namespace
 
     releases: dict[str, Release] = {}
     files: dict[str, tuple[bytes, int]] = {}
@@ -308,9 +308,10 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
         if not addon.enabled:
             continue
         definition = defs[release_name(key)]
-        release, text, secret = _render_builtin(site, definition, addon, namespaces, secrets, env)
+        release, texts, secret = _render_builtin(site, definition, addon, namespaces, secrets, env)
         releases[release.name] = release
-        files[release.values] = (text.encode(), 0o600 if secret else 0o644)
+        for file, content in texts.items():
+            files[file] = (content.encode(), 0o600 if secret else 0o644)
     for extra in spec.releases:
         release, text = _render_extra(site, extra)
         releases[release.name] = release
@@ -318,12 +319,22 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
     return Plan(site.name, [releases[name] for name in ordered], files, list(secrets.missing))
 
 
-def dependency_graph(spec: AddonsSpec, defs: dict[str, AddonDef]) -> dict[str, list[str]]:
-    """Release name -> the releases it needs, for every release that is on, in declared order."""
+def dependency_graph(
+    spec: AddonsSpec, defs: dict[str, AddonDef], namespaces: dict[str, str] | None = None
+) -> dict[str, list[str]]:
+    """Release name -> the releases it needs, for every release that is on, in declared order.
+
+    An addon that puts objects into other namespaces (`after_namespaces` of its settings) needs
+    the releases installing into them: they create those namespaces."""
+    namespaces = namespaces if namespaces is not None else release_namespaces(spec)
     graph: dict[str, list[str]] = {}
     for key in BUILTIN_KEYS:
-        if spec.builtin(key).enabled:
-            graph[release_name(key)] = list(defs[release_name(key)].dependsOn)
+        addon = spec.builtin(key)
+        if addon.enabled:
+            name = release_name(key)
+            into = set(addon.after_namespaces(namespaces))
+            owners = [r for r, ns in namespaces.items() if ns in into and r != name]
+            graph[name] = list(dict.fromkeys([*defs[name].dependsOn, *owners]))
     for extra in spec.releases:
         graph[extra.name] = list(extra.dependsOn)
     return graph
@@ -336,13 +347,12 @@ def _render_builtin(
     namespaces: dict[str, str],
     secrets: Secrets,
     env: jinja2.Environment,
-) -> tuple[Release, str, bool]:
+) -> tuple[Release, dict[str, str], bool]:
+    """The release, its values files' text by name (values, then the overlay) and whether they hold secrets."""
     secrets.used = False
-    inputs = Inputs(site, definition, addon, namespaces, secrets)
-    try:
-        text = env.get_template(definition.template).render(**template_context(inputs))
-    except jinja2.TemplateError as exc:
-        raise AddonsError(f"addons/{definition.template}: {exc}") from None
+    context = template_context(Inputs(site, definition, addon, namespaces, secrets))
+    text = _render_template(definition.template, context, env)
+    overlay = _render_template(definition.overlay, context, env) if definition.overlay else None
     secret = secrets.used
     text = _apply_override(site, text, addon.values, ("addons", definition.setting, "values"), definition.template)
     chart_path = values_chart = package = None
@@ -364,7 +374,7 @@ def _render_builtin(
         repo=definition.repo or (definition.source.git if definition.source else None),
         version=version,
         values=values_file,
-        depends_on=tuple(d for d in definition.dependsOn if d in namespaces),
+        depends_on=tuple(d for d in dependency_graph(site.addons, builtins(), namespaces)[name] if d in namespaces),
         wait_for=definition.waitFor,
         timeout=definition.timeout or site.addons.timeout,
         readiness=tuple(tuple(cmd) for cmd in definition.readiness),
@@ -375,10 +385,23 @@ def _render_builtin(
         chart_path=chart_path,
         package=package,
         values_chart=values_chart,
+        overlay=f"{name}.overlay.yaml" if definition.overlay else None,
         # where the chart comes from; where this site keeps it is chart_path
         source={"git": definition.source.git, "ref": definition.source.ref} if definition.source else None,
     )
-    return release, text, secret
+    texts = {release.values: text}
+    if release.overlay is not None and overlay is not None:
+        texts[release.overlay] = overlay
+    return release, texts, secret
+
+
+def _render_template(template: str, context: dict[str, Any], env: jinja2.Environment) -> str:
+    try:
+        text = env.get_template(template).render(**context)
+    except jinja2.TemplateError as exc:
+        raise AddonsError(f"addons/{template}: {exc}") from None
+    _load_mapping(text, f"addons/{template} (rendered)")
+    return text
 
 
 def _package(site: Site, definition: AddonDef, version: str) -> Path:

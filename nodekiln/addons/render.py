@@ -85,10 +85,12 @@ def _collect_images(node: object, found: set[str]) -> None:
 
 
 def values_files(plan: Plan, release: Release, helm: Helm) -> list[Path]:
-    """The --values files of a release: its values file, or what its values chart renders."""
+    """The --values files of a release: its values file, or what its values chart renders; then its overlay."""
     own = plan.values_path(release)
+    # the overlay (the addon's second template) comes last: it sets what the values chart does not
+    last = [plan.out / release.overlay] if release.overlay is not None and plan.out is not None else []
     if release.values_chart is None:
-        return [own]
+        return [own, *last]
     if not release.values_chart.is_dir() or release.chart_path is None or not release.chart_path.is_dir():
         src = release.source or {}
         raise AddonsError(
@@ -97,9 +99,10 @@ def values_files(plan: Plan, release: Release, helm: Helm) -> list[Path]:
             f"&& helm dependency build {release.chart_path}"
         )
     assert plan.out is not None
-    return helm.render_values_chart(
+    rendered = helm.render_values_chart(
         release.name, release.values_chart, own, release.namespace, plan.out / RENDERED / release.name
     )
+    return [*rendered, *last]
 
 
 def capabilities(plan: Plan) -> list[str]:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Mapping, Sequence
+from functools import cache
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import Field, field_validator
 
+from nodekiln import assets
 from nodekiln.config.edge import EMAIL
-from nodekiln.config.model import DNS_LABEL, DURATION, Strict
+from nodekiln.config.model import DNS_LABEL, DURATION, LABEL_NAME, LABEL_VALUE, Strict
 from nodekiln.config.yamlsrc import PathKey
 from nodekiln.errors import NodekilnError
 
@@ -47,6 +50,11 @@ class AddonBase(Strict):
     values: str | None = Field(
         default=None, description="YAML file (beside the site file) merged over the rendered values"
     )
+
+    def after_namespaces(self, namespaces: Mapping[str, str]) -> list[str]:
+        """Namespaces this addon puts objects into besides its own: it is installed after the
+        releases that install into them (they create them). `namespaces`: release -> namespace."""
+        return []
 
 
 class Calico(AddonBase):
@@ -256,6 +264,86 @@ class Naavre(AddonBase):
     )
 
 
+# --- namespace isolation -------------------------------------------------------------------
+
+# The labels JupyterHub's KubeSpawner gives NaaVRE's lab pods and z2jh's own singleuser
+# NetworkPolicy selects them by (z2jh 4.1.0 in NaaVRE-helm's naavre chart: templates/singleuser/
+# netpol.yaml podSelector = jupyterhub.matchLabels with componentLabel singleuser-server).
+LAB_SELECTOR: dict[str, str] = {"component": "singleuser-server"}
+
+# Namespaces every cluster has (kube-apiserver makes them; kubeadm's kube-public).
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+class IsolationPort(Strict):
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class IsolationEgress(Strict):
+    cidr: IPv4Network = Field(description="destination network, e.g. 10.0.1.10/32 (host bits must be zero)")
+    ports: list[IsolationPort] = Field(default_factory=list, description="none: every port")
+
+
+class IsolatedNamespace(Strict):
+    namespace: Namespace
+    podSelector: dict[str, str] | None = Field(
+        default=None,
+        description="matchLabels of the pods isolated; leave out for the whole namespace (podSelector {})",
+    )
+    egress: list[IsolationEgress] = Field(
+        default_factory=list, description="more destinations the pods may reach (CIDR and ports)"
+    )
+    ingressFrom: list[Namespace] = Field(
+        default_factory=list, description="more namespaces whose pods may connect to the isolated pods"
+    )
+    external: bool = Field(
+        default=False,
+        description="the namespace is made outside nodekiln before `invoke addons` (no release of the site "
+        "installs into it, so nothing else creates it)",
+    )
+
+    @field_validator("podSelector")
+    @classmethod
+    def _labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (labels or {}).items():
+            if not LABEL_NAME.fullmatch(key):
+                raise ValueError(f"label key {key!r} is not a valid Kubernetes label name, e.g. app.kubernetes.io/name")
+            if not LABEL_VALUE.fullmatch(value):
+                raise ValueError(f"label value {value!r} of {key!r} is not a valid Kubernetes label value")
+        return labels
+
+    @property
+    def whole(self) -> bool:
+        return not self.podSelector
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        """Whether the entry's pod selector matches pods with these labels."""
+        return all(labels.get(key) == value for key, value in (self.podSelector or {}).items())
+
+
+class NamespaceIsolation(AddonBase):
+    namespaces: list[IsolatedNamespace] | None = Field(
+        default=None,
+        description="namespaces given default NetworkPolicies; leave out for NaaVRE's virtual labs "
+        "(NaaVRE's namespace, podSelector component: singleuser-server)",
+    )
+    kubeSystem: Literal["all", "dns"] = Field(
+        default="all",
+        description="egress to kube-system: all its pods (the talk's policy) or only CoreDNS on port 53",
+    )
+
+    def entries(self, namespaces: Mapping[str, str]) -> list[IsolatedNamespace]:
+        """The namespaces isolated; `namespaces` is release name -> namespace of the releases on."""
+        if self.namespaces is not None:
+            return list(self.namespaces)
+        labs = namespaces.get("naavre")
+        return [IsolatedNamespace(namespace=labs, podSelector=dict(LAB_SELECTOR))] if labs else []
+
+    def after_namespaces(self, namespaces: Mapping[str, str]) -> list[str]:
+        return [entry.namespace for entry in self.entries(namespaces)]
+
+
 class ExtraRelease(Strict):
     name: ReleaseName
     namespace: Namespace
@@ -284,6 +372,7 @@ class AddonsSpec(Strict):
     monitoring: Monitoring = Field(default_factory=lambda: Monitoring(enabled=False))
     keycloakOperator: KeycloakOperator = Field(default_factory=lambda: KeycloakOperator(enabled=False))
     naavre: Naavre = Field(default_factory=lambda: Naavre(enabled=False))
+    namespaceIsolation: NamespaceIsolation = Field(default_factory=lambda: NamespaceIsolation(enabled=False))
     timeout: Duration = Field(default="10m", description="default helm --timeout per release")
     charts: str | None = Field(
         default=None,
@@ -317,6 +406,39 @@ BUILTIN_KEYS: tuple[str, ...] = tuple(BUILTIN_SETTINGS)
 def release_name(key: str) -> str:
     """Site key -> release (and addon file) name: keycloakOperator -> keycloak-operator."""
     return re.sub(r"([A-Z])", lambda m: "-" + m.group(1).lower(), key)
+
+
+@cache
+def _placement(folder: Path) -> dict[str, tuple[str, str | None]]:
+    """Release -> (namespace, sameNamespaceAs) as addons/<name>.yaml give them (the catalog,
+    nodekiln/addons/catalog.py, validates the files; the site model reads these two keys only)."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for key in BUILTIN_KEYS:
+        try:
+            doc = yaml.safe_load((folder / f"{release_name(key)}.yaml").read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise NodekilnError(f"{folder / release_name(key)}.yaml: {exc}") from None
+        found[release_name(key)] = (str(doc.get("namespace", release_name(key))), doc.get("sameNamespaceAs"))
+    return found
+
+
+def release_namespaces(spec: AddonsSpec, folder: Path | None = None) -> dict[str, str]:
+    """Release name -> namespace of every release the site turns on (built-ins, then its own)."""
+    placement = _placement(folder or assets.folder("addons"))
+    by_release = {release_name(key): key for key in BUILTIN_KEYS}
+
+    def namespace(name: str) -> str:
+        own = spec.builtin(by_release[name]).namespace
+        if own:
+            return own
+        default, same_as = placement[name]
+        if same_as in by_release and spec.builtin(by_release[same_as]).enabled:
+            return namespace(same_as)
+        return default
+
+    found = {release_name(k): namespace(release_name(k)) for k in BUILTIN_KEYS if spec.builtin(k).enabled}
+    found.update({extra.name: extra.namespace for extra in spec.releases})
+    return found
 
 
 def check_addons(site: Site) -> list[tuple[PathKey, str]]:
@@ -402,6 +524,8 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
                         f"{lab.image!r}: expected name:tag, e.g. ghcr.io/naavre/flavors/naavre-fl-vanilla-jupyter:v0.3.16",
                     )
                 )
+    if spec.namespaceIsolation.enabled:
+        found.extend(_check_isolation(site))
     known = {release_name(k) for k in BUILTIN_KEYS if spec.builtin(k).enabled}
     seen: dict[str, int] = {}
     for i, extra in enumerate(spec.releases):
@@ -502,6 +626,75 @@ def _check_monitoring(monitoring: Monitoring) -> list[tuple[PathKey, str]]:
             )
         ]
     return []
+
+
+def _check_isolation(site: Site) -> list[tuple[PathKey, str]]:
+    spec = site.addons
+    settings = spec.namespaceIsolation
+    here: PathKey = ("addons", "namespaceIsolation")
+    found: list[tuple[PathKey, str]] = []
+    if not spec.calico.enabled:
+        found.append(
+            (
+                (*here, "enabled"),
+                "NetworkPolicies do nothing unless the CNI enforces them: turn addons.calico on",
+            )
+        )
+    namespaces = release_namespaces(spec)
+    if settings.namespaces is None:
+        if "naavre" not in namespaces:
+            found.append(
+                (
+                    (*here, "namespaces"),
+                    "required when NaaVRE is off (the default isolates NaaVRE's virtual labs): "
+                    "list the namespaces to isolate",
+                )
+            )
+        return found
+    owners: dict[str, list[str]] = {}
+    for release, namespace in namespaces.items():
+        owners.setdefault(namespace, []).append(release)
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(settings.namespaces):
+        at: PathKey = (*here, "namespaces", i)
+        if entry.namespace in seen:
+            found.append(
+                (
+                    (*at, "namespace"),
+                    f"{entry.namespace!r} repeats addons.namespaceIsolation.namespaces[{seen[entry.namespace]}]"
+                    ".namespace: give each namespace once",
+                )
+            )
+            continue
+        seen[entry.namespace] = i
+        if entry.namespace in SYSTEM_NAMESPACES and entry.namespace != "default":
+            found.append(
+                ((*at, "namespace"), f"{entry.namespace!r} is Kubernetes' own: isolating it breaks the cluster")
+            )
+        elif entry.namespace not in owners and entry.namespace not in SYSTEM_NAMESPACES and not entry.external:
+            found.append(
+                (
+                    (*at, "namespace"),
+                    f"no release of the site installs into {entry.namespace!r}, so nothing creates it before its "
+                    "policies: give a release that namespace (addons.releases), or set external: true if it is "
+                    "made outside nodekiln before `invoke addons`",
+                )
+            )
+        if entry.whole and namespaces.get("naavre") == entry.namespace:
+            found.append(
+                (
+                    (*at, "podSelector"),
+                    f"required for NaaVRE's namespace {entry.namespace!r}: isolating all of it cuts NaaVRE's own "
+                    "services off GitHub, the registries and the API server; give the labs' "
+                    "podSelector: {component: singleuser-server}",
+                )
+            )
+        for j, source in enumerate(entry.ingressFrom):
+            if source == entry.namespace:
+                found.append(
+                    ((*at, "ingressFrom", j), f"{source!r} is the namespace itself, whose pods are always let in")
+                )
+    return found
 
 
 def _release_graph(spec: AddonsSpec) -> dict[str, list[str]]:

@@ -21,7 +21,7 @@ from nodekiln.config import ports, yamlsrc
 from nodekiln.config.addons import AddonsSpec, check_addons
 from nodekiln.config.appliance import Appliance
 from nodekiln.config.edge import Edge
-from nodekiln.config.model import DNS_LABEL, DURATION, Strict
+from nodekiln.config.model import DNS_LABEL, DURATION, LABEL_NAME, LABEL_VALUE, Strict
 from nodekiln.config.openstack import OpenStackSpec, check_openstack
 from nodekiln.config.recipe import ImageRecipe
 from nodekiln.errors import Problem, SiteError
@@ -34,8 +34,6 @@ APISERVER_PORT = ports.APISERVER
 # Ports of control-plane components that the endpoint must not take over.
 RESERVED_PORTS = ports.RESERVED
 
-LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 DnsLabel = Annotated[
     str, Field(pattern=DNS_LABEL.pattern, description="DNS-1123 label: lower-case letters, digits and '-', at most 63")

@@ -95,6 +95,9 @@ def test_edge_needs_workers_and_a_nodeport_ingress(site_file):
     def own_ingress(doc):  # the site runs its own ingress controller: the port is given
         doc["addons"]["ingress"] = {"enabled": False}
         doc["addons"]["naavre"]["enabled"] = False
+        doc["addons"]["namespaceIsolation"]["enabled"] = (
+            False  # its default is NaaVRE's labs (test_namespace_isolation.py)
+        )
         doc["addons"]["certificates"]["enabled"] = False
         doc["edge"]["backendPort"] = 31000
 
