@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nodekiln.bootstrap.firewall import metrics_ports
 from nodekiln.config.site import load_site
 from nodekiln.secrets import SecretStore
 from testing.testbed import Testbed
@@ -119,36 +120,30 @@ def test_apiserver_stops_vip_handed_over_without_flapping(tb):
 def test_firewall_from_the_worker(tb):
     cp = tb.control_planes[1]  # not the holder: its own address only
     worker = tb.worker
+    # the example site runs the monitoring addon: its scraped ports are open from the node
+    # network too (Prometheus' pods reach other nodes from their node's address)
+    scraped = {str(p) for p in metrics_ports(tb.site, "control-plane")}
+    scraped_on_worker = {str(p) for p in metrics_ports(tb.site, "worker")}
+    assert {"2381", "10257", "10259", "10249", "9100"} <= scraped
+    asked = ("22", "6443", "7443", "2379", "2380", "2381", "10249", "10250", "10257", "10259")
     tb.listen_ports = {
-        cp.name: (22, 2379, 2380, 10250, 10257, 10259, *UNASKED),
-        worker.name: (22, 10250, 2379, *UNASKED),
+        cp.name: (22, 2379, 2380, 2381, 10249, 10250, 10257, 10259, *UNASKED),
+        worker.name: (22, 10249, 10250, 2379, *UNASKED),
     }
     tb.start(cp, "listen")
     tb.start(worker, "listen")
     try:
         seen = dict(
             line.split()
-            for line in tb.tool(
-                worker,
-                "connect",
-                str(cp.address),
-                "0.7",
-                "22",
-                "6443",
-                "7443",
-                "2379",
-                "2380",
-                "10250",
-                "10257",
-                "10259",
-                *map(str, UNASKED),
-            ).splitlines()
+            for line in tb.tool(worker, "connect", str(cp.address), "0.7", *asked, *map(str, UNASKED)).splitlines()
             if line
         )
         # 10250 too: a pod's traffic to another node leaves with its node's address (Calico's
         # natOutgoing, nodekiln.contract.CALICO_NAT_REF), and metrics-server must reach every kubelet
-        assert seen["22"] == seen["6443"] == seen["7443"] == seen["10250"] == "open", seen
-        for port in ("2379", "2380", "10257", "10259", *map(str, UNASKED)):
+        opened = {"22", "6443", "7443", "10250"} | scraped
+        assert {port for port, state in seen.items() if state == "open"} == opened, seen
+        assert {port for port, state in seen.items() if state == "filtered"} == set(seen) - opened, seen
+        for port in ("2379", "2380"):
             assert seen[port] == "filtered", (port, seen)
         # the same ports are open between control planes: the drop above is the firewall's
         peer = dict(
@@ -166,16 +161,25 @@ def test_firewall_from_the_worker(tb):
             "10259": "open",
             "80": "filtered",
         }
-        # and the worker: SSH and kubelet (from control planes) open, nothing else
+        # and the worker: SSH, the kubelet and the scraped ports open, nothing else
         on_worker = dict(
             line.split()
             for line in tb.tool(
-                tb.control_planes[0], "connect", str(worker.address), "0.7", "22", "10250", "2379", *map(str, UNASKED)
+                tb.control_planes[0],
+                "connect",
+                str(worker.address),
+                "0.7",
+                "22",
+                "10249",
+                "10250",
+                "2379",
+                *map(str, UNASKED),
             ).splitlines()
             if line
         )
-        assert on_worker.pop("22") == on_worker.pop("10250") == "open", on_worker
-        assert set(on_worker.values()) == {"filtered"}, on_worker
+        opened = {"22", "10250"} | scraped_on_worker
+        assert {port for port, state in on_worker.items() if state == "open"} == opened, on_worker
+        assert set(on_worker) - opened and {on_worker[p] for p in set(on_worker) - opened} == {"filtered"}, on_worker
     finally:
         tb.stop(cp.name, "listen")
         tb.stop(worker.name, "listen")
