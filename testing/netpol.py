@@ -148,31 +148,27 @@ class Policies:
             and direction in _types(p["spec"])
         ]
 
-    def egress_allows(self, source: Pod, target: Peer, port: int, protocol: str) -> bool:
-        selecting = self.selecting(source, "Egress")
+    def _allows(self, pod: Pod, direction: str, other: Peer, destination: Peer, port: int, protocol: str) -> bool:
+        """One direction for `pod`: not isolated, or a rule of a selecting policy admits `other`
+        (egress: rules' `to`; ingress: rules' `from`; named ports resolve on `destination`)."""
+        selecting = self.selecting(pod, direction)
         if not selecting:
             return True
+        rules_key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
         for policy in selecting:
-            for rule in policy["spec"].get("egress") or []:
-                peers = rule.get("to") or []
-                if (not peers or any(peer_matches(p, source.namespace, target) for p in peers)) and port_matches(
-                    rule.get("ports"), port, protocol, target
+            for rule in policy["spec"].get(rules_key) or []:
+                peers = rule.get(peers_key) or []
+                if (not peers or any(peer_matches(p, pod.namespace, other) for p in peers)) and port_matches(
+                    rule.get("ports"), port, protocol, destination
                 ):
                     return True
         return False
 
+    def egress_allows(self, source: Pod, target: Peer, port: int, protocol: str) -> bool:
+        return self._allows(source, "Egress", target, target, port, protocol)
+
     def ingress_allows(self, target: Pod, source: Peer, port: int, protocol: str) -> bool:
-        selecting = self.selecting(target, "Ingress")
-        if not selecting:
-            return True
-        for policy in selecting:
-            for rule in policy["spec"].get("ingress") or []:
-                peers = rule.get("from") or []
-                if (not peers or any(peer_matches(p, target.namespace, source) for p in peers)) and port_matches(
-                    rule.get("ports"), port, protocol, target
-                ):
-                    return True
-        return False
+        return self._allows(target, "Ingress", source, target, port, protocol)
 
     def allows(self, source: Pod, target: Peer, port: int, protocol: str = "TCP") -> bool:
         """Whether `source` may open a connection to `target` on port/protocol."""
