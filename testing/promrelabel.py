@@ -2,10 +2,10 @@
 
 A stand-in: Prometheus runs only inside the cluster, and promtool checks a configuration's syntax,
 not what it keeps. This mirrors prometheus/prometheus model/relabel/relabel.go (`relabel`, the
-`replace` and `keep` actions, the defaults of `DefaultRelabelConfig`: separator ";", regex
+`replace`, `keep` and `drop` actions, the defaults of `DefaultRelabelConfig`: separator ";", regex
 "(.*)" anchored as "^(?s:...)$", replacement "$1") and the meta labels of
-discovery/kubernetes/endpointslice.go (`__meta_kubernetes_service_annotation_<name>`, names
-through strutil.SanitizeLabelName). Only what nodekiln's jobs use is here: another action is an
+discovery/kubernetes/endpointslice.go and service.go (`__meta_kubernetes_service_annotation_<name>`,
+`__meta_kubernetes_service_label_<name>`, names through strutil.SanitizeLabelName). Only what nodekiln's jobs use is here: another action is an
 error, not a guess.
 """
 
@@ -33,9 +33,10 @@ def service_endpoint_labels(
         "__meta_kubernetes_service_name": meta["name"],
         "__meta_kubernetes_pod_name": pod,
     }
-    for key, value in (meta.get("annotations") or {}).items():
-        labels[f"__meta_kubernetes_service_annotation_{sanitize(key)}"] = str(value)
-        labels[f"__meta_kubernetes_service_annotationpresent_{sanitize(key)}"] = "true"
+    for kind, values in (("label", meta.get("labels")), ("annotation", meta.get("annotations"))):
+        for key, value in (values or {}).items():
+            labels[f"__meta_kubernetes_service_{kind}_{sanitize(key)}"] = str(value)
+            labels[f"__meta_kubernetes_service_{kind}present_{sanitize(key)}"] = "true"
     return labels
 
 
@@ -54,6 +55,9 @@ def relabel(labels: Mapping[str, str], configs: Sequence[Mapping[str, Any]]) -> 
         match = regex.match(value)
         if action == "keep":
             if match is None:
+                return None
+        elif action == "drop":
+            if match is not None:
                 return None
         elif action == "replace":
             if match is None:

@@ -8,6 +8,7 @@ rejects a name that is not registered. The plan knows no addon by name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -223,6 +224,22 @@ def naavre(inputs: Inputs) -> Context:
         "certificate_issuer": issuer if tls else None,
         "tls": tls,
         "isolated_labs": isolates_labs(inputs, lab_labels(inputs.definition.name)),
+        "hub_metrics": _hub_metrics_access(inputs),
+    }
+
+
+def _hub_metrics_access(inputs: Inputs) -> dict[str, Any] | None:
+    """What the hub needs to let Prometheus read its metrics, when the monitoring addon scrapes it:
+    a JupyterHub service with the read:metrics scope holding the token, and a way in through z2jh's
+    hub NetworkPolicy (its only other source is pods labelled hub.jupyter.org/network-access-hub)."""
+    monitoring = inputs.namespaces.get("monitoring")
+    if monitoring is None or not scrapes_hub(inputs.site, inputs.namespaces):
+        return None
+    return {
+        "service": HUB_METRICS_SERVICE,
+        "scope": HUB_METRICS_SCOPE,
+        "token": inputs.secrets.secret(HUB_METRICS_TOKEN),
+        "from": [_in(monitoring)],
     }
 
 
@@ -231,6 +248,32 @@ def lab_labels(release: str) -> dict[str, str]:
     app, release; templates/_helpers.tpl) as KubeSpawner sets them (files/hub/jupyterhub_config.py
     common_labels: app = the chart's name, release = the release's)."""
     return {**LAB_SELECTOR, "app": "jupyterhub", "release": release}
+
+
+def hub_labels(release: str) -> dict[str, str]:
+    """The labels of JupyterHub's hub Service: z2jh templates/hub/service.yaml labels it
+    jupyterhub.labels, whose legacy part is component (hub), app (the chart's name) and release."""
+    return {"component": "hub", "app": "jupyterhub", "release": release}
+
+
+# JupyterHub answers /hub/metrics only to a token with the read:metrics scope unless
+# authenticate_prometheus is off (jupyterhub 5.2.1 jupyterhub/utils.py metrics_authentication),
+# and takes the token as "Authorization: Bearer <token>" (handlers/base.py auth_header_pat). z2jh
+# turns hub.services.<name>.api_token into such a service and hub.loadRoles.<name> into its role
+# (files/hub/jupyterhub_config.py). Leaving authentication on keeps the metrics private: the
+# proxy also routes <baseUrl>/hub/metrics from the public Ingress to the hub.
+HUB_METRICS_SERVICE = "prometheus"
+HUB_METRICS_SCOPE = "read:metrics"
+HUB_METRICS_TOKEN = "naavre-hub-metrics-token"  # in the site's secrets store
+HUB_METRICS_SECRET = "naavre-hub-metrics"  # the Kubernetes Secret in the monitoring namespace
+# The operator mounts each Secret of Prometheus' spec.secrets at /etc/prometheus/secrets/<name>/
+# (prometheus-operator pkg/prometheus/statefulset.go, secretsDir).
+PROMETHEUS_SECRETS_DIR = "/etc/prometheus/secrets"
+
+
+def scrapes_hub(site: Site, namespaces: Mapping[str, str]) -> bool:
+    """Whether the monitoring addon scrapes NaaVRE's hub (found by its prometheus.io annotations)."""
+    return "naavre" in namespaces and "monitoring" in namespaces and site.addons.monitoring.scrapeAnnotations
 
 
 # CoreDNS as kubeadm deploys it: Deployment `coredns` in kube-system, pods labelled
@@ -308,10 +351,19 @@ def isolates_labs(inputs: Inputs, labels: dict[str, str]) -> bool:
     )
 
 
-def annotation_scrape_job(role: Literal["endpointslice", "pod"]) -> dict[str, Any]:
+def annotation_scrape_job(
+    role: Literal["endpointslice", "pod"],
+    *,
+    name: str | None = None,
+    only: tuple[list[str], str] | None = None,
+    without: tuple[list[str], str] | None = None,
+    credentials_file: str | None = None,
+) -> dict[str, Any]:
     """A Prometheus scrape job for the objects annotated prometheus.io/scrape: "true" (Services,
     through their endpoints, or pods), taking path, port and scheme from the annotations.
 
+    `only` keeps and `without` drops the targets whose (source labels, regex) match; a job with
+    `credentials_file` sends its contents as a bearer token (the scrape config's authorization).
     The relabelling of Prometheus' documentation/examples/prometheus-kubernetes.yml (jobs
     kubernetes-service-endpoints and kubernetes-pods); meta label names per
     discovery/kubernetes/endpointslice.go and pod.go (annotation names sanitized to
@@ -322,8 +374,12 @@ def annotation_scrape_job(role: Literal["endpointslice", "pod"]) -> dict[str, An
         if role == "endpointslice"
         else ("__meta_kubernetes_pod_annotation_prometheus_io_")
     )
-    relabel: list[dict[str, Any]] = [
-        {"source_labels": [f"{meta}scrape"], "action": "keep", "regex": "true"},
+    relabel: list[dict[str, Any]] = [{"source_labels": [f"{meta}scrape"], "action": "keep", "regex": "true"}]
+    if only is not None:
+        relabel.append({"source_labels": only[0], "action": "keep", "regex": only[1]})
+    if without is not None:
+        relabel.append({"source_labels": without[0], "action": "drop", "regex": without[1]})
+    relabel += [
         {"source_labels": [f"{meta}scheme"], "action": "replace", "target_label": "__scheme__", "regex": "(https?)"},
         {"source_labels": [f"{meta}path"], "action": "replace", "target_label": "__metrics_path__", "regex": "(.+)"},
         {
@@ -340,8 +396,43 @@ def annotation_scrape_job(role: Literal["endpointslice", "pod"]) -> dict[str, An
         relabel.append(
             {"source_labels": ["__meta_kubernetes_service_name"], "action": "replace", "target_label": "service"}
         )
-    name = "kubernetes-service-endpoints" if role == "endpointslice" else "kubernetes-pods"
-    return {"job_name": name, "kubernetes_sd_configs": [{"role": role}], "relabel_configs": relabel}
+    default_name = "kubernetes-service-endpoints" if role == "endpointslice" else "kubernetes-pods"
+    job: dict[str, Any] = {
+        "job_name": name or default_name,
+        "kubernetes_sd_configs": [{"role": role}],
+        "relabel_configs": relabel,
+    }
+    if credentials_file is not None:
+        job["authorization"] = {"type": "Bearer", "credentials_file": credentials_file}
+    return job
+
+
+def hub_targets(namespace: str, release: str) -> tuple[list[str], str]:
+    """Source labels and regex matching the endpoints of NaaVRE's hub Service, and nothing else:
+    its namespace and its labels (service labels are __meta_kubernetes_service_label_<name>,
+    discovery/kubernetes/service.go)."""
+    labels = hub_labels(release)
+    names = ["__meta_kubernetes_namespace", *(f"__meta_kubernetes_service_label_{k}" for k in labels)]
+    return names, ";".join(re.escape(v) for v in [namespace, *labels.values()])
+
+
+def scrape_jobs(site: Site, namespaces: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The annotation scrape jobs; NaaVRE's hub gets its own job, the only one holding its token."""
+    if not site.addons.monitoring.scrapeAnnotations:
+        return []
+    if not scrapes_hub(site, namespaces):
+        return [annotation_scrape_job("endpointslice"), annotation_scrape_job("pod")]
+    hub = hub_targets(namespaces["naavre"], "naavre")
+    return [
+        annotation_scrape_job("endpointslice", without=hub),
+        annotation_scrape_job("pod"),
+        annotation_scrape_job(
+            "endpointslice",
+            name="naavre-jupyterhub",
+            only=hub,
+            credentials_file=f"{PROMETHEUS_SECRETS_DIR}/{HUB_METRICS_SECRET}/token",
+        ),
+    ]
 
 
 @context("monitoring")
@@ -357,7 +448,11 @@ def monitoring(inputs: Inputs) -> Context:
             "nodeExporter": ports.NODE_EXPORTER,
         },
         "retention_size": f"{settings.retention_bytes() // 2**20}MiB",
-        "scrape_configs": (
-            [annotation_scrape_job("endpointslice"), annotation_scrape_job("pod")] if settings.scrapeAnnotations else []
+        "scrape_configs": scrape_jobs(inputs.site, inputs.namespaces),
+        # the hub's token, as the Secret Prometheus mounts (the same secret as NaaVRE's overlay)
+        "hub_metrics": (
+            {"secret": HUB_METRICS_SECRET, "token": inputs.secrets.secret(HUB_METRICS_TOKEN)}
+            if scrapes_hub(inputs.site, inputs.namespaces)
+            else None
         ),
     }

@@ -14,7 +14,8 @@ from nodekiln import contract
 from nodekiln.bootstrap.render import kubeadm_config
 from nodekiln.secrets import generate
 from testing import promrelabel
-from tests.tools.conftest import require
+from testing.netpol import Pod, Policies
+from tests.tools.conftest import render_site, require
 
 pytestmark = pytest.mark.tools
 
@@ -106,10 +107,16 @@ def promtool_check(jobs: list[dict], tmp_path) -> subprocess.CompletedProcess[st
     """`promtool check config` of the jobs. Debian's promtool is built without Kubernetes service
     discovery ("field kubernetes_sd_configs not found"), so each job's discovery is swapped for
     static_configs: promtool then checks everything nodekiln wrote but the role, which the
-    caller checks against Prometheus' roles."""
+    caller checks against Prometheus' roles. promtool also opens a job's credentials file: it is
+    made under tmp_path, where the operator would mount the Secret in the pod."""
     swapped = []
     for job in jobs:
         job = {k: v for k, v in job.items() if k != "kubernetes_sd_configs"}
+        if "authorization" in job:
+            mounted = tmp_path / job["authorization"]["credentials_file"].lstrip("/")
+            mounted.parent.mkdir(parents=True, exist_ok=True)
+            mounted.write_text("token")
+            job["authorization"] = {**job["authorization"], "credentials_file": str(mounted)}
         swapped.append({**job, "static_configs": [{"targets": ["192.0.2.1:9100"]}]})
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"scrape_configs": swapped}))
@@ -118,8 +125,8 @@ def promtool_check(jobs: list[dict], tmp_path) -> subprocess.CompletedProcess[st
 
 def test_the_annotation_scrape_jobs_pass_promtool(monitoring, tmp_path):
     jobs = scrape_jobs(monitoring)
-    assert [j["job_name"] for j in jobs] == ["kubernetes-service-endpoints", "kubernetes-pods"]
-    assert [sd["role"] for j in jobs for sd in j["kubernetes_sd_configs"]] == ["endpointslice", "pod"]
+    assert [j["job_name"] for j in jobs] == ["kubernetes-service-endpoints", "kubernetes-pods", "naavre-jupyterhub"]
+    assert [sd["role"] for j in jobs for sd in j["kubernetes_sd_configs"]] == ["endpointslice", "pod", "endpointslice"]
     assert {sd["role"] for j in jobs for sd in j["kubernetes_sd_configs"]} <= KUBERNETES_SD_ROLES
     result = promtool_check(jobs, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -130,11 +137,8 @@ def test_the_annotation_scrape_jobs_pass_promtool(monitoring, tmp_path):
     assert result.returncode != 0 and "kepp" in result.stdout + result.stderr
 
 
-def test_naavres_hub_is_found_by_its_annotations_and_nothing_else_twice(example_render, monitoring):
-    """JupyterHub's hub Service (z2jh templates/hub/service.yaml, as NaaVRE renders it) carries
-    prometheus.io/scrape, /path and /port: the service-endpoints job scrapes it there. Services a
-    ServiceMonitor scrapes already (the node exporter's chart annotates its own) are left out."""
-    (job,) = [j for j in scrape_jobs(monitoring) if j["job_name"] == "kubernetes-service-endpoints"]
+def _kept_services(example_render, job: dict) -> dict[str, dict[str, str]]:
+    """Every Service the site renders, as one endpoint each, through the job's relabelling."""
     kept = {}
     for release in example_render.releases.values():
         for service in release.of_kind("Service"):
@@ -145,8 +149,74 @@ def test_naavres_hub_is_found_by_its_annotations_and_nothing_else_twice(example_
             target = promrelabel.relabel(labels, job["relabel_configs"])
             if target is not None:
                 kept[service["metadata"]["name"]] = target
+    return kept
+
+
+def test_naavres_hub_is_found_by_its_annotations_and_scraped_once(example_render, monitoring):
+    """JupyterHub's hub Service (z2jh templates/hub/service.yaml, as NaaVRE renders it) carries
+    prometheus.io/scrape, /path and /port. Its own job scrapes it there; the generic job leaves it
+    out, and Services a ServiceMonitor scrapes already (the node exporter's chart annotates its
+    own) too: nothing else in the site is annotated."""
+    jobs = {j["job_name"]: j for j in scrape_jobs(monitoring)}
+    assert _kept_services(example_render, jobs["kubernetes-service-endpoints"]) == {}
+    kept = _kept_services(example_render, jobs["naavre-jupyterhub"])
     assert list(kept) == ["naavre-jupyter-hub"]
     hub = kept["naavre-jupyter-hub"]
     # the hub's base URL is NaaVRE's /jupyter/ (its values chart), the port the hub's 8081
     assert promrelabel.scrape_url(hub) == "http://192.168.1.20:8081/jupyter/hub/metrics"
     assert hub["namespace"] == "naavre" and hub["service"] == "naavre-jupyter-hub"
+    # only this job sends a token
+    assert [name for name, job in jobs.items() if "authorization" in job] == ["naavre-jupyterhub"]
+
+
+def test_prometheus_holds_the_token_the_hub_grants_its_metrics_to(example_render, monitoring):
+    """JupyterHub answers /hub/metrics only to a token with the read:metrics scope (jupyterhub
+    5.2.1 utils.py metrics_authentication; z2jh 4.1.0 runs it). The hub job's bearer token is a
+    file of a Secret Prometheus mounts (prometheus-operator: spec.secrets under
+    /etc/prometheus/secrets/<name>/); z2jh's hub Secret holds the same token for a service whose
+    role has that scope (files/hub/jupyterhub_config.py reads hub.services and hub.loadRoles from it)."""
+    (job,) = [j for j in scrape_jobs(monitoring) if j["job_name"] == "naavre-jupyterhub"]
+    assert job["authorization"]["type"] == "Bearer"
+    directory, secret_name, key = job["authorization"]["credentials_file"].rsplit("/", 2)
+    assert directory == "/etc/prometheus/secrets"
+    (prometheus,) = monitoring.of_kind("Prometheus")
+    assert secret_name in prometheus["spec"]["secrets"]
+    (mounted,) = [s for s in monitoring.of_kind("Secret") if s["metadata"]["name"] == secret_name]
+    token = secret_text(mounted, key)
+
+    naavre = example_render.releases["naavre"]
+    (hub_secret,) = [s for s in naavre.of_kind("Secret") if s["metadata"]["name"] == "naavre-jupyter-hub"]
+    hub_values = yaml.safe_load(secret_text(hub_secret, "values.yaml"))["hub"]
+    services = [
+        name for name in hub_values["services"] if secret_text(hub_secret, f"hub.services.{name}.apiToken") == token
+    ]
+    assert services == ["prometheus"]
+    granted = [role for role in hub_values["loadRoles"].values() if "prometheus" in role.get("services", [])]
+    assert [role["scopes"] for role in granted] == [["read:metrics"]]
+    # the token stays out of what the hub hands its users: authentication of the metrics is on
+    assert hub_values.get("authenticatePrometheus") in (None, True)
+
+
+def test_without_naavre_there_is_no_hub_job_and_no_token(tmp_path):
+    rendered = render_site(tmp_path, {"naavre": {"enabled": False}, "namespaceIsolation": {"enabled": False}})
+    monitoring = rendered.releases["monitoring"]
+    assert [j["job_name"] for j in scrape_jobs(monitoring)] == ["kubernetes-service-endpoints", "kubernetes-pods"]
+    (prometheus,) = monitoring.of_kind("Prometheus")
+    assert "secrets" not in prometheus["spec"]
+    assert "naavre-hub-metrics" not in {s["metadata"]["name"] for s in monitoring.of_kind("Secret")}
+
+
+def test_prometheus_gets_through_the_hubs_network_policy_and_others_do_not(example_render):
+    """z2jh's hub NetworkPolicy (templates/hub/netpol.yaml) lets in only pods labelled
+    hub.jupyter.org/network-access-hub; NaaVRE's overlay adds the monitoring namespace."""
+    policies = Policies.of((r.release.namespace, item) for r in example_render.releases.values() for item in r.objects)
+    hub = Pod(
+        "naavre",
+        {"component": "hub", "app": "jupyterhub", "release": "naavre"},
+        ip="192.168.10.6",
+        ports={"http": 8081},
+    )
+    prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"}, ip="192.168.30.4")
+    assert policies.selecting(hub, "Ingress")  # z2jh's policy is there
+    assert policies.allows(prometheus, hub, 8081)
+    assert not policies.allows(Pod("default", {"app": "curious"}, ip="192.168.40.2"), hub, 8081)

@@ -199,6 +199,25 @@ def test_certificates_on_annotates_every_ingress_and_turns_tls_on(example_render
     assert {i["metadata"]["name"] for i in ingresses} - with_tls == {"naavre-keycloak"}
 
 
+def test_every_naavre_host_is_served_with_a_certificate_for_it(example_render):
+    """Keycloak's Ingress has no tls section, yet it is served over HTTPS with a certificate: Traefik's
+    ingress-nginx provider makes a TLS router for every Ingress path (traefik v3.7.8
+    pkg/provider/kubernetes/ingress-nginx/translator.go: routerKey + "-tls"), and picks the
+    certificate by SNI from every Ingress' tls secrets (build.go loadCertificates, one store).
+    cert-manager's ingress-shim makes one Certificate per secretName, owned by the first Ingress
+    naming it, and leaves it alone for the others (pkg/controller/certificate-shim/sync.go,
+    buildCertificates: "not owned by this object"): Ingresses sharing a secret must list the same hosts."""
+    ingresses = example_render.releases["naavre"].of_kind("Ingress")
+    covered = {host for i in ingresses for tls in i["spec"].get("tls", []) for host in tls["hosts"]}
+    served = {rule["host"] for i in ingresses for rule in i["spec"].get("rules", [])}
+    assert served and served <= covered, served - covered
+    hosts_by_secret: dict[str, set[frozenset[str]]] = {}
+    for ingress in ingresses:
+        for tls in ingress["spec"].get("tls", []):
+            hosts_by_secret.setdefault(tls["secretName"], set()).add(frozenset(tls["hosts"]))
+    assert all(len(hosts) == 1 for hosts in hosts_by_secret.values()), hosts_by_secret
+
+
 def test_a_second_lab_with_its_own_image_reaches_the_hub(tmp_path, monkeypatch):
     lab = {
         "title": "Wadden Sea",

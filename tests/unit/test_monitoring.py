@@ -119,3 +119,23 @@ def test_security_groups_let_in_what_nftables_does(site_file):
     quiet = load_site(site_file(off))
     rules = role_rules(quiet, "control-plane")
     assert not [r for r in rules if r.port_min == ports.ETCD_METRICS]
+
+
+def test_the_hub_and_prometheus_share_one_token_only_with_monitoring(site_file):
+    plan = build_plan(load_site(site_file()))
+    overlay_text, overlay_mode = plan.files["naavre.overlay.yaml"]
+    values_text, values_mode = plan.files["monitoring.values.yaml"]
+    hub = yaml.safe_load(overlay_text)["jupyterhub"]["hub"]
+    monitoring_values = yaml.safe_load(values_text)
+    (secret,) = monitoring_values["extraManifests"]
+    assert hub["services"]["prometheus"]["api_token"] == secret["stringData"]["token"]
+    assert len(secret["stringData"]["token"]) >= 20
+    assert overlay_mode == values_mode == 0o600  # both hold it
+    assert monitoring_values["prometheus"]["prometheusSpec"]["secrets"] == [secret["metadata"]["name"]]
+
+    without = build_plan(load_site(site_file(off)))
+    assert "monitoring.values.yaml" not in without.files
+    assert "hub" not in (yaml.safe_load(without.files["naavre.overlay.yaml"][0]).get("jupyterhub") or {})
+    no_annotations = build_plan(load_site(site_file(monitoring(lambda m: m.update(scrapeAnnotations=False)))))
+    assert "hub" not in (yaml.safe_load(no_annotations.files["naavre.overlay.yaml"][0]).get("jupyterhub") or {})
+    assert "extraManifests" not in yaml.safe_load(no_annotations.files["monitoring.values.yaml"][0])
