@@ -4,8 +4,9 @@ A stand-in: Prometheus runs only inside the cluster, and promtool checks a confi
 not what it keeps. This mirrors prometheus/prometheus model/relabel/relabel.go (`relabel`, the
 `replace`, `keep` and `drop` actions, the defaults of `DefaultRelabelConfig`: separator ";", regex
 "(.*)" anchored as "^(?s:...)$", replacement "$1") and the meta labels of
-discovery/kubernetes/endpointslice.go and service.go (`__meta_kubernetes_service_annotation_<name>`,
-`__meta_kubernetes_service_label_<name>`, names through strutil.SanitizeLabelName). Only what nodekiln's jobs use is here: another action is an
+discovery/kubernetes/endpointslice.go, service.go and pod.go (`__meta_kubernetes_service_annotation_<name>`,
+`__meta_kubernetes_service_label_<name>`, `__meta_kubernetes_pod_annotation_<name>`, names through
+strutil.SanitizeLabelName). Only what nodekiln's jobs use is here: another action is an
 error, not a guess.
 """
 
@@ -38,6 +39,35 @@ def service_endpoint_labels(
             labels[f"__meta_kubernetes_service_{kind}_{sanitize(key)}"] = str(value)
             labels[f"__meta_kubernetes_service_{kind}present_{sanitize(key)}"] = "true"
     return labels
+
+
+def pod_targets(template: Mapping[str, Any], namespace: str, address: str, pod: str) -> list[dict[str, str]]:
+    """The targets of one pod of a workload's pod template (role pod): one per declared container
+    port at <pod IP>:<port>, and one port-free target for a container declaring none
+    (pod.go buildPod)."""
+    common = {
+        "__meta_kubernetes_namespace": namespace,
+        "__meta_kubernetes_pod_name": pod,
+    }
+    for key, value in (template["metadata"].get("annotations") or {}).items():
+        common[f"__meta_kubernetes_pod_annotation_{sanitize(key)}"] = str(value)
+        common[f"__meta_kubernetes_pod_annotationpresent_{sanitize(key)}"] = "true"
+    targets = []
+    for container in template["spec"]["containers"]:
+        base = {**common, "__meta_kubernetes_pod_container_name": container["name"]}
+        ports = container.get("ports") or []
+        if not ports:
+            targets.append({**base, "__address__": address})
+        for port in ports:
+            targets.append(
+                {
+                    **base,
+                    "__address__": f"{address}:{port['containerPort']}",
+                    "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+                    "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                }
+            )
+    return targets
 
 
 def _expand(template: str, match: re.Match[str]) -> str:

@@ -220,3 +220,39 @@ def test_prometheus_gets_through_the_hubs_network_policy_and_others_do_not(examp
     assert policies.selecting(hub, "Ingress")  # z2jh's policy is there
     assert policies.allows(prometheus, hub, 8081)
     assert not policies.allows(Pod("default", {"app": "curious"}, ip="192.168.40.2"), hub, 8081)
+
+
+# What the real charts annotate prometheus.io/scrape on their pods, at the pinned versions
+# (cert-manager's three, Traefik's metrics entrypoint, Velero's server and node agent).
+ANNOTATED_WORKLOADS = {
+    ("cert-manager", "cert-manager"),
+    ("cert-manager", "cert-manager-cainjector"),
+    ("cert-manager", "cert-manager-webhook"),
+    ("ingress", "ingress-traefik"),
+    ("velero", "velero"),
+    ("velero", "node-agent"),
+}
+
+
+def test_the_addons_pods_are_scraped_on_a_port_they_declare(example_render, monitoring):
+    """The pod job keeps every workload whose pods are annotated, at the annotated port, which one
+    of its containers declares (so something listens there); nothing else is kept, and none of it
+    is also a ServiceMonitor's (those are the monitoring release's own)."""
+    (job,) = [j for j in scrape_jobs(monitoring) if j["job_name"] == "kubernetes-pods"]
+    scraped = {}
+    for name, release in example_render.releases.items():
+        for workload in release.objects:
+            if workload["kind"] not in ("Deployment", "DaemonSet", "StatefulSet"):
+                continue
+            template = workload["spec"]["template"]
+            targets = promrelabel.pod_targets(template, release.release.namespace, "192.168.5.9", "pod-0")
+            kept = [promrelabel.relabel(t, job["relabel_configs"]) for t in targets]
+            urls = {promrelabel.scrape_url(t) for t in kept if t is not None}
+            if urls:
+                scraped[(name, workload["metadata"]["name"])] = (urls, template)
+    assert set(scraped) == ANNOTATED_WORKLOADS
+    for key, (urls, template) in scraped.items():
+        declared = {p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports") or []}
+        annotations = template["metadata"]["annotations"]
+        assert urls == {f"http://192.168.5.9:{annotations['prometheus.io/port']}/metrics"}, key
+        assert int(annotations["prometheus.io/port"]) in declared, key

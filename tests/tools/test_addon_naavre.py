@@ -201,7 +201,7 @@ def test_certificates_on_annotates_every_ingress_and_turns_tls_on(example_render
 
 def test_every_naavre_host_is_served_with_a_certificate_for_it(example_render):
     """Keycloak's Ingress has no tls section, yet it is served over HTTPS with a certificate: Traefik's
-    ingress-nginx provider makes a TLS router for every Ingress path (traefik v3.7.8
+    ingress-nginx provider makes a TLS router for every Ingress path (traefik v3.7.9, the newest tag read;
     pkg/provider/kubernetes/ingress-nginx/translator.go: routerKey + "-tls"), and picks the
     certificate by SNI from every Ingress' tls secrets (build.go loadCertificates, one store).
     cert-manager's ingress-shim makes one Certificate per secretName, owned by the first Ingress
