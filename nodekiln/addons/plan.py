@@ -26,9 +26,9 @@ from nodekiln.config import yamlsrc
 from nodekiln.config.addons import (
     BUILTIN_KEYS,
     AddonBase,
-    AddonsSpec,
     ExtraRelease,
     order,
+    release_graph,
     release_name,
     release_namespaces,
 )
@@ -297,7 +297,7 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
     defs = builtins()
     # where each release goes (addons/<name>.yaml namespace, sameNamespaceAs, the site's namespace:)
     namespaces = release_namespaces(spec)
-    graph = dependency_graph(spec, defs, namespaces)
+    graph = release_graph(spec, namespaces)
     ordered = order(graph)
 
     releases: dict[str, Release] = {}
@@ -317,27 +317,6 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
         releases[release.name] = release
         files[release.values] = (text.encode(), 0o644)
     return Plan(site.name, [releases[name] for name in ordered], files, list(secrets.missing))
-
-
-def dependency_graph(
-    spec: AddonsSpec, defs: dict[str, AddonDef], namespaces: dict[str, str] | None = None
-) -> dict[str, list[str]]:
-    """Release name -> the releases it needs, for every release that is on, in declared order.
-
-    An addon that puts objects into other namespaces (`after_namespaces` of its settings) needs
-    the releases installing into them: they create those namespaces."""
-    namespaces = namespaces if namespaces is not None else release_namespaces(spec)
-    graph: dict[str, list[str]] = {}
-    for key in BUILTIN_KEYS:
-        addon = spec.builtin(key)
-        if addon.enabled:
-            name = release_name(key)
-            into = set(addon.after_namespaces(namespaces))
-            owners = [r for r, ns in namespaces.items() if ns in into and r != name]
-            graph[name] = list(dict.fromkeys([*defs[name].dependsOn, *owners]))
-    for extra in spec.releases:
-        graph[extra.name] = list(extra.dependsOn)
-    return graph
 
 
 def _render_builtin(
@@ -374,7 +353,7 @@ def _render_builtin(
         repo=definition.repo or (definition.source.git if definition.source else None),
         version=version,
         values=values_file,
-        depends_on=tuple(d for d in dependency_graph(site.addons, builtins(), namespaces)[name] if d in namespaces),
+        depends_on=tuple(d for d in release_graph(site.addons, namespaces)[name] if d in namespaces),
         wait_for=definition.waitFor,
         timeout=definition.timeout or site.addons.timeout,
         readiness=tuple(tuple(cmd) for cmd in definition.readiness),

@@ -409,16 +409,20 @@ def release_name(key: str) -> str:
 
 
 @cache
-def _placement(folder: Path) -> dict[str, tuple[str, str | None]]:
-    """Release -> (namespace, sameNamespaceAs) as addons/<name>.yaml give them (the catalog,
-    nodekiln/addons/catalog.py, validates the files; the site model reads these two keys only)."""
-    found: dict[str, tuple[str, str | None]] = {}
+def _placement(folder: Path) -> dict[str, tuple[str, str | None, tuple[str, ...]]]:
+    """Release -> (namespace, sameNamespaceAs, dependsOn) as addons/<name>.yaml give them (the
+    catalog, nodekiln/addons/catalog.py, validates the files; the site model reads these keys only)."""
+    found: dict[str, tuple[str, str | None, tuple[str, ...]]] = {}
     for key in BUILTIN_KEYS:
         try:
             doc = yaml.safe_load((folder / f"{release_name(key)}.yaml").read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise NodekilnError(f"{folder / release_name(key)}.yaml: {exc}") from None
-        found[release_name(key)] = (str(doc.get("namespace", release_name(key))), doc.get("sameNamespaceAs"))
+        found[release_name(key)] = (
+            str(doc.get("namespace", release_name(key))),
+            doc.get("sameNamespaceAs"),
+            tuple(str(d) for d in doc.get("dependsOn") or ()),
+        )
     return found
 
 
@@ -431,7 +435,7 @@ def release_namespaces(spec: AddonsSpec, folder: Path | None = None) -> dict[str
         own = spec.builtin(by_release[name]).namespace
         if own:
             return own
-        default, same_as = placement[name]
+        default, same_as, _ = placement[name]
         if same_as in by_release and spec.builtin(by_release[same_as]).enabled:
             return namespace(same_as)
         return default
@@ -564,11 +568,15 @@ def check_addons(site: Site) -> list[tuple[PathKey, str]]:
                 found.append((("addons", "releases", i, "dependsOn", j), "a release cannot depend on itself"))
     if not any(path[:3] == ("addons", "releases", i) for path, _ in found for i in range(len(spec.releases))):
         try:
-            order(_release_graph(spec))
+            order(release_graph(spec))
         except CycleError as exc:
+            # every circle runs through a site release: built-ins alone are ordered (the catalog checks it)
             first = next(i for i, r in enumerate(spec.releases) if r.name in exc.cycle)
+            # told from the site release the message points at: [a, b, c, a] from b is [b, c, a, b]
+            at = exc.cycle.index(spec.releases[first].name)
+            circle = [*exc.cycle[at:-1], *exc.cycle[:at], exc.cycle[at]]
             found.append(
-                (("addons", "releases", first, "dependsOn"), f"dependencies form a circle: {' -> '.join(exc.cycle)}")
+                (("addons", "releases", first, "dependsOn"), f"dependencies form a circle: {' -> '.join(circle)}")
             )
     if spec.charts is not None and not (site.directory / spec.charts).is_dir():
         found.append((("addons", "charts"), f"no folder {site.directory / spec.charts} (chart packages, helm pull)"))
@@ -697,13 +705,24 @@ def _check_isolation(site: Site) -> list[tuple[PathKey, str]]:
     return found
 
 
-def _release_graph(spec: AddonsSpec) -> dict[str, list[str]]:
-    """The site's own releases and what they need: the part of the install graph a circle can be in.
-
-    Built-ins depend only on built-ins (the catalog checks it), so every circle runs through
-    the site's releases alone and the built-ins' edges (catalog data) are not needed here.
-    """
-    return {extra.name: list(extra.dependsOn) for extra in spec.releases}
+def release_graph(spec: AddonsSpec, namespaces: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """Every release that is on and what it needs: the site's own releases their dependsOn, the
+    built-ins theirs (addons/<name>.yaml) plus the releases installing into the namespaces they
+    put objects into (`after_namespaces`: namespace-isolation after a site release in a listed
+    namespace). The plan installs in this order; here it finds circles."""
+    placement = _placement(assets.folder("addons"))
+    namespaces = namespaces if namespaces is not None else release_namespaces(spec)
+    graph: dict[str, list[str]] = {}
+    for key in BUILTIN_KEYS:
+        addon = spec.builtin(key)
+        if addon.enabled:
+            name = release_name(key)
+            into = set(addon.after_namespaces(namespaces))
+            owners = [r for r, ns in namespaces.items() if ns in into and r != name]
+            graph[name] = [d for d in dict.fromkeys([*placement[name][2], *owners]) if d in namespaces]
+    for extra in spec.releases:
+        graph[extra.name] = list(extra.dependsOn)
+    return graph
 
 
 def _check_values_file(site: Site, path: PathKey, name: str) -> list[tuple[PathKey, str]]:

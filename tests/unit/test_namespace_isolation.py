@@ -130,6 +130,26 @@ def test_comes_after_naavre_and_after_the_releases_owning_its_namespaces(site_fi
     assert "tenant" in plan.release("namespace-isolation").depends_on
 
 
+def test_a_site_release_in_a_listed_namespace_cannot_wait_for_the_isolation(site_file, tmp_path):
+    """The isolation comes after every release installing into a listed namespace: one that also
+    depends on namespace-isolation makes a circle, named when the site is checked."""
+    chart = tmp_path / "tenant-chart"
+    chart.mkdir()
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: tenant\nversion: 0.1.0\n")
+
+    def tenant(doc):
+        listing(LABS, {"namespace": "tenant-a"})(doc)
+        doc["addons"]["releases"] = [
+            {"name": "tenant", "namespace": "tenant-a", "chart": str(chart), "dependsOn": ["namespace-isolation"]}
+        ]
+
+    one_problem(
+        site_file(tenant),
+        "addons.releases[0].dependsOn",
+        "dependencies form a circle: tenant -> namespace-isolation -> tenant",
+    )
+
+
 EXPECTED_LABS = {
     "name": "namespace-isolation",
     "namespace": "naavre",
