@@ -34,11 +34,17 @@ def service_endpoint_labels(
         "__meta_kubernetes_service_name": meta["name"],
         "__meta_kubernetes_pod_name": pod,
     }
-    for kind, values in (("label", meta.get("labels")), ("annotation", meta.get("annotations"))):
-        for key, value in (values or {}).items():
-            labels[f"__meta_kubernetes_service_{kind}_{sanitize(key)}"] = str(value)
-            labels[f"__meta_kubernetes_service_{kind}present_{sanitize(key)}"] = "true"
+    labels |= _meta("service", "label", meta.get("labels")) | _meta("service", "annotation", meta.get("annotations"))
     return labels
+
+
+def _meta(role: str, kind: str, values: Mapping[str, Any] | None) -> dict[str, str]:
+    """__meta_kubernetes_<role>_<kind>_<name> and its <kind>present_<name> for each key."""
+    found = {}
+    for key, value in (values or {}).items():
+        found[f"__meta_kubernetes_{role}_{kind}_{sanitize(key)}"] = str(value)
+        found[f"__meta_kubernetes_{role}_{kind}present_{sanitize(key)}"] = "true"
+    return found
 
 
 def pod_targets(template: Mapping[str, Any], namespace: str, address: str, pod: str) -> list[dict[str, str]]:
@@ -48,10 +54,8 @@ def pod_targets(template: Mapping[str, Any], namespace: str, address: str, pod: 
     common = {
         "__meta_kubernetes_namespace": namespace,
         "__meta_kubernetes_pod_name": pod,
+        **_meta("pod", "annotation", template["metadata"].get("annotations")),
     }
-    for key, value in (template["metadata"].get("annotations") or {}).items():
-        common[f"__meta_kubernetes_pod_annotation_{sanitize(key)}"] = str(value)
-        common[f"__meta_kubernetes_pod_annotationpresent_{sanitize(key)}"] = "true"
     targets = []
     for container in template["spec"]["containers"]:
         base = {**common, "__meta_kubernetes_pod_container_name": container["name"]}

@@ -232,14 +232,13 @@ def _hub_metrics_access(inputs: Inputs) -> dict[str, Any] | None:
     """What the hub needs to let Prometheus read its metrics, when the monitoring addon scrapes it:
     a JupyterHub service with the read:metrics scope holding the token, and a way in through z2jh's
     hub NetworkPolicy (its only other source is pods labelled hub.jupyter.org/network-access-hub)."""
-    monitoring = inputs.namespaces.get("monitoring")
-    if monitoring is None or not scrapes_hub(inputs.site, inputs.namespaces):
+    if not scrapes_hub(inputs.site, inputs.namespaces):
         return None
     return {
         "service": HUB_METRICS_SERVICE,
         "scope": HUB_METRICS_SCOPE,
         "token": inputs.secrets.secret(HUB_METRICS_TOKEN),
-        "from": [_in(monitoring)],
+        "from": [_in(inputs.namespaces["monitoring"])],
     }
 
 
@@ -266,6 +265,7 @@ HUB_METRICS_SERVICE = "prometheus"
 HUB_METRICS_SCOPE = "read:metrics"
 HUB_METRICS_TOKEN = "naavre-hub-metrics-token"  # in the site's secrets store
 HUB_METRICS_SECRET = "naavre-hub-metrics"  # the Kubernetes Secret in the monitoring namespace
+HUB_METRICS_KEY = "token"  # its key holding the token
 # The operator mounts each Secret of Prometheus' spec.secrets at /etc/prometheus/secrets/<name>/
 # (prometheus-operator pkg/prometheus/statefulset.go, secretsDir).
 PROMETHEUS_SECRETS_DIR = "/etc/prometheus/secrets"
@@ -430,7 +430,7 @@ def scrape_jobs(site: Site, namespaces: Mapping[str, str]) -> list[dict[str, Any
             "endpointslice",
             name="naavre-jupyterhub",
             only=hub,
-            credentials_file=f"{PROMETHEUS_SECRETS_DIR}/{HUB_METRICS_SECRET}/token",
+            credentials_file=f"{PROMETHEUS_SECRETS_DIR}/{HUB_METRICS_SECRET}/{HUB_METRICS_KEY}",
         ),
     ]
 
@@ -451,7 +451,7 @@ def monitoring(inputs: Inputs) -> Context:
         "scrape_configs": scrape_jobs(inputs.site, inputs.namespaces),
         # the hub's token, as the Secret Prometheus mounts (the same secret as NaaVRE's overlay)
         "hub_metrics": (
-            {"secret": HUB_METRICS_SECRET, "token": inputs.secrets.secret(HUB_METRICS_TOKEN)}
+            {"secret": HUB_METRICS_SECRET, "key": HUB_METRICS_KEY, "token": inputs.secrets.secret(HUB_METRICS_TOKEN)}
             if scrapes_hub(inputs.site, inputs.namespaces)
             else None
         ),

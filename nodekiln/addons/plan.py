@@ -308,7 +308,9 @@ def build_plan(site: Site, *, secrets: Secrets | None = None) -> Plan:
         if not addon.enabled:
             continue
         definition = defs[release_name(key)]
-        release, texts, secret = _render_builtin(site, definition, addon, namespaces, secrets, env)
+        release, texts, secret = _render_builtin(
+            site, definition, addon, namespaces, graph[definition.name], secrets, env
+        )
         releases[release.name] = release
         for file, content in texts.items():
             files[file] = (content.encode(), 0o600 if secret else 0o644)
@@ -324,10 +326,12 @@ def _render_builtin(
     definition: AddonDef,
     addon: AddonBase,
     namespaces: dict[str, str],
+    needs: list[str],
     secrets: Secrets,
     env: jinja2.Environment,
 ) -> tuple[Release, dict[str, str], bool]:
-    """The release, its values files' text by name (values, then the overlay) and whether they hold secrets."""
+    """The release, its values files' text by name (values, then the overlay) and whether they
+    hold secrets; `needs`: the releases it installs after (its entry in the release graph)."""
     secrets.used = False
     context = template_context(Inputs(site, definition, addon, namespaces, secrets))
     text = _render_template(definition.template, context, env)
@@ -353,7 +357,7 @@ def _render_builtin(
         repo=definition.repo or (definition.source.git if definition.source else None),
         version=version,
         values=values_file,
-        depends_on=tuple(d for d in release_graph(site.addons, namespaces)[name] if d in namespaces),
+        depends_on=tuple(needs),
         wait_for=definition.waitFor,
         timeout=definition.timeout or site.addons.timeout,
         readiness=tuple(tuple(cmd) for cmd in definition.readiness),
